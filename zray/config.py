@@ -1,0 +1,32 @@
+"""Tunables, overridable by environment variables named ZRAY_<NAME>."""
+
+from __future__ import annotations
+
+import os
+
+
+def _env(name: str, default: float) -> float:
+    v = os.environ.get("ZRAY_" + name)
+    return type(default)(v) if v is not None else default
+
+
+# Values up to this size travel inside messages; larger ones go to the store.
+INLINE_MAX = int(_env("INLINE_MAX", 100 * 1024))
+# A leased worker idle this long goes back to its raylet.
+LEASE_IDLE_S = _env("LEASE_IDLE_S", 0.2)
+# Lease requests one scheduling key may have outstanding at once.
+MAX_PENDING_LEASES = int(_env("MAX_PENDING_LEASES", 10))
+# Tasks in flight to one leased worker (1 = Ray's behaviour).
+MAX_TASKS_IN_FLIGHT = int(_env("MAX_TASKS_IN_FLIGHT", 1))
+# Delay before telling an owner a borrow ended (covers in-flight hand-offs).
+BORROW_RELEASE_DELAY_S = _env("BORROW_RELEASE_DELAY_S", 1.0)
+# How long a raylet/GCS request may take before it is an error.
+RPC_TIMEOUT_S = _env("RPC_TIMEOUT_S", 30.0)
+# Heartbeat period and the silence after which a node is dead.
+HEARTBEAT_S = _env("HEARTBEAT_S", 0.5)
+NODE_DEATH_S = _env("NODE_DEATH_S", 5.0)
+# Warn about a lease request that no node can ever satisfy after this long.
+INFEASIBLE_WARN_S = _env("INFEASIBLE_WARN_S", 1.0)
+# Workers started when a raylet starts (capped by its CPUs).
+PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 4))
+SESSION_ROOT = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray")

@@ -1,0 +1,1133 @@
+"""The CoreWorker: the runtime object shared by drivers and workers.
+
+It submits tasks straight to leased workers, owns the objects it creates
+(reference counts, values, locations) and resolves the values it needs.
+
+Threads: the user's threads call submit/get/put/wait; one I/O thread receives
+every inbound message and runs timers. Both touch the tables below under one
+lock. Sends go out directly from the calling thread (protocol.Conn has its own
+lock), so a task submission costs no thread hand-off.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from zray import config, ids, protocol, serialization
+from zray import exceptions as exc
+from zray.object_ref import ObjectRef, ObjectRefGenerator
+from zray.objstore import shm
+from zray.protocol import Address
+
+log = logging.getLogger("zray.core_worker")
+
+PENDING, READY, FAILED = 0, 1, 2
+# Return/arg descriptor kinds on the wire
+INLINE, STORED = 0, 1
+
+
+class Entry:
+    """One object this process owns or borrows."""
+
+    __slots__ = ("state", "frames", "node", "size", "local", "pins", "borrowers", "owned",
+                 "owner", "contained", "waiters", "callbacks", "fetching", "task_id",
+                 "is_error")
+
+    def __init__(self, owned: bool, owner: list | None = None):
+        self.state = PENDING
+        self.frames: list | None = None  # inline value or error
+        self.node: bytes | None = None  # node holding the stored value
+        self.size = 0
+        self.local = 0  # ObjectRef instances in this process
+        self.pins = 0  # task args, containing objects, generators
+        self.borrowers: set[str] = set()
+        self.owned = owned
+        self.owner = owner
+        self.contained: list | None = None  # (oid, owner) nested in the value
+        self.waiters: list | None = None  # borrowers' GET_OBJECT requests
+        self.callbacks: list | None = None
+        self.fetching = False
+        self.task_id: bytes | None = None
+        self.is_error = False
+
+
+class Task:
+    """A task this process submitted and still owns."""
+
+    __slots__ = ("tid", "fn_id", "fname", "args", "kwnames", "deps", "key", "res", "retries",
+                 "retry_exc", "nret", "oids", "state", "worker", "cancelled", "parent",
+                 "max_calls", "gen", "strategy", "gen_count", "gen_done", "arg_pins",
+                 "attempt", "warned")
+
+    def __init__(self):
+        self.deps = 0
+        self.state = "waiting"  # waiting -> queued -> running -> done
+        self.worker = None
+        self.cancelled = False
+        self.gen = False
+        self.gen_count = 0
+        self.gen_done = False
+        self.attempt = 0
+        self.warned = False
+
+
+class LeasedWorker:
+    __slots__ = ("wid", "addr", "lease", "node", "inflight", "idle_since", "res", "raylet",
+                 "dead")
+
+    def __init__(self, wid, addr, lease, node, res, raylet):
+        self.wid = wid
+        self.addr = addr
+        self.lease = lease
+        self.node = node
+        self.inflight: dict[bytes, Task] = {}
+        self.idle_since = time.monotonic()
+        self.res = res
+        self.raylet = raylet
+        self.dead = False
+
+
+class KeyState:
+    __slots__ = ("queue", "workers", "pending_leases", "res", "strategy")
+
+    def __init__(self, res: dict, strategy: Any):
+        self.queue: collections.deque[Task] = collections.deque()
+        self.workers: dict[bytes, LeasedWorker] = {}
+        self.pending_leases: dict[int, float] = {}
+        self.res = res
+        self.strategy = strategy
+
+
+class CoreWorker:
+    def __init__(self, *, mode: str, session_dir: str, node_id: bytes, raylet_ipc: str,
+                 secret: bytes | None, job_id: bytes, node_ip: str = "127.0.0.1",
+                 worker_id: bytes | None = None, shm_prefix: str = "",
+                 driver_addr: list | None = None, namespace: str | None = None):
+        self.mode = mode  # "driver" or "worker"
+        self.session_dir = session_dir
+        self.node_id = node_id
+        self.node_ip = node_ip
+        self.job_id = job_id
+        self.worker_id = worker_id or ids.new_unique_id()
+        self.secret = secret
+        self.namespace = namespace
+        self.shm_prefix = shm_prefix
+        self.lock = threading.RLock()
+        self.cv = threading.Condition(self.lock)
+        self.objects: dict[bytes, Entry] = {}
+        self.tasks: dict[bytes, Task] = {}
+        self.keys: dict[Any, KeyState] = {}
+        self.requests: dict[int, list] = {}  # rid -> [event, header, payload]
+        self._rid = 0
+        self._lease_rid = 0
+        self.lease_reqs: dict[int, Any] = {}
+        self.exported: set[bytes] = set()
+        self._decrefs: collections.deque = collections.deque()
+        self._borrow_releases: collections.deque = collections.deque()
+        self.children: dict[bytes, set] = {}  # parent task id -> child task ids
+        self.gcs_address = ""
+        self.current_task_id: bytes | None = None
+        self.current_task_name = ""
+        self.assigned_resources: dict = {}
+        self.blocked_depth = 0
+        self.conns = protocol.Connections(secret)
+        sock_dir = os.path.join(session_dir, "sockets")
+        self.inbound = protocol.Inbound(
+            os.path.join(sock_dir, "w-" + self.worker_id.hex()[:12]),
+            node_ip if secret else None, secret)
+        self.address = Address(node_id, self.inbound.ipc_addr, self.inbound.tcp_addr)
+        self.address_packed = self.address.pack()
+        self.driver_addr = driver_addr or self.address_packed
+        self.raylet_ipc = raylet_ipc
+        self.raylet = self.conns.get(raylet_ipc)
+        self.gcs = ""  # set from the raylet's registration reply
+        self.on_push_task = None  # set by the worker's executor
+        self.on_cancel_task = None
+        self.log_sink = None  # driver prints LOG_LINES through this
+        self._running = True
+        self._wake = self.conns.get(self.inbound.ipc_addr)
+        self.io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
+        self.io_thread.start()
+
+    # ------------------------------------------------------------------ utils
+    def my_addr_for(self, dest: str) -> str:
+        return self.address.ipc if dest.startswith("ipc://") else self.address.tcp
+
+    def addr_of(self, packed: list) -> str:
+        return Address.unpack(packed).for_node(self.node_id)
+
+    def request(self, dest: str, header: dict, payload: list | tuple = (),
+                timeout: float | None = None) -> tuple[dict, list]:
+        """Send a request and wait for the reply (matched by rid)."""
+        ev = threading.Event()
+        with self.lock:
+            self._rid += 1
+            rid = self._rid
+            slot = [ev, None, None]
+            self.requests[rid] = slot
+        header["rid"] = rid
+        header["ra"] = self.my_addr_for(dest)
+        self.conns.send(dest, header, payload)
+        if not ev.wait(config.RPC_TIMEOUT_S if timeout is None else timeout):
+            with self.lock:
+                self.requests.pop(rid, None)
+            raise TimeoutError(
+                f"no reply from {dest} to {protocol.NAMES.get(header['t'])} within "
+                f"{config.RPC_TIMEOUT_S if timeout is None else timeout} s")
+        return slot[1], slot[2]
+
+    def _complete(self, h: dict, payload: list) -> None:
+        slot = self.requests.pop(h.get("rid"), None)
+        if slot is not None:
+            slot[1], slot[2] = h, payload
+            slot[0].set()
+
+    # ------------------------------------------------------------- references
+    def add_local_ref(self, oid: bytes, owner: list | None) -> None:
+        with self.lock:
+            e = self.objects.get(oid)
+            if e is None:
+                owned = owner is None or owner[1] == self.address.ipc and owner[0] == self.node_id
+                e = Entry(owned, owner)
+                self.objects[oid] = e
+                if not owned:
+                    self._send_owner(owner, {"t": protocol.ADD_BORROWER, "oid": oid,
+                                             "b": self.address_packed})
+            elif not e.owned and e.local == 0 and e.pins == 0:
+                # Re-borrow after we told (or are about to tell) the owner we were done.
+                self._send_owner(e.owner, {"t": protocol.ADD_BORROWER, "oid": oid,
+                                           "b": self.address_packed})
+            e.local += 1
+
+    def remove_local_ref(self, oid: bytes) -> None:
+        self._decrefs.append(oid)  # processed by the I/O thread: __del__ may run anywhere
+
+    def _send_owner(self, owner: list, header: dict, payload: list | tuple = ()) -> None:
+        try:
+            self.conns.send(self.addr_of(owner), header, payload)
+        except ConnectionError as e:
+            log.warning("cannot reach owner: %s", e)
+
+    def _process_decrefs(self) -> None:
+        dq = self._decrefs
+        if not dq:
+            return
+        with self.lock:
+            while dq:
+                oid = dq.popleft()
+                e = self.objects.get(oid)
+                if e is None:
+                    continue
+                e.local -= 1
+                self._maybe_release(oid, e)
+
+    def _maybe_release(self, oid: bytes, e: Entry) -> None:
+        """Free an owned object, or end a borrow, once nothing here holds it."""
+        if e.local > 0 or e.pins > 0:
+            return
+        if e.owned:
+            if e.borrowers:
+                return
+            self._free_owned(oid, e)
+        else:
+            del self.objects[oid]
+            self._borrow_releases.append((time.monotonic() + config.BORROW_RELEASE_DELAY_S,
+                                          oid, e.owner))
+            self._release_contained(e)
+
+    def _free_owned(self, oid: bytes, e: Entry) -> None:
+        del self.objects[oid]
+        if e.state == READY and e.node is not None:
+            self.conns.send(self.raylet_ipc if e.node == self.node_id else self._raylet_for(e.node),
+                            {"t": protocol.FREE_OBJECTS, "oids": [oid]})
+        self._release_contained(e)
+        e.frames = None
+
+    def _raylet_for(self, node: bytes) -> str:
+        return self.raylet_ipc  # other nodes' raylets: issue 3 fills in the node table
+
+    def _release_contained(self, e: Entry) -> None:
+        if e.contained:
+            for coid, _owner in e.contained:
+                ce = self.objects.get(coid)
+                if ce is not None:
+                    ce.pins -= 1
+                    self._maybe_release(coid, ce)
+            e.contained = None
+
+    def _pin_refs(self, refs: list) -> list:
+        """Pin refs nested in a value this process keeps (args, put values)."""
+        out = []
+        for r in refs:
+            e = self.objects.get(r._id)
+            if e is None:
+                continue
+            e.pins += 1
+            out.append((r._id, r._owner))
+        return out
+
+    def _flush_borrow_releases(self, now: float) -> None:
+        dq = self._borrow_releases
+        while dq and dq[0][0] <= now:
+            _, oid, owner = dq.popleft()
+            with self.lock:
+                if oid in self.objects:
+                    continue  # borrowed again meanwhile
+            self._send_owner(owner, {"t": protocol.REMOVE_BORROWER, "oid": oid,
+                                     "b": self.address_packed})
+
+    # -------------------------------------------------------------- objects
+    def put(self, value: Any, owner_frames: list | None = None) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError(
+                "Calling 'put' on an ObjectRef is not allowed. If you really want to do "
+                "this, you can wrap the ObjectRef in a list and call 'put' on it.")
+        frames, refs = serialization.serialize(value, "object passed to put()")
+        oid = ids.new_put_id()
+        size = serialization.frames_size(frames)
+        with self.lock:
+            e = Entry(True)
+            self.objects[oid] = e
+            e.contained = self._pin_refs(refs) or None
+            e.task_id = None
+        if size > config.INLINE_MAX:
+            self._store(oid, frames, size)
+            with self.lock:
+                e.node, e.size, e.state = self.node_id, size, READY
+        else:
+            with self.lock:
+                e.frames, e.size, e.state = frames, size, READY
+        return ObjectRef(oid, self.address_packed)
+
+    def _store(self, oid: bytes, frames: list, size: int) -> int:
+        """Write a value into this node's shared-memory store."""
+        total = shm.create(self.shm_prefix + oid.hex(), frames)
+        self.raylet.send({"t": protocol.OBJECT_SEALED, "oid": oid, "size": total,
+                          "own": self.address_packed})
+        return total
+
+    def _read_stored(self, oid: bytes, node: bytes, owner: list | None) -> list:
+        name = self.shm_prefix + oid.hex()
+        try:
+            return shm.read(name)
+        except FileNotFoundError:
+            pass
+        # Not in local memory: the raylet restores it from disk or pulls it from a peer.
+        h, _ = self.request(self.raylet_ipc, {"t": protocol.PULL_OBJECT, "oid": oid, "node": node,
+                                              "own": owner})
+        if not h.get("ok"):
+            raise exc.ObjectLostError(oid.hex(), str(owner))
+        return shm.read(name)
+
+    def _value_of(self, oid: bytes, e: Entry) -> Any:
+        if e.frames is not None:
+            frames = e.frames
+        else:
+            frames = self._read_stored(oid, e.node, e.owner if not e.owned else self.address_packed)
+        value = serialization.deserialize(frames)
+        if e.is_error:
+            raise _as_raisable(value)
+        return value
+
+    def _ensure_fetch(self, oid: bytes, e: Entry) -> None:
+        """Ask a borrowed object's owner for its value or location (once)."""
+        if e.owned or e.fetching or e.state != PENDING:
+            return
+        e.fetching = True
+        owner = e.owner
+        try:
+            dest = self.addr_of(owner)
+        except ConnectionError as err:
+            self._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), str(owner)))
+            log.warning("%s", err)
+            return
+        self.conns.send(dest, {"t": protocol.GET_OBJECT, "oid": oid,
+                               "ra": self.my_addr_for(dest)})
+
+    def _set_failed_local(self, oid: bytes, e: Entry, err: BaseException) -> None:
+        e.frames, _ = serialization.serialize(err)
+        e.is_error = True
+        e.state = FAILED
+        self._on_ready(oid, e)
+
+    def _entry_for(self, ref: ObjectRef) -> Entry:
+        e = self.objects.get(ref._id)
+        if e is None:
+            # A ref made in another process reached us without registration.
+            e = Entry(False, ref._owner)
+            self.objects[ref._id] = e
+        return e
+
+    def get(self, refs: list, timeout: float | None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        entries = []
+        with self.lock:
+            for r in refs:
+                e = self._entry_for(r)
+                if e.state == PENDING:
+                    self._ensure_fetch(r._id, e)
+                entries.append(e)
+            blocked = False
+            try:
+                while True:
+                    if any(e.state == FAILED for e in entries):
+                        break  # raise as soon as any input failed
+                    if all(e.state == READY for e in entries):
+                        break
+                    if not blocked:
+                        blocked = True
+                        self._notify_blocked(True)
+                    if deadline is None:
+                        self.cv.wait(1.0)
+                    else:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise exc.GetTimeoutError(
+                                f"Get timed out: some object(s) not ready after {timeout} s.")
+                        self.cv.wait(left)
+            finally:
+                if blocked:
+                    self._notify_blocked(False)
+        out = []
+        for r, e in zip(refs, entries):
+            if e.state == FAILED:
+                self._value_of(r._id, e)  # raises
+        for r, e in zip(refs, entries):
+            out.append(self._value_of(r._id, e))
+        return out
+
+    def _notify_blocked(self, blocked: bool) -> None:
+        # A worker waiting in get() gives its CPU back so nested tasks can run.
+        if self.mode != "worker" or self.current_task_id is None:
+            return
+        self.raylet.send({"t": protocol.WORKER_BLOCKED if blocked else protocol.WORKER_UNBLOCKED,
+                          "wid": self.worker_id})
+
+    def wait(self, refs: list, num_returns: int, timeout: float | None,
+             fetch_local: bool) -> tuple[list, list]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            entries = []
+            for r in refs:
+                e = self._entry_for(r)
+                if e.state == PENDING:
+                    self._ensure_fetch(r._id, e)
+                entries.append(e)
+            blocked = False
+            try:
+                while True:
+                    n = sum(1 for e in entries if e.state != PENDING)
+                    if n >= num_returns:
+                        break
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    if not blocked and (left is None or left > 0.01):
+                        blocked = True
+                        self._notify_blocked(True)
+                    self.cv.wait(1.0 if left is None else min(left, 1.0))
+            finally:
+                if blocked:
+                    self._notify_blocked(False)
+            ready, not_ready = [], []
+            for r, e in zip(refs, entries):
+                if e.state != PENDING and len(ready) < num_returns:
+                    ready.append(r)
+                else:
+                    not_ready.append(r)
+        return ready, not_ready
+
+    def run_when_ready(self, oid: bytes, fn) -> None:
+        with self.lock:
+            e = self.objects.get(oid)
+            if e is None or e.state != PENDING:
+                threading.Thread(target=fn, daemon=True).start()
+                return
+            self._ensure_fetch(oid, e)
+            if e.callbacks is None:
+                e.callbacks = []
+            e.callbacks.append(lambda: threading.Thread(target=fn, daemon=True).start())
+
+    def _on_ready(self, oid: bytes, e: Entry) -> None:
+        """An object became ready or failed: wake getters, dependents and borrowers."""
+        self.cv.notify_all()
+        if e.callbacks:
+            cbs, e.callbacks = e.callbacks, None
+            for cb in cbs:
+                cb()
+        if e.waiters:
+            ws, e.waiters = e.waiters, None
+            for ra in ws:
+                self._send_value(ra, oid, e)
+
+    def _send_value(self, ra: str, oid: bytes, e: Entry) -> None:
+        h = {"t": protocol.OBJECT_VALUE, "oid": oid, "st": e.state, "err": e.is_error}
+        if e.frames is not None:
+            self.conns.send(ra, h, e.frames)
+        else:
+            h["node"] = e.node
+            h["size"] = e.size
+            self.conns.send(ra, h)
+
+    # ------------------------------------------------------------ submission
+    def export_function(self, fn_id: bytes, blob: bytes) -> None:
+        if fn_id in self.exported:
+            return
+        self.request(self.gcs, {"t": protocol.KV_PUT, "ns": "fn", "k": fn_id}, [blob])
+        self.exported.add(fn_id)
+
+    def submit_task(self, fn_id: bytes, fname: str, args: tuple, kwargs: dict,
+                    opts: dict) -> Any:
+        t = Task()
+        t.tid = ids.new_task_id()
+        t.fn_id = fn_id
+        t.fname = fname
+        nret = opts["num_returns"]
+        t.gen = nret == "streaming"
+        t.nret = -1 if t.gen else nret
+        t.retries = opts["max_retries"]
+        t.retry_exc = opts["retry_exceptions"]
+        t.max_calls = opts["max_calls"]
+        t.res = opts["_resources"]
+        t.strategy = opts.get("scheduling_strategy")
+        t.parent = self.current_task_id
+        t.kwnames = list(kwargs)
+        # Serialise arguments now: a bad value fails at .remote(), as in Ray.
+        argv = []
+        nested: list = []
+        for i, a in enumerate((*args, *kwargs.values())):
+            if isinstance(a, ObjectRef):
+                argv.append(a)
+            else:
+                frames, refs = serialization.serialize(
+                    a, f"argument {i} of {fname}" if i < len(args) else
+                    f"argument {t.kwnames[i - len(args)]!r} of {fname}")
+                if refs:
+                    nested.extend(refs)
+                size = serialization.frames_size(frames)
+                if size > config.INLINE_MAX:
+                    argv.append(self.put_frames(frames, size, refs))
+                else:
+                    argv.append(frames)
+        t.args = argv
+        n_oids = t.nret if t.nret > 0 else (1 if t.nret == 0 else 0)
+        t.oids = [ids.object_id_for(t.tid, i + 1) for i in range(max(n_oids, 0))]
+        key = (tuple(sorted(t.res.items())), _strategy_key(t.strategy))
+        refs_out = []
+        with self.lock:
+            self.tasks[t.tid] = t
+            if t.parent is not None:
+                self.children.setdefault(t.parent, set()).add(t.tid)
+            for oid in t.oids:
+                e = Entry(True)
+                e.task_id = t.tid
+                self.objects[oid] = e
+            if t.gen:
+                t.gen_count = 0
+            # Pin what the task needs until it is done.
+            pins = []
+            for a in argv:
+                if isinstance(a, ObjectRef):
+                    e = self._entry_for(a)
+                    e.pins += 1
+                    pins.append(a._id)
+            for r in nested:
+                e = self.objects.get(r._id)
+                if e is not None:
+                    e.pins += 1
+                    pins.append(r._id)
+            t.arg_pins = pins
+            t.key = key
+            if key not in self.keys:
+                self.keys[key] = KeyState(t.res, t.strategy)
+            self._resolve_deps(t)
+            if nret == 0:
+                refs_out = None
+            elif t.gen:
+                refs_out = ObjectRefGenerator(t.tid, self)
+            else:
+                refs_out = [ObjectRef(oid, self.address_packed) for oid in t.oids]
+        if nret == 0:
+            # The task still runs; its (hidden) return object is dropped unused.
+            with self.lock:
+                e = self.objects.get(t.oids[0])
+                if e is not None:
+                    self._maybe_release(t.oids[0], e)
+            return None
+        if t.gen:
+            return refs_out
+        return refs_out[0] if nret == 1 else refs_out
+
+    def put_frames(self, frames: list, size: int, refs: list) -> ObjectRef:
+        oid = ids.new_put_id()
+        self._store(oid, frames, size)
+        with self.lock:
+            e = Entry(True)
+            e.node, e.size, e.state = self.node_id, size, READY
+            e.contained = self._pin_refs(refs) or None
+            self.objects[oid] = e
+        return ObjectRef(oid, self.address_packed)
+
+    def _resolve_deps(self, t: Task) -> None:
+        deps = 0
+        for a in t.args:
+            if isinstance(a, ObjectRef):
+                e = self.objects[a._id]
+                if e.state == PENDING:
+                    deps += 1
+                    self._ensure_fetch(a._id, e)
+                    if e.callbacks is None:
+                        e.callbacks = []
+                    e.callbacks.append(lambda t=t: self._dep_ready(t))
+        t.deps = deps
+        if deps == 0:
+            self._enqueue(t)
+
+    def _dep_ready(self, t: Task) -> None:
+        t.deps -= 1
+        if t.deps == 0 and t.state == "waiting":
+            self._enqueue(t)
+
+    def _enqueue(self, t: Task) -> None:
+        # A failed dependency fails the task without running it (errors flow on).
+        for a in t.args:
+            if isinstance(a, ObjectRef):
+                e = self.objects.get(a._id)
+                if e is not None and e.state == FAILED:
+                    self._finish_with_frames(t, e.frames)
+                    return
+        t.state = "queued"
+        ks = self.keys[t.key]
+        ks.queue.append(t)
+        self._dispatch(ks)
+
+    def _dispatch(self, ks: KeyState) -> None:
+        q = ks.queue
+        while q:
+            best = None
+            for w in ks.workers.values():
+                if not w.dead and len(w.inflight) < config.MAX_TASKS_IN_FLIGHT:
+                    if best is None or len(w.inflight) < len(best.inflight):
+                        best = w
+                        if not w.inflight:
+                            break
+            if best is None:
+                break
+            t = q.popleft()
+            self._push(t, best)
+        want = min(len(q), config.MAX_PENDING_LEASES) - len(ks.pending_leases)
+        for _ in range(want):
+            self._request_lease(ks)
+
+    def _request_lease(self, ks: KeyState, dest: str | None = None) -> None:
+        self._lease_rid += 1
+        rid = self._lease_rid
+        ks.pending_leases[rid] = time.monotonic()
+        self.lease_reqs[rid] = ks
+        dest = dest or self.raylet_ipc
+        h = {"t": protocol.REQUEST_LEASE, "lrid": rid, "res": ks.res, "ra": self.my_addr_for(dest),
+             "own": self.address_packed}
+        if ks.strategy is not None:
+            h["strat"] = _strategy_wire(ks.strategy)
+        self.conns.send(dest, h)
+
+    def _push(self, t: Task, w: LeasedWorker) -> None:
+        t.state = "running"
+        t.worker = w
+        t.attempt += 1
+        w.inflight[t.tid] = t
+        payload: list = []
+        argd = []
+        for a in t.args:
+            if isinstance(a, ObjectRef):
+                e = self.objects[a._id]
+                if e.frames is not None:
+                    argd.append((INLINE, len(e.frames)))
+                    payload.extend(e.frames)
+                else:
+                    argd.append((STORED, a._id, e.node, e.owner or self.address_packed))
+            else:
+                argd.append((INLINE, len(a)))
+                payload.extend(a)
+        h = {"t": protocol.PUSH_TASK, "tid": t.tid, "fn": t.fn_id, "name": t.fname,
+             "nret": t.nret, "args": argd, "kw": t.kwnames, "own": self.address_packed,
+             "drv": self.driver_addr, "job": self.job_id, "res": w.res}
+        if t.max_calls:
+            h["mc"] = t.max_calls
+        self.conns.send(w.addr, h, payload)
+
+    # --------------------------------------------------------- I/O handlers
+    def _handle(self, h: dict, payload: list) -> None:
+        t = h["t"]
+        fn = self._handlers.get(t)
+        if fn is None:
+            log.warning("unexpected message %s", protocol.NAMES.get(t, t))
+            return
+        fn(self, h, payload)
+
+    def _h_reply(self, h: dict, payload: list) -> None:
+        with self.lock:
+            self._complete(h, payload)
+
+    def _h_lease_granted(self, h: dict, payload: list) -> None:
+        with self.lock:
+            ks = self.lease_reqs.pop(h["lrid"], None)
+            if ks is None:
+                self._return_lease(h["raylet"], h["lease"], False)
+                return
+            ks.pending_leases.pop(h["lrid"], None)
+            w = LeasedWorker(h["wid"], self.addr_of(h["waddr"]), h["lease"], h["node"],
+                             h.get("res") or {}, h["raylet"])
+            ks.workers[w.wid] = w
+            if not ks.queue:
+                del ks.workers[w.wid]
+                self._return_lease(w.raylet, w.lease, False)
+                return
+            self._dispatch(ks)
+
+    def _h_lease_spillback(self, h: dict, payload: list) -> None:
+        with self.lock:
+            ks = self.lease_reqs.pop(h["lrid"], None)
+            if ks is None:
+                return
+            ks.pending_leases.pop(h["lrid"], None)
+            if not ks.queue:
+                return
+            self._request_lease(ks, self.addr_of(h["raylet"]))
+
+    def _h_lease_failed(self, h: dict, payload: list) -> None:
+        with self.lock:
+            if h.get("warn"):
+                ks = self.lease_reqs.get(h["lrid"])
+                log.warning("%s", h.get("msg"))
+                print(f"zray: warning: {h.get('msg')}", file=sys.stderr)
+                return
+            ks = self.lease_reqs.pop(h["lrid"], None)
+            if ks is None:
+                return
+            ks.pending_leases.pop(h["lrid"], None)
+            err = _error_from_wire(h)
+            while ks.queue:
+                t = ks.queue.popleft()
+                self._finish_with_error(t, err)
+
+    def _return_lease(self, raylet: list | str, lease: int, exiting: bool) -> None:
+        dest = raylet if isinstance(raylet, str) else self.addr_of(raylet)
+        self.conns.send(dest, {"t": protocol.RETURN_LEASE, "lease": lease, "exit": exiting})
+
+    def _h_worker_died(self, h: dict, payload: list) -> None:
+        with self.lock:
+            for ks in self.keys.values():
+                w = ks.workers.pop(h["wid"], None)
+                if w is None:
+                    continue
+                w.dead = True
+                for t in list(w.inflight.values()):
+                    self._task_lost(t, h.get("reason", "worker died"))
+                w.inflight.clear()
+                self._dispatch(ks)
+
+    def _task_lost(self, t: Task, reason: str) -> None:
+        t.worker = None
+        if t.cancelled:
+            self._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
+        elif t.retries != 0 and not t.gen_count:
+            if t.retries > 0:
+                t.retries -= 1
+            t.state = "queued"
+            ks = self.keys[t.key]
+            ks.queue.appendleft(t)
+        else:
+            self._finish_with_error(t, exc.WorkerCrashedError())
+
+    def _h_task_reply(self, h: dict, payload: list) -> None:
+        with self.lock:
+            t = self.tasks.get(h["tid"])
+            if t is None:
+                return
+            w = t.worker
+            if w is not None:
+                w.inflight.pop(t.tid, None)
+                w.idle_since = time.monotonic()
+                if h.get("exiting"):
+                    ks = self.keys[t.key]
+                    ks.workers.pop(w.wid, None)
+                    w.dead = True
+                    self._return_lease(w.raylet, w.lease, True)
+            t.worker = None
+            if h.get("err") and not t.cancelled and self._should_retry_exception(t, payload):
+                if t.retries > 0:
+                    t.retries -= 1
+                t.state = "queued"
+                self.keys[t.key].queue.appendleft(t)
+                self._dispatch(self.keys[t.key])
+                return
+            if t.cancelled and h.get("err"):
+                self._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
+            else:
+                self._store_returns(t, h["rets"], payload, h.get("contained"))
+                if t.gen:
+                    t.gen_count = h.get("gen_n", t.gen_count)
+                    t.gen_done = True
+                    self.cv.notify_all()
+                self._task_done(t)
+            self._dispatch(self.keys[t.key])
+
+    def _should_retry_exception(self, t: Task, payload: list) -> bool:
+        if not t.retry_exc or t.retries == 0:
+            return False
+        if t.retry_exc is True:
+            return True
+        try:
+            err = serialization.deserialize(payload)
+        except Exception:
+            return False
+        cause = getattr(err, "cause", err)
+        return isinstance(cause, tuple(t.retry_exc))
+
+    def _store_returns(self, t: Task, rets: list, payload: list, contained: list | None) -> None:
+        pos = 0
+        for oid, d in zip(t.oids, rets):
+            e = self.objects.get(oid)
+            kind = d[0]
+            if kind == INLINE:
+                n = d[1]
+                frames = [bytes(f) if len(f) < 65536 else f for f in payload[pos: pos + n]]
+                pos += n
+                if e is None:
+                    continue
+                e.frames = frames
+                e.is_error = bool(d[2]) if len(d) > 2 else False
+            else:
+                if e is None:
+                    # Nobody wants it any more: free the stored copy at once.
+                    self.conns.send(self._raylet_addr(d[1]), {"t": protocol.FREE_OBJECTS,
+                                                              "oids": [oid]})
+                    continue
+                e.node, e.size = d[1], d[2]
+            e.state = FAILED if e.is_error else READY
+            self._on_ready(oid, e)
+        if contained:
+            for coid, cowner in contained:
+                self.add_local_ref(coid, cowner)
+                # Held until the containing object is freed.
+                ce = self.objects[coid]
+                ce.local -= 1
+                ce.pins += 1
+
+    def _raylet_addr(self, node: bytes) -> str:
+        return self.raylet_ipc if node == self.node_id else self._raylet_for(node)
+
+    def _finish_with_error(self, t: Task, err: BaseException) -> None:
+        frames, _ = serialization.serialize(err)
+        self._finish_with_frames(t, frames)
+
+    def _finish_with_frames(self, t: Task, frames: list) -> None:
+        if t.gen:
+            oid = ids.object_id_for(t.tid, t.gen_count + 1)
+            e = Entry(True)
+            e.task_id = t.tid
+            e.pins = 1
+            self.objects[oid] = e
+            t.oids.append(oid)
+            t.gen_count += 1
+            t.gen_done = True
+        for oid in t.oids:
+            e = self.objects.get(oid)
+            if e is None or e.state != PENDING:
+                continue
+            e.frames = frames
+            e.is_error = True
+            e.state = FAILED
+            self._on_ready(oid, e)
+        self.cv.notify_all()
+        self._task_done(t)
+
+    def _task_done(self, t: Task) -> None:
+        t.state = "done"
+        self.tasks.pop(t.tid, None)
+        if t.parent is not None:
+            kids = self.children.get(t.parent)
+            if kids:
+                kids.discard(t.tid)
+                if not kids:
+                    del self.children[t.parent]
+        for oid in t.arg_pins:
+            e = self.objects.get(oid)
+            if e is not None:
+                e.pins -= 1
+                self._maybe_release(oid, e)
+        t.arg_pins = []
+        t.args = None
+
+    def _h_generator_item(self, h: dict, payload: list) -> None:
+        with self.lock:
+            t = self.tasks.get(h["tid"])
+            if t is None:
+                return
+            i = h["i"]
+            oid = ids.object_id_for(t.tid, i + 1)
+            e = self.objects.get(oid)
+            if e is None:
+                e = Entry(True)
+                e.task_id = t.tid
+                e.pins = 1  # held by the generator until handed out
+                self.objects[oid] = e
+                t.oids.append(oid)
+            d = h["ret"]
+            if d[0] == INLINE:
+                e.frames = [bytes(f) for f in payload]
+                e.is_error = bool(d[2]) if len(d) > 2 else False
+            else:
+                e.node, e.size = d[1], d[2]
+            e.state = FAILED if e.is_error else READY
+            t.gen_count = max(t.gen_count, i + 1)
+            self._on_ready(oid, e)
+
+    def next_generator_ref(self, tid: bytes, i: int, timeout: float | None) -> ObjectRef | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        oid = ids.object_id_for(tid, i + 1)
+        with self.lock:
+            while True:
+                e = self.objects.get(oid)
+                if e is not None and e.state != PENDING:
+                    ref = ObjectRef(oid, self.address_packed)
+                    e.pins -= 1
+                    return ref
+                t = self.tasks.get(tid)
+                if t is None or (t.gen_done and i >= t.gen_count):
+                    return None
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise exc.GetTimeoutError("no generator item within the timeout")
+                self.cv.wait(1.0 if left is None else min(left, 1.0))
+
+    def generator_finished(self, tid: bytes, i: int) -> bool:
+        with self.lock:
+            t = self.tasks.get(tid)
+            return t is None or (t.gen_done and i >= t.gen_count)
+
+    def generator_completed_ref(self, tid: bytes) -> ObjectRef:
+        raise NotImplementedError("ObjectRefGenerator.completed() is not supported yet")
+
+    def release_generator(self, tid: bytes, consumed: int) -> None:
+        with self.lock:
+            t = self.tasks.get(tid)
+            n = t.gen_count if t is not None else None
+            i = consumed
+            while True:
+                oid = ids.object_id_for(tid, i + 1)
+                e = self.objects.get(oid)
+                if e is None:
+                    if n is None or i >= n:
+                        break
+                    i += 1
+                    continue
+                e.pins -= 1
+                self._maybe_release(oid, e)
+                i += 1
+
+    # -- owner side of borrowing
+    def _h_get_object(self, h: dict, payload: list) -> None:
+        with self.lock:
+            oid = h["oid"]
+            e = self.objects.get(oid)
+            if e is None or not e.owned:
+                err = exc.ReferenceCountingAssertionError(oid.hex(), str(self.address))
+                frames, _ = serialization.serialize(err)
+                self.conns.send(h["ra"], {"t": protocol.OBJECT_VALUE, "oid": oid, "st": FAILED,
+                                          "err": True}, frames)
+                return
+            if e.state == PENDING:
+                if e.waiters is None:
+                    e.waiters = []
+                e.waiters.append(h["ra"])
+                return
+            self._send_value(h["ra"], oid, e)
+
+    def _h_object_value(self, h: dict, payload: list) -> None:
+        with self.lock:
+            oid = h["oid"]
+            e = self.objects.get(oid)
+            if e is None or e.state != PENDING:
+                return
+            if payload:
+                e.frames = [bytes(f) if len(f) < 65536 else f for f in payload]
+            else:
+                e.node, e.size = h.get("node"), h.get("size", 0)
+            e.is_error = bool(h.get("err"))
+            e.state = FAILED if e.is_error else READY
+            self._on_ready(oid, e)
+
+    def _h_add_borrower(self, h: dict, payload: list) -> None:
+        with self.lock:
+            e = self.objects.get(h["oid"])
+            if e is not None and e.owned:
+                e.borrowers.add(Address.unpack(h["b"]).for_node(self.node_id))
+
+    def _h_remove_borrower(self, h: dict, payload: list) -> None:
+        with self.lock:
+            oid = h["oid"]
+            e = self.objects.get(oid)
+            if e is not None and e.owned:
+                e.borrowers.discard(Address.unpack(h["b"]).for_node(self.node_id))
+                self._maybe_release(oid, e)
+
+    def _h_log_lines(self, h: dict, payload: list) -> None:
+        sink = self.log_sink
+        if sink is not None:
+            sink(h, payload)
+
+    def _h_push_task(self, h: dict, payload: list) -> None:
+        if self.on_push_task is None:
+            log.warning("PUSH_TASK to a process that runs no tasks: dropped")
+            return
+        self.on_push_task(h, payload)
+
+    def _h_cancel_task(self, h: dict, payload: list) -> None:
+        if self.on_cancel_task is not None:
+            self.on_cancel_task(h)
+
+    def _h_shutdown(self, h: dict, payload: list) -> None:
+        if self.mode == "worker" and self.on_cancel_task is not None:
+            os._exit(0)
+
+    _handlers = {
+        protocol.REGISTER_CLIENT_REPLY: _h_reply,
+        protocol.KV_REPLY: _h_reply,
+        protocol.NODES_REPLY: _h_reply,
+        protocol.PULL_DONE: _h_reply,
+        protocol.PONG: _h_reply,
+        protocol.LEASE_GRANTED: _h_lease_granted,
+        protocol.LEASE_SPILLBACK: _h_lease_spillback,
+        protocol.LEASE_FAILED: _h_lease_failed,
+        protocol.WORKER_DIED: _h_worker_died,
+        protocol.TASK_REPLY: _h_task_reply,
+        protocol.GENERATOR_ITEM: _h_generator_item,
+        protocol.GET_OBJECT: _h_get_object,
+        protocol.OBJECT_VALUE: _h_object_value,
+        protocol.ADD_BORROWER: _h_add_borrower,
+        protocol.REMOVE_BORROWER: _h_remove_borrower,
+        protocol.LOG_LINES: _h_log_lines,
+        protocol.PUSH_TASK: _h_push_task,
+        protocol.CANCEL_TASK: _h_cancel_task,
+        protocol.SHUTDOWN: _h_shutdown,
+        protocol.PING: lambda self, h, p: None,
+    }
+
+    # ----------------------------------------------------------- cancellation
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
+        with self.lock:
+            e = self.objects.get(ref._id)
+            if e is None or not e.owned or e.task_id is None:
+                if e is not None and not e.owned:
+                    raise ValueError("zray.cancel() only works on refs owned by this process "
+                                     "(returned by a task it submitted)")
+                return
+            t = self.tasks.get(e.task_id)
+            if t is None or t.state == "done":
+                return  # finished: no-op
+            self._cancel_task(t, force, recursive)
+
+    def _cancel_task(self, t: Task, force: bool, recursive: bool) -> None:
+        t.cancelled = True
+        if t.state in ("waiting", "queued"):
+            if t.state == "queued":
+                try:
+                    self.keys[t.key].queue.remove(t)
+                except ValueError:
+                    pass
+            self._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
+        elif t.state == "running" and t.worker is not None:
+            self.conns.send(t.worker.addr, {"t": protocol.CANCEL_TASK, "tid": t.tid,
+                                            "force": force, "rec": recursive})
+
+    def cancel_children(self, parent: bytes, force: bool) -> None:
+        with self.lock:
+            for tid in list(self.children.get(parent, ())):
+                t = self.tasks.get(tid)
+                if t is not None and t.state != "done":
+                    self._cancel_task(t, force, True)
+
+    # ----------------------------------------------------------------- loop
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        self.inbound.register(poller)
+        next_tick = time.monotonic() + 0.05
+        while self._running:
+            try:
+                ready = dict(poller.poll(50))
+            except zmq.ZMQError:
+                if not self._running:
+                    break
+                raise
+            if ready:
+                self.inbound.drain(ready, self._handle)
+            self._process_decrefs()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + 0.05
+                self._tick(now)
+
+    def _tick(self, now: float) -> None:
+        self._flush_borrow_releases(now)
+        with self.lock:
+            for ks in self.keys.values():
+                if ks.queue:
+                    continue
+                for wid, w in list(ks.workers.items()):
+                    if not w.inflight and now - w.idle_since > config.LEASE_IDLE_S:
+                        del ks.workers[wid]
+                        self._return_lease(w.raylet, w.lease, False)
+
+    def shutdown(self) -> None:
+        self._running = False
+        self._wake.send({"t": protocol.PING})
+        self.io_thread.join(timeout=2)
+        with self.lock:
+            for ks in self.keys.values():
+                for w in ks.workers.values():
+                    self._return_lease(w.raylet, w.lease, False)
+                ks.workers.clear()
+        self.conns.close()
+        self.inbound.close()
+
+
+def _strategy_key(s: Any) -> Any:
+    if s is None or isinstance(s, str):
+        return s
+    return (type(s).__name__, getattr(s, "node_id", None), getattr(s, "soft", None))
+
+
+def _strategy_wire(s: Any) -> Any:
+    if isinstance(s, str):
+        return {"kind": s}
+    return {"kind": type(s).__name__, "node": getattr(s, "node_id", None),
+            "soft": getattr(s, "soft", False)}
+
+
+def _error_from_wire(h: dict) -> BaseException:
+    kind = h.get("kind")
+    cls = getattr(exc, kind, None) if kind else None
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        try:
+            return cls(h.get("msg"))
+        except TypeError:
+            pass
+    return exc.RayError(h.get("msg"))
+
+
+def _as_raisable(value: Any) -> BaseException:
+    if isinstance(value, exc.RayTaskError):
+        return value.as_instanceof_cause()
+    if isinstance(value, BaseException):
+        return value
+    return exc.RaySystemError(value)

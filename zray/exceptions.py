@@ -1,0 +1,284 @@
+"""Ray's exception hierarchy, under the same names.
+
+A task's exception reaches ``zray.get`` as a ``RayTaskError`` that is *also* an
+instance of the original exception class, so ``except ValueError`` still works.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any
+
+
+class RayError(Exception):
+    """Base class of every zray error."""
+
+
+class RaySystemError(RayError):
+    def __init__(self, client_exc: Any = None, traceback_str: str | None = None):
+        self.client_exc = client_exc
+        self.traceback_str = traceback_str
+        super().__init__(client_exc)
+
+    def __str__(self) -> str:
+        out = f"System error: {self.client_exc}"
+        if self.traceback_str:
+            out += f"\ntraceback: {self.traceback_str}"
+        return out
+
+
+class CrossLanguageError(RayError):
+    pass
+
+
+class RayTaskError(RayError):
+    """A task raised; carries the cause and the remote traceback."""
+
+    def __init__(
+        self,
+        function_name: str = "",
+        traceback_str: str = "",
+        cause: BaseException | None = None,
+        proctitle: str = "",
+        pid: int = 0,
+        ip: str = "127.0.0.1",
+        actor_repr: str | None = None,
+        actor_id: str | None = None,
+    ):
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.proctitle = proctitle or "zray::" + str(function_name)
+        self.pid = pid or os.getpid()
+        self.ip = ip
+        self.actor_repr = actor_repr
+        self.actor_id = actor_id
+        # Exception.args is what pickling uses: keep it complete.
+        Exception.__init__(
+            self, function_name, traceback_str, cause, proctitle, pid, ip, actor_repr, actor_id
+        )
+
+    def __reduce__(self):
+        return (
+            _rebuild_task_error,
+            (
+                self.function_name,
+                self.traceback_str,
+                self.cause,
+                self.proctitle,
+                self.pid,
+                self.ip,
+                self.actor_repr,
+                self.actor_id,
+            ),
+        )
+
+    def __str__(self) -> str:
+        lines = self.traceback_str.strip().split("\n") if self.traceback_str else []
+        head = f"{self.__class__.__name__}: {self.proctitle} (pid={self.pid}, ip={self.ip}"
+        if self.actor_repr:
+            head += f", actor_id={self.actor_id}, repr={self.actor_repr}"
+        head += ")"
+        return "\n".join([head, *lines])
+
+    def as_instanceof_cause(self) -> RayTaskError:
+        """Return an error that is both a RayTaskError and an instance of the cause's class."""
+        cause_cls = type(self.cause) if self.cause is not None else None
+        if cause_cls is None or isinstance(self.cause, RayTaskError):
+            return self
+        if issubclass(RayTaskError, cause_cls):
+            return self
+        return _make_dual(cause_cls, self)
+
+    def make_dual_exception_instance(self) -> RayTaskError:
+        return self.as_instanceof_cause()
+
+
+_dual_classes: dict[type, type] = {}
+
+
+def _make_dual(cause_cls: type, err: RayTaskError) -> RayTaskError:
+    cls = _dual_classes.get(cause_cls)
+    if cls is None:
+        try:
+
+            class _Dual(RayTaskError, cause_cls):  # type: ignore[misc, valid-type]
+                def __init__(self, inner: RayTaskError):
+                    self.__dict__.update(inner.__dict__)
+                    self.args = inner.args
+
+                def __getattr__(self, name: str) -> Any:
+                    # Attributes of the original exception stay reachable.
+                    cause = self.__dict__.get("cause")
+                    if cause is None:
+                        raise AttributeError(name)
+                    return getattr(cause, name)
+
+                def __str__(self) -> str:
+                    return RayTaskError.__str__(self)
+
+                def __reduce__(self):
+                    return RayTaskError.__reduce__(self)
+
+            _Dual.__name__ = f"RayTaskError({cause_cls.__name__})"
+            _Dual.__qualname__ = _Dual.__name__
+            cls = _Dual
+        except TypeError:
+            # Layout conflicts (some builtins) cannot be combined: fall back.
+            return err
+        _dual_classes[cause_cls] = cls
+    return cls(err)
+
+
+def _rebuild_task_error(*args: Any) -> RayTaskError:
+    return RayTaskError(*args)
+
+
+class WorkerCrashedError(RayError):
+    def __str__(self) -> str:
+        return (
+            "The worker died unexpectedly while executing this task. "
+            "Check the worker's log in the session directory for the cause."
+        )
+
+
+class TaskCancelledError(RayError):
+    def __init__(self, task_id: Any = None, error_message: str | None = None):
+        self.task_id = task_id
+        self.error_message = error_message
+        super().__init__(task_id, error_message)
+
+    def __str__(self) -> str:
+        msg = "This task or its dependency was cancelled by"
+        if self.task_id:
+            msg = f"Task: {self.task_id} was cancelled. "
+        return self.error_message or msg
+
+
+class GetTimeoutError(RayError, TimeoutError):
+    pass
+
+
+class ObjectStoreFullError(RayError):
+    pass
+
+
+class OutOfMemoryError(RayError):
+    pass
+
+
+class OutOfDiskError(RayError):
+    pass
+
+
+class ObjectLostError(RayError):
+    def __init__(self, object_ref_hex: str = "", owner_address: str = "", call_site: str = ""):
+        self.object_ref_hex = object_ref_hex
+        self.owner_address = owner_address
+        self.call_site = call_site
+        super().__init__(object_ref_hex, owner_address, call_site)
+
+    def _base_str(self) -> str:
+        return f"Failed to retrieve object {self.object_ref_hex}. "
+
+    def __str__(self) -> str:
+        return self._base_str() + "All copies of the object were lost and it cannot be rebuilt."
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    def __str__(self) -> str:
+        return self._base_str() + "Fetching the object timed out."
+
+
+class ReferenceCountingAssertionError(ObjectLostError):
+    def __str__(self) -> str:
+        return self._base_str() + "The object was already freed (reference counting)."
+
+
+class OwnerDiedError(ObjectLostError):
+    def __str__(self) -> str:
+        return (
+            self._base_str()
+            + f"The object's owner ({self.owner_address}) has exited, so it cannot be resolved."
+        )
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    def __str__(self) -> str:
+        return self._base_str() + "Rebuilding the object from its lineage failed."
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectLostError):
+    def __str__(self) -> str:
+        return self._base_str() + "Rebuilding it would exceed the task's max_retries."
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectLostError):
+    def __str__(self) -> str:
+        return self._base_str() + "Its lineage was evicted."
+
+
+class RayActorError(RayError):
+    """An actor died or could not be reached."""
+
+    def __init__(self, cause: Any = None, error_msg: str | None = None, actor_id: Any = None):
+        self.cause = cause
+        self.error_msg = error_msg or (str(cause) if cause else "The actor died unexpectedly.")
+        self.actor_id = actor_id
+        super().__init__(cause, error_msg, actor_id)
+
+    def __str__(self) -> str:
+        return self.error_msg
+
+
+class ActorDiedError(RayActorError):
+    pass
+
+
+class ActorUnavailableError(RayActorError):
+    pass
+
+
+class ActorUnschedulableError(RayError):
+    pass
+
+
+class TaskUnschedulableError(RayError):
+    pass
+
+
+class LocalRayletDiedError(RayError):
+    def __str__(self) -> str:
+        return "The task's local raylet died."
+
+
+class NodeDiedError(RayError):
+    pass
+
+
+class RuntimeEnvSetupError(RayError):
+    pass
+
+
+class TaskPlacementGroupRemoved(RayError):
+    pass
+
+
+class PendingCallsLimitExceeded(RayError):
+    pass
+
+
+class AsyncioActorExit(RayError):
+    pass
+
+
+class RaySerializationError(RayError, TypeError):
+    """A value could not be serialised; the message names its type."""
+
+
+def format_remote_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+__all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type)]

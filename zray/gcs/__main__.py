@@ -1,0 +1,37 @@
+"""python -m zray.gcs: the cluster's GCS."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+
+from zray.gcs.server import GcsServer
+from zray.raylet.raylet import watch_stdin_then
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="zray-gcs")
+    p.add_argument("--session-dir", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--embedded", action="store_true", help="exit when stdin closes")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s gcs %(levelname)s %(message)s")
+    with open(os.path.join(a.session_dir, "secret"), "rb") as f:
+        secret = f.read()
+    s = GcsServer(a.session_dir, a.host, a.port, secret)
+
+    def stop(*_):
+        s.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if a.embedded:
+        watch_stdin_then(stop)
+    s.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""One shared-memory segment per object, in /dev/shm.
+
+Layout of a segment (all integers little-endian)::
+
+    0   magic b"ZRO1"
+    4   u32 number of frames n
+    8   u64 total size of the segment
+    16  n x (u64 offset, u64 length)   frame table
+    ... frames, each starting at a 64-byte boundary
+
+Frame 0 is the pickle stream, the others its out-of-band buffers. A reader
+maps the segment read-only and gets memoryviews into it: a numpy array in it is
+read without a copy. Unlinking a segment that a reader still maps is safe: the
+memory lives until the last mapping is gone.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+SHM_DIR = "/dev/shm"
+MAGIC = b"ZRO1"
+ALIGN = 64
+_HDR = struct.Struct("<4sIQ")
+_ENT = struct.Struct("<QQ")
+
+
+class SegmentError(Exception):
+    pass
+
+
+def segment_path(name: str) -> str:
+    return os.path.join(SHM_DIR, name)
+
+
+def _layout(sizes: list[int]) -> tuple[list[int], int]:
+    pos = _HDR.size + _ENT.size * len(sizes)
+    offsets = []
+    for n in sizes:
+        pos = (pos + ALIGN - 1) // ALIGN * ALIGN
+        offsets.append(pos)
+        pos += n
+    return offsets, max(pos, 1)
+
+
+def write_frames(fd: int, frames: list, path: str = "") -> int:
+    """Write frames into the file ``fd`` (already opened for writing) in segment layout."""
+    views = [memoryview(f).cast("B") if not isinstance(f, bytes) else memoryview(f) for f in frames]
+    sizes = [v.nbytes for v in views]
+    offsets, total = _layout(sizes)
+    try:
+        os.posix_fallocate(fd, 0, total)
+    except OSError as e:
+        raise SegmentError(f"no room for {total} bytes in {path or 'segment'}: {e}") from e
+    with mmap.mmap(fd, total) as m:
+        _HDR.pack_into(m, 0, MAGIC, len(views), total)
+        for i, (off, n) in enumerate(zip(offsets, sizes, strict=True)):
+            _ENT.pack_into(m, _HDR.size + _ENT.size * i, off, n)
+        for off, v in zip(offsets, views, strict=True):
+            m[off: off + v.nbytes] = v
+    return total
+
+
+def create(name: str, frames: list) -> int:
+    """Create segment ``name`` holding ``frames``; returns its size in bytes."""
+    path = segment_path(name)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        return write_frames(fd, frames, path)
+    except BaseException:
+        os.close(fd)
+        fd = -1
+        unlink(name)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def read_file(path: str) -> list[memoryview]:
+    """Map a segment (or spilled file) read-only; return its frames as memoryviews."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size < _HDR.size:
+            raise SegmentError(f"{path}: truncated segment")
+        m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    magic, n, total = _HDR.unpack_from(m, 0)
+    if magic != MAGIC or total > size:
+        raise SegmentError(f"{path}: not a zray object segment")
+    mv = memoryview(m)
+    out = []
+    for i in range(n):
+        off, ln = _ENT.unpack_from(m, _HDR.size + _ENT.size * i)
+        out.append(mv[off: off + ln])
+    return out
+
+
+def read(name: str) -> list[memoryview]:
+    return read_file(segment_path(name))
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(segment_path(name))
+
+
+def unlink(name: str) -> bool:
+    try:
+        os.unlink(segment_path(name))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def size_of(name: str) -> int:
+    return os.stat(segment_path(name)).st_size
+
+
+def list_segments(prefix: str) -> list[str]:
+    try:
+        return [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+
+
+def remove_all(prefix: str) -> int:
+    """Unlink every segment whose name starts with ``prefix`` (cleanup)."""
+    n = 0
+    for name in list_segments(prefix):
+        n += unlink(name)
+    return n

@@ -1,0 +1,358 @@
+"""The wire protocol: every message type, and the only code that builds frames.
+
+A message is a ZeroMQ multipart message sent by a DEALER to a peer's inbound
+ROUTER (all traffic is one-way; a reply is a new message to the requester's
+inbound address)::
+
+    [header, mac, payload_0, ..., payload_n]
+
+- ``header``: msgpack map; key ``t`` is the message type (an int below), the
+  other keys are that type's fields (see docs/PROTOCOL.md).
+- ``mac``: empty on ``ipc://`` (the session directory is owner-only); on
+  ``tcp://`` a keyed BLAKE2b-128 over the header and every payload frame but
+  the trailing ``bulk`` ones (raw object bytes, which are never unpickled).
+- payload frames: pickled values and their out-of-band buffers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+from typing import Any
+
+import msgpack
+import zmq
+
+log = logging.getLogger("zray.protocol")
+
+MAC_LEN = 16
+MAX_HEADER = 1 << 20  # a header larger than this is malformed
+
+
+class ProtocolError(Exception):
+    """A malformed, unauthenticated or unknown message (it is dropped and logged)."""
+
+
+# --- message types ---------------------------------------------------------
+# Registration and membership
+REGISTER_CLIENT = 1  # worker/driver -> raylet
+REGISTER_CLIENT_REPLY = 2
+REGISTER_NODE = 3  # raylet -> gcs
+REGISTER_NODE_REPLY = 4
+HEARTBEAT = 5  # raylet -> gcs (carries available resources)
+UNREGISTER_NODE = 6
+# Leases (raylet scheduler)
+REQUEST_LEASE = 10
+LEASE_GRANTED = 11
+LEASE_SPILLBACK = 12
+LEASE_FAILED = 13
+RETURN_LEASE = 14
+CANCEL_LEASE_REQUEST = 15
+WORKER_BLOCKED = 16
+WORKER_UNBLOCKED = 17
+WORKER_DIED = 18  # raylet -> lease holder
+WORKER_EXITING = 19  # worker -> raylet (max_calls reached, clean exit)
+# Tasks (core worker to core worker, no raylet on the path)
+PUSH_TASK = 20
+TASK_REPLY = 21
+GENERATOR_ITEM = 22
+CANCEL_TASK = 23
+# Objects
+GET_OBJECT = 30  # borrower -> owner: send me the value / location when ready
+OBJECT_VALUE = 31
+ADD_BORROWER = 32
+REMOVE_BORROWER = 33
+OBJECT_SEALED = 34  # core worker -> raylet: a new object in this node's store
+FREE_OBJECTS = 35  # owner -> raylet
+PULL_OBJECT = 36  # core worker -> raylet: make a local copy
+PULL_DONE = 37
+CHUNK_REQUEST = 38  # raylet -> raylet
+CHUNK = 39
+# GCS
+KV_PUT = 40
+KV_GET = 41
+KV_REPLY = 42
+GET_NODES = 43
+NODES_REPLY = 44
+SUBSCRIBE = 45
+PUBLISH = 46
+OBJECT_LOCATION_ADD = 47
+OBJECT_LOCATION_REMOVE = 48
+GET_OBJECT_LOCATIONS = 49
+OBJECT_LOCATIONS_REPLY = 50
+REGISTER_JOB = 51
+# Logs
+LOG_LINES = 60
+# Control
+SHUTDOWN = 70
+PING = 71
+PONG = 72
+
+NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int) and k not in ("MAC_LEN", "MAX_HEADER")}
+
+
+def _mac(key: bytes, parts: list) -> bytes:
+    h = hashlib.blake2b(key=key, digest_size=MAC_LEN)
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def encode(header: dict, payload: list | tuple = (), key: bytes | None = None, bulk: int = 0) -> list:
+    """Build the frames of one message. ``key`` set means: authenticate (tcp)."""
+    if bulk:
+        header["bulk"] = bulk
+    h = msgpack.packb(header, use_bin_type=True)
+    if key is None:
+        return [h, b"", *payload]
+    signed = payload[: len(payload) - bulk] if bulk else payload
+    return [h, _mac(key, [h, *signed]), *payload]
+
+
+def decode(frames: list, key: bytes | None = None) -> tuple[dict, list]:
+    """Parse and (with ``key``) authenticate ``[header, mac, *payload]``.
+
+    ``frames`` may hold ``zmq.Frame`` objects (zero-copy receive) or bytes.
+    Raises ProtocolError for anything malformed or unauthenticated.
+    """
+    if len(frames) < 2:
+        raise ProtocolError(f"too few frames ({len(frames)})")
+    hf = frames[0]
+    h = hf.bytes if isinstance(hf, zmq.Frame) else hf
+    if len(h) > MAX_HEADER:
+        raise ProtocolError(f"header of {len(h)} bytes")
+    mf = frames[1]
+    mac = mf.bytes if isinstance(mf, zmq.Frame) else mf
+    payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames[2:]]
+    if key is not None:
+        if len(mac) != MAC_LEN:
+            raise ProtocolError("missing authentication (no MAC)")
+        # The header is not parsed before the MAC is checked, so bulk count
+        # is read after: verify over all frames first, then over fewer.
+        try:
+            header = msgpack.unpackb(h, raw=False)
+        except Exception as e:  # msgpack raises several types
+            raise ProtocolError(f"undecodable header: {e}") from None
+        bulk = header.get("bulk", 0) if isinstance(header, dict) else 0
+        if not isinstance(bulk, int) or bulk < 0 or bulk > len(payload):
+            raise ProtocolError("bad bulk count")
+        signed = payload[: len(payload) - bulk] if bulk else payload
+        if not hmac.compare_digest(mac, _mac(key, [h, *signed])):
+            raise ProtocolError("bad MAC: sender does not hold the cluster secret")
+    else:
+        try:
+            header = msgpack.unpackb(h, raw=False)
+        except Exception as e:
+            raise ProtocolError(f"undecodable header: {e}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("t"), int):
+        raise ProtocolError("header is not a map with an int type")
+    return header, payload
+
+
+def _reset_ctx_after_fork() -> None:
+    global _ctx
+    _ctx = None
+
+
+_ctx: zmq.Context | None = None
+_ctx_lock = threading.Lock()
+
+
+def context() -> zmq.Context:
+    """The process's ZeroMQ context (recreated in a forked child)."""
+    global _ctx
+    with _ctx_lock:
+        if _ctx is None:
+            _ctx = zmq.Context()
+        return _ctx
+
+
+import os as _os  # noqa: E402
+
+_os.register_at_fork(after_in_child=_reset_ctx_after_fork)
+
+SEND_TIMEOUT_MS = 30_000
+
+
+class Conn:
+    """An outbound connection (DEALER) to one peer's inbound ROUTER.
+
+    Any thread may send: a lock serialises use of the socket. Nothing is ever
+    received on it, so no other thread touches it.
+    """
+
+    __slots__ = ("addr", "key", "sock", "lock", "closed")
+
+    def __init__(self, addr: str, key: bytes | None, identity: bytes | None = None):
+        self.addr = addr
+        # Authenticate only what leaves the machine's owner-only ipc sockets.
+        self.key = key if addr.startswith("tcp://") else None
+        s = context().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a slow peer: memory-bound
+        s.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if identity:
+            s.setsockopt(zmq.IDENTITY, identity)
+        s.connect(addr)
+        self.sock = s
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def send(self, header: dict, payload: list | tuple = (), bulk: int = 0) -> bool:
+        frames = encode(header, payload, self.key, bulk)
+        with self.lock:
+            if self.closed:
+                return False
+            try:
+                self.sock.send_multipart(frames, copy=len(frames) < 3 or _small(frames))
+                return True
+            except zmq.Again:
+                log.warning("send to %s timed out: %s dropped", self.addr, NAMES.get(header["t"]))
+                return False
+            except zmq.ZMQError as e:
+                log.warning("send to %s failed: %s", self.addr, e)
+                return False
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self.sock.close(linger=0)
+
+
+def _small(frames: list) -> bool:
+    for f in frames:
+        if len(f) > 65536:
+            return False
+    return True
+
+
+class Inbound:
+    """A process's inbound ROUTER sockets: ipc (trusted) and optionally tcp (MAC'd)."""
+
+    def __init__(self, ipc_path: str | None, tcp_host: str | None, key: bytes | None,
+                 tcp_port: int = 0, max_msg: int = 1 << 30):
+        self.key = key
+        self.socks: list[tuple[zmq.Socket, bytes | None]] = []
+        self.ipc_addr = self.tcp_addr = None
+        ctx = context()
+        if ipc_path:
+            s = ctx.socket(zmq.ROUTER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVHWM, 0)
+            s.bind("ipc://" + ipc_path)
+            self.ipc_addr = "ipc://" + ipc_path
+            self.socks.append((s, None))
+        if tcp_host:
+            s = ctx.socket(zmq.ROUTER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVHWM, 0)
+            s.setsockopt(zmq.MAXMSGSIZE, max_msg)
+            if tcp_port:
+                s.bind(f"tcp://{tcp_host}:{tcp_port}")
+                port = tcp_port
+            else:
+                port = s.bind_to_random_port(f"tcp://{tcp_host}")
+            self.tcp_addr = f"tcp://{tcp_host}:{port}"
+            if key is None:
+                raise ValueError("a tcp listener needs the cluster secret")
+            self.socks.append((s, key))
+
+    def register(self, poller: zmq.Poller) -> None:
+        for s, _ in self.socks:
+            poller.register(s, zmq.POLLIN)
+
+    def drain(self, ready: dict, handler, max_batch: int = 1000) -> int:
+        """Receive what is waiting on the ready sockets and hand each message to handler."""
+        n = 0
+        for s, key in self.socks:
+            if s not in ready:
+                continue
+            for _ in range(max_batch):
+                try:
+                    frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                n += 1
+                try:
+                    header, payload = decode(frames[1:], key)
+                except ProtocolError as e:
+                    log.warning("dropped a malformed message: %s", e)
+                    continue
+                try:
+                    handler(header, payload)
+                except Exception:
+                    log.exception("handler failed on %s; message dropped",
+                                  NAMES.get(header.get("t"), header.get("t")))
+        return n
+
+    def close(self) -> None:
+        for s, _ in self.socks:
+            s.close(linger=0)
+        self.socks = []
+
+
+class Address:
+    """Where a process listens: its ipc address (same node) and tcp address (other nodes)."""
+
+    __slots__ = ("node_id", "ipc", "tcp")
+
+    def __init__(self, node_id: bytes, ipc: str | None, tcp: str | None):
+        self.node_id = node_id
+        self.ipc = ipc
+        self.tcp = tcp
+
+    def pack(self) -> list:
+        return [self.node_id, self.ipc, self.tcp]
+
+    @classmethod
+    def unpack(cls, v: Any) -> Address:
+        return cls(v[0], v[1], v[2])
+
+    def for_node(self, node_id: bytes) -> str:
+        if node_id == self.node_id and self.ipc:
+            return self.ipc
+        if self.tcp is None:
+            raise ConnectionError(f"{self.ipc} is not reachable from another node")
+        return self.tcp
+
+    def __repr__(self) -> str:
+        return f"Address({self.ipc or self.tcp})"
+
+
+class Connections:
+    """A cache of outbound connections keyed by address string."""
+
+    def __init__(self, key: bytes | None):
+        self.key = key
+        self._conns: dict[str, Conn] = {}
+        self._lock = threading.Lock()
+
+    def get(self, addr: str) -> Conn:
+        c = self._conns.get(addr)
+        if c is None:
+            with self._lock:
+                c = self._conns.get(addr)
+                if c is None:
+                    c = Conn(addr, self.key)
+                    self._conns[addr] = c
+        return c
+
+    def send(self, addr: str, header: dict, payload: list | tuple = (), bulk: int = 0) -> bool:
+        return self.get(addr).send(header, payload, bulk)
+
+    def drop(self, addr: str) -> None:
+        with self._lock:
+            c = self._conns.pop(addr, None)
+        if c:
+            c.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for c in conns:
+            c.close()

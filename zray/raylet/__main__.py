@@ -1,0 +1,46 @@
+"""python -m zray.raylet: one node's raylet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+
+from zray.raylet.raylet import Raylet, watch_stdin_then
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="zray-raylet")
+    p.add_argument("--session-dir", required=True)
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--gcs", required=True, help="GCS address (ipc:// or tcp://)")
+    p.add_argument("--node-ip", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--resources", default="{}", help="JSON: total resources")
+    p.add_argument("--object-store-memory", type=int, default=0)
+    p.add_argument("--head", action="store_true")
+    p.add_argument("--embedded", action="store_true", help="exit when stdin closes")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s raylet %(levelname)s %(message)s")
+    with open(os.path.join(a.session_dir, "secret"), "rb") as f:
+        secret = f.read()
+    r = Raylet(session_dir=a.session_dir, node_id=bytes.fromhex(a.node_id), gcs_addr=a.gcs,
+               node_ip=a.node_ip, resources=json.loads(a.resources),
+               object_store_memory=a.object_store_memory or None, secret=secret,
+               is_head=a.head, port=a.port)
+
+    def stop(*_):
+        r.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if a.embedded:
+        watch_stdin_then(stop)
+    r.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""The raylet's I/O shell: one thread, one event loop, no locks.
+
+It turns messages, worker-process exits and timer ticks into events for the
+NodeScheduler and the ObjectStoreState, and their actions into messages,
+process starts and file operations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import zmq
+
+from zray import config, ids, protocol
+from zray.objstore import shm
+from zray.raylet import scheduler as sch
+
+log = logging.getLogger("zray.raylet")
+
+
+class Raylet:
+    def __init__(self, *, session_dir: str, node_id: bytes, gcs_addr: str, node_ip: str,
+                 resources: dict, object_store_memory: int | None, secret: bytes,
+                 is_head: bool, port: int = 0, labels: dict | None = None):
+        self.session_dir = session_dir
+        self.node_id = node_id
+        self.node_ip = node_ip
+        self.secret = secret
+        self.is_head = is_head
+        self.gcs_addr = gcs_addr
+        self.session_name = os.path.basename(session_dir.rstrip("/"))
+        self.shm_prefix = f"zray-{self.session_name[-8:]}-{node_id.hex()[:8]}-"
+        self.sched = sch.NodeScheduler(resources)
+        self.inbound = protocol.Inbound(
+            os.path.join(session_dir, "sockets", "raylet-" + node_id.hex()[:12]),
+            node_ip, secret, tcp_port=port)
+        self.address = protocol.Address(node_id, self.inbound.ipc_addr, self.inbound.tcp_addr)
+        self.conns = protocol.Connections(secret)
+        self.gcs = self.conns.get(gcs_addr)
+        self.procs: dict[bytes, subprocess.Popen] = {}
+        self.pidfds: dict[int, bytes] = {}
+        self.workers_addr: dict[bytes, list] = {}
+        self.drivers: dict[bytes, str] = {}
+        self.poller = zmq.Poller()
+        self.inbound.register(self.poller)
+        self.running = True
+        self.objects: dict[bytes, int] = {}  # oid -> size (store accounting)
+        self.used = 0
+        self.capacity = object_store_memory or _default_capacity()
+        self.gcs_address = ""
+        self._dirty = True
+        self._last_report = 0.0
+        self.log_dir = os.path.join(session_dir, "logs")
+        os.makedirs(self.log_dir, exist_ok=True)
+
+    # ------------------------------------------------------------- workers
+    def start_workers(self, n: int) -> None:
+        for _ in range(n):
+            wid = ids.new_unique_id()
+            logf = open(os.path.join(self.log_dir, f"worker-{wid.hex()[:12]}.log"), "ab")
+            try:
+                p = subprocess.Popen(
+                    [sys.executable, "-m", "zray.worker_main",
+                     "--session-dir", self.session_dir, "--node-id", self.node_id.hex(),
+                     "--raylet", self.address.ipc, "--worker-id", wid.hex(),
+                     "--shm-prefix", self.shm_prefix, "--node-ip", self.node_ip],
+                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                    close_fds=True)
+            except OSError as e:
+                log.error("cannot start a worker: %s", e)
+                self.apply(self.sched.worker_start_failed())
+                continue
+            finally:
+                logf.close()
+            self.procs[wid] = p
+            fd = os.pidfd_open(p.pid)
+            self.pidfds[fd] = wid
+            self.poller.register(fd, zmq.POLLIN)
+
+    def _reap(self, fd: int) -> None:
+        wid = self.pidfds.pop(fd)
+        self.poller.unregister(fd)
+        os.close(fd)
+        p = self.procs.pop(wid, None)
+        if p is not None:
+            p.wait()
+            if p.returncode not in (0, -signal.SIGTERM):
+                log.warning("worker %s (pid %d) exited with %s", wid.hex()[:12], p.pid, p.returncode)
+        self.workers_addr.pop(wid, None)
+        self._dirty = True
+        self.apply(self.sched.worker_exited(wid))
+
+    def kill_worker(self, wid: bytes, sig: int = signal.SIGTERM) -> None:
+        p = self.procs.get(wid)
+        if p is not None and p.poll() is None:
+            try:
+                p.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    # ------------------------------------------------------------- actions
+    def apply(self, acts: list) -> None:
+        for a in acts:
+            if isinstance(a, sch.Grant):
+                self._dirty = True
+                self.conns.send(a.req.ra, {
+                    "t": protocol.LEASE_GRANTED, "lrid": a.req.lrid, "wid": a.wid,
+                    "waddr": self.workers_addr[a.wid], "lease": a.lease_id, "node": self.node_id,
+                    "res": a.res, "raylet": self.address.pack()})
+            elif isinstance(a, sch.StartWorkers):
+                self.start_workers(a.n)
+            elif isinstance(a, sch.Warn):
+                self.conns.send(a.req.ra, {"t": protocol.LEASE_FAILED, "lrid": a.req.lrid,
+                                           "warn": True, "msg": a.msg})
+            elif isinstance(a, sch.Fail):
+                self.conns.send(a.req.ra, {"t": protocol.LEASE_FAILED, "lrid": a.req.lrid,
+                                           "kind": a.kind, "msg": a.msg})
+            elif isinstance(a, sch.Spill):
+                self.conns.send(a.req.ra, {"t": protocol.LEASE_SPILLBACK, "lrid": a.req.lrid,
+                                           "raylet": self.peer_addr(a.node)})
+            elif isinstance(a, sch.NotifyWorkerDied):
+                self.conns.send(a.ra, {"t": protocol.WORKER_DIED, "wid": a.wid,
+                                       "lease": a.lease_id, "reason": a.reason})
+            elif isinstance(a, sch.KillWorker):
+                self.kill_worker(a.wid)
+
+    def peer_addr(self, node: bytes) -> list:
+        return self.peers_addr.get(node, self.address.pack())
+
+    peers_addr: dict = {}
+
+    # ------------------------------------------------------------ messages
+    def handle(self, h: dict, payload: list) -> None:
+        t = h["t"]
+        if t == protocol.REQUEST_LEASE:
+            req = sch.LeaseRequest(h["lrid"], h["ra"], {k: float(v) for k, v in h["res"].items()},
+                                   h.get("strat"), time.monotonic())
+            self.apply(self.sched.request(req))
+        elif t == protocol.RETURN_LEASE:
+            self._dirty = True
+            self.apply(self.sched.lease_returned(h["lease"], bool(h.get("exit"))))
+        elif t == protocol.REGISTER_CLIENT:
+            self._register_client(h)
+        elif t == protocol.WORKER_BLOCKED:
+            self._dirty = True
+            self.apply(self.sched.blocked(h["wid"]))
+        elif t == protocol.WORKER_UNBLOCKED:
+            self._dirty = True
+            self.apply(self.sched.unblocked(h["wid"]))
+        elif t == protocol.OBJECT_SEALED:
+            size = int(h["size"])
+            if h["oid"] not in self.objects:
+                self.objects[h["oid"]] = size
+                self.used += size
+        elif t == protocol.FREE_OBJECTS:
+            for oid in h["oids"]:
+                size = self.objects.pop(oid, None)
+                if size is not None:
+                    self.used -= size
+                shm.unlink(self.shm_prefix + oid.hex())
+        elif t == protocol.PULL_OBJECT:
+            ok = shm.exists(self.shm_prefix + h["oid"].hex())
+            self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
+        elif t == protocol.CANCEL_LEASE_REQUEST:
+            self.apply(self.sched.cancel(h["ra"], h["lrid"]))
+        elif t == protocol.WORKER_EXITING:
+            pass  # the pidfd tells us when it is gone
+        elif t == protocol.REGISTER_NODE_REPLY:
+            self.gcs_address = h.get("gcs_address", "")
+        elif t == protocol.SHUTDOWN:
+            self.running = False
+        elif t == protocol.PING:
+            if "ra" in h:
+                self.conns.send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid")})
+        else:
+            log.warning("unexpected message %s", protocol.NAMES.get(t, t))
+
+    def _register_client(self, h: dict) -> None:
+        wid = h["wid"]
+        if h.get("kind") == "worker":
+            self.workers_addr[wid] = h["addr"]
+            self.apply(self.sched.worker_registered(wid))
+        else:
+            self.drivers[wid] = h["ra"]
+        self.conns.send(h["ra"], {
+            "t": protocol.REGISTER_CLIENT_REPLY, "rid": h["rid"], "node": self.node_id,
+            "gcs": self.gcs_addr, "gcs_address": self.gcs_address, "shm": self.shm_prefix,
+            "raylet": self.address.pack(), "node_ip": self.node_ip})
+
+    # --------------------------------------------------------------- loop
+    def report(self, now: float) -> None:
+        self._dirty = False
+        self._last_report = now
+        self.gcs.send({"t": protocol.HEARTBEAT, "node": self.node_id,
+                       "avail": self.sched.available(), "used": self.used,
+                       "workers": len(self.procs)})
+
+    def register_with_gcs(self) -> None:
+        self.gcs.send({"t": protocol.REGISTER_NODE, "node": self.node_id,
+                       "addr": self.address.pack(), "ra": self.address.ipc
+                       if self.gcs_addr.startswith("ipc://") else self.address.tcp,
+                       "ip": self.node_ip, "res": self.sched.total, "head": self.is_head,
+                       "session": self.session_dir, "shm": self.shm_prefix,
+                       "store": self.capacity, "pid": os.getpid(),
+                       "hostname": os.uname().nodename})
+
+    def run(self) -> None:
+        self.register_with_gcs()
+        self.start_workers(min(config.PRESTART_WORKERS, max(int(self.sched.total.get("CPU", 1)), 1)))
+        self.sched.starting = len(self.procs)
+        tick = 0.0
+        while self.running:
+            ready = dict(self.poller.poll(50))
+            if ready:
+                self.inbound.drain(ready, self.handle)
+                for fd in [f for f in ready if isinstance(f, int) and f in self.pidfds]:
+                    self._reap(fd)
+            now = time.monotonic()
+            if self._dirty and now - self._last_report > 0.02 or now - self._last_report > config.HEARTBEAT_S:
+                self.report(now)
+            if now - tick > 0.25:
+                tick = now
+                self.apply(self.sched.tick(now, config.INFEASIBLE_WARN_S))
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.gcs.send({"t": protocol.UNREGISTER_NODE, "node": self.node_id})
+        for p in self.procs.values():
+            try:
+                p.terminate()
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 2
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shm.remove_all(self.shm_prefix)
+        self.inbound.close()
+        self.conns.close()
+        try:
+            os.unlink(self.address.ipc[len("ipc://"):])
+        except OSError:
+            pass
+
+
+def _default_capacity() -> int:
+    try:
+        import psutil
+
+        total = psutil.virtual_memory().total
+    except Exception:
+        total = 8 << 30
+    import shutil
+
+    try:
+        free = shutil.disk_usage(shm.SHM_DIR).free
+    except OSError:
+        free = total
+    return int(min(total * 0.3, free * 0.9))
+
+
+def watch_stdin_then(fn) -> None:
+    """Embedded heads: the driver holds our stdin; EOF means it is gone."""
+
+    def run():
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except Exception:
+            pass
+        fn()
+
+    threading.Thread(target=run, daemon=True).start()

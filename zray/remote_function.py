@@ -1,0 +1,92 @@
+"""@zray.remote on a function: RemoteFunction and its .options()."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any
+
+from zray import options as opt
+from zray import serialization
+
+
+class RemoteFunction:
+    """A function that runs as a task: call ``.remote()`` to run it."""
+
+    def __init__(self, function: Any, task_options: dict):
+        opt.validate(task_options)
+        self._function = function
+        self._function_name = getattr(function, "__name__", "function")
+        self._module = getattr(function, "__module__", "")
+        self._default_options = {**opt.TASK_DEFAULTS, **task_options}
+        if "num_returns" not in task_options and inspect.isgeneratorfunction(function):
+            # A generator without num_returns streams its values (Ray >= 2.8).
+            self._default_options["num_returns"] = "streaming"
+        if self._default_options.get("num_gpus") and "max_calls" not in task_options:
+            self._default_options["max_calls"] = 1  # Ray: GPU tasks release their worker
+        self._prepare(self._default_options)
+        self._blob: bytes | None = None
+        self._fn_id: bytes | None = None
+        self.__doc__ = function.__doc__
+        self.__name__ = self._function_name
+        self.__wrapped__ = function
+
+    @staticmethod
+    def _prepare(o: dict) -> None:
+        o["_resources"] = opt.task_resources(o)
+        if o["num_returns"] == "dynamic":
+            o["num_returns"] = "streaming"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "Remote functions cannot be called directly. Instead of running "
+            f"'{self._module}.{self._function_name}()', try "
+            f"'{self._module}.{self._function_name}.remote()'.")
+
+    def _export(self, cw: Any) -> bytes:
+        if self._fn_id is None:
+            self._blob = serialization.dumps_plain(self._function)
+            self._fn_id = hashlib.sha1(self._blob).digest()
+        cw.export_function(self._fn_id, self._blob)
+        return self._fn_id
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function as a task; returns ObjectRef(s) at once."""
+        return self._remote(args, kwargs, self._default_options)
+
+    def _remote(self, args: tuple, kwargs: dict, o: dict) -> Any:
+        from zray import api
+
+        cw = api._ensure_initialized()
+        fn_id = self._export(cw)
+        return cw.submit_task(fn_id, o.get("name") or self._function_name, args, kwargs, o)
+
+    def options(self, **task_options: Any) -> _OptionsWrapper:
+        """Override options for the calls made through the returned object."""
+        opt.validate(task_options)
+        o = {**self._default_options, **task_options}
+        if "num_gpus" in task_options and task_options["num_gpus"] and "max_calls" not in task_options:
+            o["max_calls"] = 1
+        self._prepare(o)
+        return _OptionsWrapper(self, o)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("Ray DAGs (.bind) are not supported by zray yet")
+
+    def __repr__(self) -> str:
+        return f"RemoteFunction({self._module}.{self._function_name})"
+
+
+class _OptionsWrapper:
+    def __init__(self, rf: RemoteFunction, o: dict):
+        self._rf = rf
+        self._o = o
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._rf._remote(args, kwargs, self._o)
+
+    def options(self, **task_options: Any) -> _OptionsWrapper:
+        opt.validate(task_options)
+        o = {**self._o, **task_options}
+        self._rf._prepare(o)
+        return _OptionsWrapper(self._rf, o)

@@ -1,0 +1,75 @@
+"""Values to frames and back: cloudpickle, protocol 5, out-of-band buffers.
+
+A serialised value is a list of frames: ``[pickle_stream, buf_0, ..., buf_n]``.
+Buffers of at least OOB_MIN bytes (numpy arrays, bytes) travel out of band so
+that they can be written to and read from shared memory without a copy.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+from typing import Any
+
+import cloudpickle
+
+from zray.exceptions import RaySerializationError
+
+OOB_MIN = 4096
+_ctx = threading.local()
+
+
+class _Pickler(cloudpickle.Pickler):
+    pass
+
+
+def serialize(value: Any, what: str = "value") -> tuple[list, list]:
+    """Return (frames, contained ObjectRefs). Raises RaySerializationError naming the type."""
+    buffers: list = []
+
+    def cb(pb: pickle.PickleBuffer) -> bool:
+        raw = pb.raw()
+        if raw.nbytes < OOB_MIN:
+            return True  # in band
+        buffers.append(raw)
+        return False
+
+    prev = getattr(_ctx, "refs", None)
+    _ctx.refs = refs = []
+    try:
+        f = io.BytesIO()
+        _Pickler(f, protocol=5, buffer_callback=cb).dump(value)
+        meta = f.getvalue()
+    except Exception as e:
+        raise RaySerializationError(
+            f"Could not serialize the {what} of type {type(value).__name__!r}: {e}"
+        ) from e
+    finally:
+        _ctx.refs = prev
+    return [meta, *buffers], refs
+
+
+def note_ref(ref: Any) -> None:
+    """Called by ObjectRef.__reduce__: remember refs nested in the value being pickled."""
+    refs = getattr(_ctx, "refs", None)
+    if refs is not None:
+        refs.append(ref)
+
+
+def deserialize(frames: list) -> Any:
+    """Inverse of serialize; buffers are used in place (zero-copy)."""
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+def frames_size(frames: list) -> int:
+    return sum(len(f) if isinstance(f, bytes) else memoryview(f).nbytes for f in frames)
+
+
+def dumps_plain(value: Any) -> bytes:
+    """In-band pickle for small control values (errors, functions)."""
+    return cloudpickle.dumps(value, protocol=5)
+
+
+def loads_plain(data: Any) -> Any:
+    return pickle.loads(data)

@@ -1,0 +1,376 @@
+"""A worker process: started by its raylet, runs tasks pushed by their owners."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import inspect
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+
+from zray import config, protocol, serialization, worker_state
+from zray import exceptions as exc
+from zray.core_worker import INLINE, STORED, CoreWorker
+from zray.ids import TaskID, object_id_for
+
+log = logging.getLogger("zray.worker")
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the kernel kills us if the raylet dies, however it dies.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class LogStream:
+    """sys.stdout/err of a worker: lines go to the job's driver, prefixed like Ray's."""
+
+    def __init__(self, executor: Executor, err: bool, raw):
+        self.ex = executor
+        self.err = err
+        self.raw = raw
+        self.buf = ""
+        self.lock = threading.Lock()
+
+    def write(self, s: str) -> int:
+        with self.lock:
+            self.buf += s
+            if "\n" in self.buf:
+                lines = self.buf.split("\n")
+                self.buf = lines.pop()
+                self.ex.send_log(lines, self.err)
+        try:
+            self.raw.write(s)
+        except Exception:
+            pass
+        return len(s)
+
+    def flush(self) -> None:
+        with self.lock:
+            if self.buf:
+                lines, self.buf = [self.buf], ""
+                self.ex.send_log(lines, self.err)
+        try:
+            self.raw.flush()
+        except Exception:
+            pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+class Executor:
+    """Runs pushed tasks one at a time on the main thread."""
+
+    def __init__(self, cw: CoreWorker):
+        self.cw = cw
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.functions: dict[bytes, Any] = {}
+        self.jobs: set[bytes] = set()
+        self.calls: dict[bytes, int] = {}
+        self.cancelled: set[bytes] = set()
+        self.running: bytes | None = None
+        self.interrupting: bytes | None = None
+        self.state_lock = threading.Lock()
+        self.pid = os.getpid()
+        self.log_prefix = ""
+        cw.on_push_task = lambda h, p: self.q.put((h, p))
+        cw.on_cancel_task = self.on_cancel
+
+    # -- called on the I/O thread
+    def on_cancel(self, h: dict) -> None:
+        tid = h["tid"]
+        if h.get("rec", True):
+            self.cw.cancel_children(tid, h.get("force", False))
+        with self.state_lock:
+            if self.running == tid:
+                if h.get("force"):
+                    os._exit(1)  # the raylet reports the death; the owner knows it cancelled
+                self.interrupting = tid
+                os.kill(self.pid, signal.SIGINT)
+            else:
+                self.cancelled.add(tid)
+
+    def send_log(self, lines: list[str], err: bool) -> None:
+        drv = self.cw.driver_addr
+        if not drv or drv == self.cw.address_packed:
+            return
+        try:
+            self.cw.conns.send(self.cw.addr_of(drv), {
+                "t": protocol.LOG_LINES, "pfx": self.log_prefix, "err": err, "lines": lines})
+        except Exception:
+            pass
+
+    # -- main thread
+    def run_forever(self) -> None:
+        while True:
+            try:
+                h, payload = self.q.get()
+                self.execute(h, payload)
+            except KeyboardInterrupt:
+                continue  # a cancel that arrived just after its task finished
+
+    def load_function(self, fn_id: bytes) -> Any:
+        fn = self.functions.get(fn_id)
+        if fn is None:
+            h, payload = self.cw.request(self.cw.gcs, {"t": protocol.KV_GET, "ns": "fn", "k": fn_id})
+            if not payload:
+                raise exc.RaySystemError(f"function {fn_id.hex()} was never exported")
+            fn = serialization.loads_plain(payload[0])
+            self.functions[fn_id] = fn
+        return fn
+
+    def load_job(self, job: bytes) -> None:
+        if job in self.jobs:
+            return
+        self.jobs.add(job)
+        h, payload = self.cw.request(self.cw.gcs, {"t": protocol.KV_GET, "ns": "job", "k": job})
+        if payload:
+            info = serialization.loads_plain(payload[0])
+            for p in reversed(info.get("path", [])):
+                if p and p not in sys.path:
+                    sys.path.insert(0, p)
+
+    def decode_args(self, h: dict, payload: list) -> tuple[list, dict]:
+        vals = []
+        pos = 0
+        for d in h["args"]:
+            if d[0] == INLINE:
+                n = d[1]
+                vals.append(serialization.deserialize(payload[pos: pos + n]))
+                pos += n
+            else:
+                _, oid, node, owner = d
+                frames = self.cw._read_stored(oid, node, owner)
+                vals.append(serialization.deserialize(frames))
+        kw = h.get("kw") or []
+        if kw:
+            k = len(kw)
+            return vals[:-k], dict(zip(kw, vals[-k:]))
+        return vals, {}
+
+    def execute(self, h: dict, payload: list) -> None:
+        cw = self.cw
+        tid = h["tid"]
+        owner = cw.addr_of(h["own"])
+        name = h.get("name", "")
+        with self.state_lock:
+            if tid in self.cancelled:
+                self.cancelled.discard(tid)
+                self.reply_error(h, owner, exc.TaskCancelledError(TaskID(tid)))
+                return
+            self.running = tid
+        cw.current_task_id = tid
+        cw.current_task_name = name
+        cw.assigned_resources = h.get("res") or {}
+        cw.driver_addr = h.get("drv")
+        cw.job_id = h.get("job", cw.job_id)
+        self.log_prefix = f"({name} pid={self.pid})"
+        gpus = cw.assigned_resources.get("GPU_ids")
+        if gpus is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        nret = h["nret"]
+        try:
+            try:
+                self.load_job(h["job"])
+                fn = self.load_function(h["fn"])
+                args, kwargs = self.decode_args(h, payload)
+                if nret == -1:
+                    self.run_streaming(h, owner, fn, args, kwargs)
+                    return
+                result = fn(*args, **kwargs)
+                if nret == 0 or nret == 1:
+                    values = [result if nret == 1 else None]
+                else:
+                    if inspect.isgenerator(result):
+                        result = list(result)
+                    if not isinstance(result, (tuple, list)) or len(result) != nret:
+                        n = len(result) if isinstance(result, (tuple, list)) else "not a sequence"
+                        raise ValueError(
+                            f"Task returned {n} objects, but num_returns={nret}.")
+                    values = list(result)
+            except KeyboardInterrupt:
+                if self.interrupting == tid:
+                    self.reply_error(h, owner, exc.TaskCancelledError(TaskID(tid)))
+                    return
+                raise
+            except Exception as e:
+                self.reply_error(h, owner, self.task_error(name, e))
+                return
+            self.reply_values(h, owner, values)
+        finally:
+            with self.state_lock:
+                self.running = None
+                self.interrupting = None
+            cw.current_task_id = None
+            for s in (sys.stdout, sys.stderr):
+                try:
+                    s.flush()
+                except Exception:
+                    pass
+            self.after_task(h)
+
+    def after_task(self, h: dict) -> None:
+        mc = h.get("mc")
+        if mc:
+            n = self.calls.get(h["fn"], 0) + 1
+            self.calls[h["fn"]] = n
+
+    def exiting_after(self, h: dict) -> bool:
+        mc = h.get("mc")
+        return bool(mc) and self.calls.get(h["fn"], 0) + 1 >= mc
+
+    def task_error(self, name: str, e: BaseException) -> exc.RayTaskError:
+        if isinstance(e, exc.RayTaskError):
+            return e  # an error flowing through: keep its origin
+        tb = traceback.format_exc()
+        return exc.RayTaskError(name, tb, e, pid=self.pid, ip=self.cw.node_ip)
+
+    def encode_value(self, value: Any, oid: bytes, err: bool, contained: list) -> tuple[list, list]:
+        try:
+            frames, refs = serialization.serialize(value, "return value")
+        except exc.RaySerializationError as se:
+            frames, refs = serialization.serialize(
+                exc.RayTaskError("", str(se), se, pid=self.pid)), []
+            err = True
+        for r in refs:
+            contained.append((r._id, r._owner))
+        size = serialization.frames_size(frames)
+        if size > config.INLINE_MAX and not err:
+            total = self.cw._store(oid, frames, size)
+            return [STORED, self.cw.node_id, total], []
+        return [INLINE, len(frames), err], frames
+
+    def _lend_contained(self, contained: list, caller: list) -> None:
+        # Refs inside a return value: the caller borrows them from now on.
+        cw = self.cw
+        with cw.lock:
+            for oid, owner in contained:
+                e = cw.objects.get(oid)
+                if e is not None and e.owned:
+                    e.borrowers.add(protocol.Address.unpack(caller).for_node(cw.node_id))
+                elif owner is not None:
+                    cw._send_owner(owner, {"t": protocol.ADD_BORROWER, "oid": oid, "b": caller})
+
+    def reply_values(self, h: dict, owner: str, values: list) -> None:
+        rets, payload, contained = [], [], []
+        for i, v in enumerate(values):
+            d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
+            if d[0] == INLINE and d[2]:
+                self.reply_error_frames(h, owner, frames)
+                return
+            rets.append(d)
+            payload.extend(frames)
+        rh = {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": rets}
+        if contained:
+            self._lend_contained(contained, h["own"])
+            rh["contained"] = contained
+        self._send_reply(h, owner, rh, payload)
+
+    def _send_reply(self, h: dict, owner: str, rh: dict, payload: list) -> None:
+        exiting = self.exiting_after(h)
+        if exiting:
+            rh["exiting"] = True
+        self.cw.conns.send(owner, rh, payload)
+        if exiting:
+            self.cw.raylet.send({"t": protocol.WORKER_EXITING, "wid": self.cw.worker_id})
+            sys.stdout.flush()
+            os._exit(0)
+
+    def reply_error(self, h: dict, owner: str, err: BaseException) -> None:
+        try:
+            frames, _ = serialization.serialize(err)
+        except exc.RaySerializationError:
+            frames, _ = serialization.serialize(
+                exc.RayTaskError(h.get("name", ""), getattr(err, "traceback_str", str(err)),
+                                 None, pid=self.pid))
+        self.reply_error_frames(h, owner, frames)
+
+    def reply_error_frames(self, h: dict, owner: str, frames: list) -> None:
+        n = max(h["nret"], 1)
+        rets = [[INLINE, len(frames), True]] * n
+        self._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": rets,
+                                    "err": True}, list(frames) * n)
+
+    def run_streaming(self, h: dict, owner: str, fn, args, kwargs) -> None:
+        i = 0
+        name = h.get("name", "")
+        try:
+            gen = fn(*args, **kwargs)
+            if not inspect.isgenerator(gen):
+                raise TypeError(f"{name} returned {type(gen).__name__}, not a generator, "
+                                "but its num_returns is 'streaming'")
+            for v in gen:
+                contained: list = []
+                d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
+                if contained:
+                    self._lend_contained(contained, h["own"])
+                self.cw.conns.send(owner, {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i,
+                                           "ret": d}, frames)
+                i += 1
+        except KeyboardInterrupt:
+            if self.interrupting != h["tid"]:
+                raise
+            err: BaseException = exc.TaskCancelledError(TaskID(h["tid"]))
+            self._stream_error(h, owner, i, err)
+            i += 1
+        except Exception as e:
+            self._stream_error(h, owner, i, self.task_error(name, e))
+            i += 1
+        self._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": [],
+                                    "gen_n": i}, [])
+
+    def _stream_error(self, h: dict, owner: str, i: int, err: BaseException) -> None:
+        frames, _ = serialization.serialize(err)
+        self.cw.conns.send(owner, {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i,
+                                   "ret": [INLINE, len(frames), True]}, frames)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="zray-worker")
+    p.add_argument("--session-dir", required=True)
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--raylet", required=True)
+    p.add_argument("--worker-id", required=True)
+    p.add_argument("--shm-prefix", required=True)
+    p.add_argument("--node-ip", default="127.0.0.1")
+    a = p.parse_args(argv)
+    _die_with_parent()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with open(os.path.join(a.session_dir, "secret"), "rb") as f:
+        secret = f.read()
+    cw = CoreWorker(mode="worker", session_dir=a.session_dir, node_id=bytes.fromhex(a.node_id),
+                    raylet_ipc=a.raylet, secret=secret, job_id=b"\0\0\0\0", node_ip=a.node_ip,
+                    worker_id=bytes.fromhex(a.worker_id), shm_prefix=a.shm_prefix)
+    worker_state.set_current(cw)
+    ex = Executor(cw)
+    h, _ = cw.request(a.raylet, {"t": protocol.REGISTER_CLIENT, "kind": "worker",
+                                 "wid": cw.worker_id, "addr": cw.address_packed, "pid": os.getpid()})
+    cw.gcs = h["gcs"]
+    cw.gcs_address = h.get("gcs_address", "")
+    sys.stdout = LogStream(ex, False, sys.stdout)
+    sys.stderr = LogStream(ex, True, sys.stderr)
+    # Only our SIGINT (from a cancel) should interrupt a task.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    ex.run_forever()
+
+
+if __name__ == "__main__":
+    main()

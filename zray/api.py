@@ -41,7 +41,7 @@ def _ensure_initialized() -> CoreWorker:
 
 def _find_local_session(address: str | None) -> str | None:
     """The newest session started on this machine (for address='auto' or host:port)."""
-    root = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray")
+    root = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray-sessions")
     latest = os.path.join(root, "session_latest")
     candidates = []
     if os.path.islink(latest) or os.path.isdir(latest):

@@ -29,4 +29,4 @@ NODE_DEATH_S = _env("NODE_DEATH_S", 5.0)
 INFEASIBLE_WARN_S = _env("INFEASIBLE_WARN_S", 1.0)
 # Workers started when a raylet starts (capped by its CPUs).
 PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 4))
-SESSION_ROOT = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray")
+SESSION_ROOT = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray-sessions")

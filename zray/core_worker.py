@@ -706,8 +706,6 @@ class CoreWorker:
     def _h_lease_failed(self, h: dict, payload: list) -> None:
         with self.lock:
             if h.get("warn"):
-                ks = self.lease_reqs.get(h["lrid"])
-                log.warning("%s", h.get("msg"))
                 print(f"zray: warning: {h.get('msg')}", file=sys.stderr)
                 return
             ks = self.lease_reqs.pop(h["lrid"], None)

@@ -42,8 +42,10 @@ from __future__ import annotations
 import os
 import sys
 
-if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(
-    os.path.abspath(__file__)
+if (
+    __name__ == "__main__"
+    and sys.path
+    and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__))
 ):
     # Run as ``python zray/microbenchmark.py``: don't let the package's own
     # modules (zray/exceptions.py, ...) shadow top-level imports.
@@ -516,9 +518,7 @@ def main(
             try:
                 fn, multiplier = setups[name](ray, d)
                 results.append(
-                    timeit(
-                        name, fn, multiplier, duration=duration, warmup=warmup, settle=settle
-                    )
+                    timeit(name, fn, multiplier, duration=duration, warmup=warmup, settle=settle)
                 )
             except Exception as e:
                 if raise_errors:
@@ -562,9 +562,7 @@ def _cli(argv: list[str] | None = None) -> int:
     if args.ray_timing:
         args.duration, args.warmup, args.settle = RAY_DURATION, RAY_WARMUP, RAY_SETTLE
     module = importlib.import_module(args.backend)
-    results = main(
-        module, args.filter, args.duration, warmup=args.warmup, settle=args.settle
-    )
+    results = main(module, args.filter, args.duration, warmup=args.warmup, settle=args.settle)
     return 0 if len(results) == len(select_cases(args.filter)) else 1
 
 

@@ -352,7 +352,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--node-ip", default="127.0.0.1")
     a = p.parse_args(argv)
     _die_with_parent()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with open(os.path.join(a.session_dir, "secret"), "rb") as f:
         secret = f.read()
     cw = CoreWorker(mode="worker", session_dir=a.session_dir, node_id=bytes.fromhex(a.node_id),
@@ -366,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     cw.gcs_address = h.get("gcs_address", "")
     sys.stdout = LogStream(ex, False, sys.stdout)
     sys.stderr = LogStream(ex, True, sys.stderr)
+    # After the swap, so that log records of tasks reach the driver too.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Only our SIGINT (from a cancel) should interrupt a task.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

@@ -491,6 +491,7 @@ def main(
     settle: float = DEFAULT_SETTLE,
     exact: bool = False,
     raise_errors: bool = False,
+    init: bool = True,
     init_kwargs: dict[str, Any] | None = None,
 ) -> list[Result]:
     """Run the selected cases; return ``[(case_name, rate_per_s, stddev)]``.
@@ -498,8 +499,9 @@ def main(
     ``filter`` selects cases whose name contains it (or equals it, with
     ``exact=True``). ``duration`` is the timed seconds per case, split over 4
     trials (Ray: 8.0); ``warmup`` and ``settle`` as in :func:`timeit`.
-    Calls ``ray_module.init(**init_kwargs)`` unless already initialized (and
-    then shuts down again). A failing case is reported on stderr and skipped,
+    Calls ``ray_module.init(**init_kwargs)`` and finally ``shutdown()``,
+    unless ``init=False`` or ``ray_module.is_initialized()`` says it is running
+    already. A failing case is reported on stderr and skipped,
     or re-raised if ``raise_errors``.
     """
     ray = ray_module
@@ -508,7 +510,7 @@ def main(
     if not selected:
         return results
     is_initialized = getattr(ray, "is_initialized", None)
-    owns_runtime = not (is_initialized and is_initialized())
+    owns_runtime = init and not (is_initialized and is_initialized())
     if owns_runtime:
         ray.init(**(init_kwargs or {}))
     try:

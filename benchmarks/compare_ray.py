@@ -517,8 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         return _child_main(argv)
 
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0]
-        + " Each case runs in a fresh subprocess per backend, backends alternating.",
+        description=__doc__.split("The workloads only use")[0].rstrip(),
         epilog=VENV_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -19,6 +19,9 @@ import zmq
 
 from zray import config, ids, protocol
 from zray.objstore import shm
+from zray.objstore import store as ostore
+from zray.objstore.capacity import default_capacity
+from zray.objstore.spill import StoreExecutor, run_sync
 from zray.raylet import scheduler as sch
 
 log = logging.getLogger("zray.raylet")
@@ -50,9 +53,10 @@ class Raylet:
         self.poller = zmq.Poller()
         self.inbound.register(self.poller)
         self.running = True
-        self.objects: dict[bytes, int] = {}  # oid -> size (store accounting)
-        self.used = 0
-        self.capacity = object_store_memory or _default_capacity()
+        self.capacity = object_store_memory or default_capacity()
+        self.store = ostore.ObjectStoreState(self.capacity)
+        self.store_exec = StoreExecutor(
+            self.shm_prefix, os.path.join(session_dir, "spill", node_id.hex()[:12]))
         self.gcs_address = ""
         self._dirty = True
         self._last_report = 0.0
@@ -135,6 +139,14 @@ class Raylet:
 
     peers_addr: dict = {}
 
+    def store_apply(self, acts: list) -> list:
+        """Carry out the object store's actions inline; return Ready/Missing/StoreFull."""
+        out = run_sync(self.store, self.store_exec, acts)
+        for a in out:
+            if isinstance(a, ostore.StoreFull):
+                log.warning("object store over capacity: %d of %d bytes used", a.used, a.capacity)
+        return out
+
     # ------------------------------------------------------------ messages
     def handle(self, h: dict, payload: list) -> None:
         t = h["t"]
@@ -154,18 +166,19 @@ class Raylet:
             self._dirty = True
             self.apply(self.sched.unblocked(h["wid"]))
         elif t == protocol.OBJECT_SEALED:
-            size = int(h["size"])
-            if h["oid"] not in self.objects:
-                self.objects[h["oid"]] = size
-                self.used += size
+            self.store_apply(self.store.seal(h["oid"], int(h["size"]), primary=True))
         elif t == protocol.FREE_OBJECTS:
             for oid in h["oids"]:
-                size = self.objects.pop(oid, None)
-                if size is not None:
-                    self.used -= size
-                shm.unlink(self.shm_prefix + oid.hex())
+                if self.store.contains(oid):
+                    self.store_apply(self.store.delete(oid))
+                else:
+                    shm.unlink(self.shm_prefix + oid.hex())
         elif t == protocol.PULL_OBJECT:
-            ok = shm.exists(self.shm_prefix + h["oid"].hex())
+            ok = False
+            if self.store.contains(h["oid"]):
+                # In memory, or spilled: restored before we answer.
+                ok = any(isinstance(a, ostore.Ready) for a in self.store_apply(
+                    self.store.get(h["oid"])))
             self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
         elif t == protocol.CANCEL_LEASE_REQUEST:
             self.apply(self.sched.cancel(h["ra"], h["lrid"]))
@@ -198,7 +211,7 @@ class Raylet:
         self._dirty = False
         self._last_report = now
         self.gcs.send({"t": protocol.HEARTBEAT, "node": self.node_id,
-                       "avail": self.sched.available(), "used": self.used,
+                       "avail": self.sched.available(), "used": self.store._used,
                        "workers": len(self.procs)})
 
     def register_with_gcs(self) -> None:
@@ -243,6 +256,7 @@ class Raylet:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        self.store_exec.cleanup()
         shm.remove_all(self.shm_prefix)
         self.inbound.close()
         self.conns.close()
@@ -250,22 +264,6 @@ class Raylet:
             os.unlink(self.address.ipc[len("ipc://"):])
         except OSError:
             pass
-
-
-def _default_capacity() -> int:
-    try:
-        import psutil
-
-        total = psutil.virtual_memory().total
-    except Exception:
-        total = 8 << 30
-    import shutil
-
-    try:
-        free = shutil.disk_usage(shm.SHM_DIR).free
-    except OSError:
-        free = total
-    return int(min(total * 0.3, free * 0.9))
 
 
 def watch_stdin_then(fn) -> None:

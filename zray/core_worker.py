@@ -65,7 +65,7 @@ class Task:
     __slots__ = ("tid", "fn_id", "fname", "args", "kwnames", "deps", "key", "res", "retries",
                  "retry_exc", "nret", "oids", "state", "worker", "cancelled", "parent",
                  "max_calls", "gen", "strategy", "gen_count", "gen_done", "arg_pins",
-                 "attempt", "warned")
+                 "attempt", "warned", "env")
 
     def __init__(self):
         self.deps = 0
@@ -366,43 +366,77 @@ class CoreWorker:
             self.objects[ref._id] = e
         return e
 
+    def _await(self, entries: list, need: int, stop_on_fail: bool,
+               deadline: float | None) -> bool:
+        """Wait (lock held) until ``need`` entries are resolved, or one failed.
+
+        Each pending entry gets a callback, so a waiter wakes once per object
+        instead of rescanning every entry on every wake-up. False on timeout.
+        """
+        st = [0, False]  # resolved count, any failed
+        cond = threading.Condition(self.lock)
+        mine = []
+        for e in entries:
+            if e.state == PENDING:
+                def cb(e=e):
+                    st[0] += 1
+                    if e.state == FAILED:
+                        st[1] = True
+                    if st[0] >= need or (stop_on_fail and st[1]):
+                        cond.notify()
+                if e.callbacks is None:
+                    e.callbacks = []
+                e.callbacks.append(cb)
+                mine.append((e, cb))
+            else:
+                st[0] += 1
+                if e.state == FAILED:
+                    st[1] = True
+        if st[0] >= need or (stop_on_fail and st[1]):
+            for e, cb in mine:
+                e.callbacks.remove(cb)
+            return True
+        blocked = False
+        try:
+            while not (st[0] >= need or (stop_on_fail and st[1])):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                if not blocked and (left is None or left > 0.01):
+                    blocked = True
+                    self._notify_blocked(True)
+                cond.wait(1.0 if left is None else min(left, 1.0))
+            return True
+        finally:
+            if blocked:
+                self._notify_blocked(False)
+            for e, cb in mine:
+                if e.state == PENDING and e.callbacks:
+                    try:
+                        e.callbacks.remove(cb)
+                    except ValueError:
+                        pass
+
+    def _entries(self, refs: list) -> list:
+        entries = []
+        for r in refs:
+            e = self._entry_for(r)
+            if e.state == PENDING:
+                self._ensure_fetch(r._id, e)
+            entries.append(e)
+        return entries
+
     def get(self, refs: list, timeout: float | None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout
-        entries = []
         with self.lock:
-            for r in refs:
-                e = self._entry_for(r)
-                if e.state == PENDING:
-                    self._ensure_fetch(r._id, e)
-                entries.append(e)
-            blocked = False
-            try:
-                while True:
-                    if any(e.state == FAILED for e in entries):
-                        break  # raise as soon as any input failed
-                    if all(e.state == READY for e in entries):
-                        break
-                    if not blocked:
-                        blocked = True
-                        self._notify_blocked(True)
-                    if deadline is None:
-                        self.cv.wait(1.0)
-                    else:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            raise exc.GetTimeoutError(
-                                f"Get timed out: some object(s) not ready after {timeout} s.")
-                        self.cv.wait(left)
-            finally:
-                if blocked:
-                    self._notify_blocked(False)
-        out = []
+            entries = self._entries(refs)
+            if not self._await(entries, len(entries), True, deadline):
+                raise exc.GetTimeoutError(
+                    f"Get timed out: some object(s) not ready after {timeout} s.")
         for r, e in zip(refs, entries):
             if e.state == FAILED:
-                self._value_of(r._id, e)  # raises
-        for r, e in zip(refs, entries):
-            out.append(self._value_of(r._id, e))
-        return out
+                self._value_of(r._id, e)  # raises as soon as any input failed
+        return [self._value_of(r._id, e) for r, e in zip(refs, entries)]
 
     def _notify_blocked(self, blocked: bool) -> None:
         # A worker waiting in get() gives its CPU back so nested tasks can run.
@@ -415,28 +449,8 @@ class CoreWorker:
              fetch_local: bool) -> tuple[list, list]:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
-            entries = []
-            for r in refs:
-                e = self._entry_for(r)
-                if e.state == PENDING:
-                    self._ensure_fetch(r._id, e)
-                entries.append(e)
-            blocked = False
-            try:
-                while True:
-                    n = sum(1 for e in entries if e.state != PENDING)
-                    if n >= num_returns:
-                        break
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    if not blocked and (left is None or left > 0.01):
-                        blocked = True
-                        self._notify_blocked(True)
-                    self.cv.wait(1.0 if left is None else min(left, 1.0))
-            finally:
-                if blocked:
-                    self._notify_blocked(False)
+            entries = self._entries(refs)
+            self._await(entries, num_returns, False, deadline)
             ready, not_ready = [], []
             for r, e in zip(refs, entries):
                 if e.state != PENDING and len(ready) < num_returns:
@@ -498,6 +512,7 @@ class CoreWorker:
         t.max_calls = opts["max_calls"]
         t.res = opts["_resources"]
         t.strategy = opts.get("scheduling_strategy")
+        t.env = (opts.get("runtime_env") or {}).get("env_vars") or None
         t.parent = self.current_task_id
         t.kwnames = list(kwargs)
         # Serialise arguments now: a bad value fails at .remote(), as in Ray.
@@ -662,6 +677,8 @@ class CoreWorker:
              "drv": self.driver_addr, "job": self.job_id, "res": w.res}
         if t.max_calls:
             h["mc"] = t.max_calls
+        if t.env:
+            h["env"] = t.env
         self.conns.send(w.addr, h, payload)
 
     # --------------------------------------------------------- I/O handlers

@@ -131,10 +131,17 @@ class ObjectRefGenerator:
 
     async def __anext__(self) -> ObjectRef:
         loop = asyncio.get_running_loop()
+        ref = await loop.run_in_executor(None, self._next_or_none)
+        if ref is None:
+            raise StopAsyncIteration
+        return ref
+
+    def _next_or_none(self) -> ObjectRef | None:
+        # StopIteration cannot cross a Future: signal the end with None.
         try:
-            return await loop.run_in_executor(None, self._next_sync, None)
+            return self._next_sync(None)
         except StopIteration:
-            raise StopAsyncIteration from None
+            return None
 
     def completed(self) -> ObjectRef:
         return self._cw.generator_completed_ref(self._task_id)

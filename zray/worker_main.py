@@ -186,6 +186,7 @@ class Executor:
         if gpus is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         nret = h["nret"]
+        saved_env = self.apply_env(h.get("env"))
         try:
             try:
                 self.load_job(h["job"])
@@ -219,12 +220,31 @@ class Executor:
                 self.running = None
                 self.interrupting = None
             cw.current_task_id = None
+            if saved_env is not None:
+                self.restore_env(saved_env)
             for s in (sys.stdout, sys.stderr):
                 try:
                     s.flush()
                 except Exception:
                     pass
             self.after_task(h)
+
+    @staticmethod
+    def apply_env(env: dict | None) -> dict | None:
+        """runtime_env={"env_vars": ...}: set for the task, restored after it."""
+        if not env:
+            return None
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        return saved
+
+    @staticmethod
+    def restore_env(saved: dict) -> None:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
     def after_task(self, h: dict) -> None:
         mc = h.get("mc")

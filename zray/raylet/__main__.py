@@ -9,6 +9,7 @@ import os
 import signal
 
 from zray.raylet.raylet import Raylet, watch_stdin_then
+from zray.raylet.worker_pool import Zygote
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,12 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s raylet %(levelname)s %(message)s")
+    # Fork the worker zygote before this process creates any ZeroMQ context.
+    zygote = None if os.environ.get("ZRAY_NO_ZYGOTE") else Zygote()
     with open(os.path.join(a.session_dir, "secret"), "rb") as f:
         secret = f.read()
     r = Raylet(session_dir=a.session_dir, node_id=bytes.fromhex(a.node_id), gcs_addr=a.gcs,
                node_ip=a.node_ip, resources=json.loads(a.resources),
                object_store_memory=a.object_store_memory or None, secret=secret,
                is_head=a.head, port=a.port)
+    r.zygote = zygote
 
     def stop(*_):
         r.running = False

@@ -23,6 +23,7 @@ from zray.objstore import store as ostore
 from zray.objstore.capacity import default_capacity
 from zray.objstore.spill import StoreExecutor, run_sync
 from zray.raylet import scheduler as sch
+from zray.raylet.worker_pool import ForkedProc, Zygote
 
 log = logging.getLogger("zray.raylet")
 
@@ -61,29 +62,36 @@ class Raylet:
         self._dirty = True
         self._last_report = 0.0
         self.log_dir = os.path.join(session_dir, "logs")
+        self.zygote: Zygote | None = None  # set by the raylet's main before run()
         os.makedirs(self.log_dir, exist_ok=True)
 
     # ------------------------------------------------------------- workers
     def start_workers(self, n: int) -> None:
         for _ in range(n):
             wid = ids.new_unique_id()
-            logf = open(os.path.join(self.log_dir, f"worker-{wid.hex()[:12]}.log"), "ab")
+            log_path = os.path.join(self.log_dir, f"worker-{wid.hex()[:12]}.log")
+            argv = ["--session-dir", self.session_dir, "--node-id", self.node_id.hex(),
+                    "--raylet", self.address.ipc, "--worker-id", wid.hex(),
+                    "--shm-prefix", self.shm_prefix, "--node-ip", self.node_ip]
             try:
-                p = subprocess.Popen(
-                    [sys.executable, "-m", "zray.worker_main",
-                     "--session-dir", self.session_dir, "--node-id", self.node_id.hex(),
-                     "--raylet", self.address.ipc, "--worker-id", wid.hex(),
-                     "--shm-prefix", self.shm_prefix, "--node-ip", self.node_ip],
-                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                    close_fds=True)
+                if self.zygote is not None:
+                    p = ForkedProc(self.zygote.spawn(argv, log_path), argv)
+                else:
+                    with open(log_path, "ab") as logf:
+                        p = subprocess.Popen([sys.executable, "-m", "zray.worker_main", *argv],
+                                             stdin=subprocess.DEVNULL, stdout=logf,
+                                             stderr=subprocess.STDOUT, close_fds=True)
             except OSError as e:
                 log.error("cannot start a worker: %s", e)
                 self.apply(self.sched.worker_start_failed())
                 continue
-            finally:
-                logf.close()
             self.procs[wid] = p
-            fd = os.pidfd_open(p.pid)
+            try:
+                fd = os.pidfd_open(p.pid)
+            except ProcessLookupError:  # died at once: treat as a failed start
+                self.procs.pop(wid)
+                self.apply(self.sched.worker_start_failed())
+                continue
             self.pidfds[fd] = wid
             self.poller.register(fd, zmq.POLLIN)
 
@@ -257,6 +265,8 @@ class Raylet:
                 p.kill()
                 p.wait()
         self.store_exec.cleanup()
+        if self.zygote is not None:
+            self.zygote.stop()
         shm.remove_all(self.shm_prefix)
         self.inbound.close()
         self.conns.close()

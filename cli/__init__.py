@@ -1,0 +1,1 @@
+"""The ``zray`` command line (installed as the package ``zray_cli``)."""

@@ -31,6 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     if a.embedded:
         watch_stdin_then(stop)
     s.run()
+    if a.embedded:
+        # The session belonged to the driver that started us: leave no socket or secret.
+        import shutil
+
+        shutil.rmtree(os.path.join(a.session_dir, "sockets"), ignore_errors=True)
+        try:
+            os.unlink(os.path.join(a.session_dir, "secret"))
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

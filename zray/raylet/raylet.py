@@ -51,6 +51,7 @@ class Raylet:
         self.pidfds: dict[int, bytes] = {}
         self.workers_addr: dict[bytes, list] = {}
         self.drivers: dict[bytes, str] = {}
+        self.driver_fds: dict[int, tuple[bytes, str]] = {}
         self.poller = zmq.Poller()
         self.inbound.register(self.poller)
         self.running = True
@@ -104,9 +105,37 @@ class Raylet:
             p.wait()
             if p.returncode not in (0, -signal.SIGTERM):
                 log.warning("worker %s (pid %d) exited with %s", wid.hex()[:12], p.pid, p.returncode)
-        self.workers_addr.pop(wid, None)
+        waddr = self.workers_addr.pop(wid, None)
+        if waddr is not None:
+            # Leases this worker held as an owner (nested tasks) end with it.
+            self.apply(self.sched.owner_died(waddr[1]))
+        self._remove_worker_socket(wid)
         self._dirty = True
         self.apply(self.sched.worker_exited(wid))
+
+    def _remove_worker_socket(self, wid: bytes) -> None:
+        # A killed worker cannot remove its own ipc socket file.
+        try:
+            os.unlink(os.path.join(self.session_dir, "sockets", "w-" + wid.hex()[:12]))
+        except OSError:
+            pass
+
+    def _watch_driver(self, wid: bytes, pid: int, ra: str) -> None:
+        # A driver that dies without returning its leases must not keep them.
+        try:
+            fd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            return
+        self.driver_fds[fd] = (wid, ra)
+        self.poller.register(fd, zmq.POLLIN)
+
+    def _driver_gone(self, fd: int) -> None:
+        wid, ra = self.driver_fds.pop(fd)
+        self.poller.unregister(fd)
+        os.close(fd)
+        self.drivers.pop(wid, None)
+        self._dirty = True
+        self.apply(self.sched.owner_died(ra))
 
     def kill_worker(self, wid: bytes, sig: int = signal.SIGTERM) -> None:
         p = self.procs.get(wid)
@@ -209,6 +238,7 @@ class Raylet:
             self.apply(self.sched.worker_registered(wid))
         else:
             self.drivers[wid] = h["ra"]
+            self._watch_driver(wid, int(h.get("pid", 0)), h["ra"])
         self.conns.send(h["ra"], {
             "t": protocol.REGISTER_CLIENT_REPLY, "rid": h["rid"], "node": self.node_id,
             "gcs": self.gcs_addr, "gcs_address": self.gcs_address, "shm": self.shm_prefix,
@@ -242,6 +272,8 @@ class Raylet:
                 self.inbound.drain(ready, self.handle)
                 for fd in [f for f in ready if isinstance(f, int) and f in self.pidfds]:
                     self._reap(fd)
+                for fd in [f for f in ready if isinstance(f, int) and f in self.driver_fds]:
+                    self._driver_gone(fd)
             now = time.monotonic()
             if self._dirty and now - self._last_report > 0.02 or now - self._last_report > config.HEARTBEAT_S:
                 self.report(now)
@@ -264,6 +296,8 @@ class Raylet:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for wid in self.procs:
+            self._remove_worker_socket(wid)
         self.store_exec.cleanup()
         if self.zygote is not None:
             self.zygote.stop()

@@ -159,6 +159,23 @@ class NodeScheduler:
             acts.append(NotifyWorkerDied(lease.ra, wid, lid, "the worker process died"))
         return acts + self.dispatch()
 
+    def owner_died(self, ra: str) -> list:
+        """A driver or worker that held leases is gone: its leases and requests end.
+
+        Its leased workers may be running its tasks; nobody wants their results,
+        so they are killed (Ray's fate sharing) and the pool replaces them.
+        """
+        for key in [k for k, r in self.queue.items() if r.ra == ra]:
+            del self.queue[key]
+        acts: list = []
+        for lid, lease in list(self.leases.items()):
+            if lease.ra == ra:
+                del self.leases[lid]
+                self._release(lease)
+                self.by_worker.pop(lease.wid, None)
+                acts.append(KillWorker(lease.wid))
+        return acts + self.dispatch()
+
     def blocked(self, wid: bytes) -> list:
         lid = self.by_worker.get(wid)
         lease = self.leases.get(lid) if lid is not None else None

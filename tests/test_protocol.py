@@ -1,0 +1,77 @@
+"""The wire protocol: framing, authentication, and malformed input on real sockets."""
+
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from zray import protocol
+
+KEY = b"k" * 32
+
+
+def test_roundtrip_ipc_and_tcp():
+    h = {"t": protocol.PING, "x": b"\x00\x01", "s": "é"}
+    frames = protocol.encode(dict(h), [b"payload"])
+    assert frames[1] == b""
+    hh, p = protocol.decode(frames)
+    assert hh == h and p == [b"payload"]
+    frames = protocol.encode(dict(h), [b"payload"], key=KEY)
+    hh, p = protocol.decode(frames, key=KEY)
+    assert hh == h and p == [b"payload"]
+
+
+def test_bad_mac_and_missing_mac_are_refused():
+    frames = protocol.encode({"t": protocol.PING}, [b"x"], key=b"w" * 32)
+    with pytest.raises(protocol.ProtocolError, match="MAC"):
+        protocol.decode(frames, key=KEY)
+    frames = protocol.encode({"t": protocol.PING}, [b"x"])
+    with pytest.raises(protocol.ProtocolError, match="no MAC"):
+        protocol.decode(frames, key=KEY)
+
+
+def test_tampered_payload_is_refused_but_bulk_frames_are_not_signed():
+    frames = protocol.encode({"t": protocol.CHUNK}, [b"meta", b"bulkdata"], key=KEY, bulk=1)
+    frames[3] = b"changed!"  # bulk: raw bytes, never unpickled
+    protocol.decode(frames, key=KEY)
+    frames[2] = b"evil"  # signed frame
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(frames, key=KEY)
+
+
+@pytest.mark.parametrize("frames", [
+    [b"only one"],
+    [b"\xc1\xc1", b""],  # undecodable msgpack
+    [msgpack.packb([1, 2]), b""],  # not a map
+    [msgpack.packb({"t": "str"}), b""],  # type not an int
+])
+def test_malformed_messages(frames):
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(frames)
+
+
+def test_inbound_drops_garbage_and_keeps_serving(tmp_path, caplog):
+    inbound = protocol.Inbound(str(tmp_path / "sock"), "127.0.0.1", KEY)
+    poller = zmq.Poller()
+    inbound.register(poller)
+    got = []
+    ctx = protocol.context()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(inbound.tcp_addr)
+    try:
+        raw.send_multipart([b"garbage"])
+        raw.send_multipart(protocol.encode({"t": protocol.PING}, [b"x"]))  # unsigned on tcp
+        good = protocol.Conn(inbound.tcp_addr, KEY)
+        good.send({"t": protocol.PING, "n": 1})
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            ready = dict(poller.poll(100))
+            inbound.drain(ready, lambda h, p: got.append(h))
+        assert got == [{"t": protocol.PING, "n": 1}]
+        assert "dropped a malformed message" in caplog.text
+        good.close()
+    finally:
+        raw.close()
+        inbound.close()

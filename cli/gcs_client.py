@@ -14,9 +14,9 @@ import secrets
 import time
 
 import zmq
+from zray_cli import netutil
 
 from zray import protocol
-from zray_cli import netutil
 
 
 class GcsUnreachable(ConnectionError):

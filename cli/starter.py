@@ -11,9 +11,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from zray import node
 from zray_cli import sessions
 from zray_cli.gcs_client import GcsClient, GcsUnreachable
+
+from zray import node
 
 REGISTER_TIMEOUT_S = float(os.environ.get("ZRAY_START_TIMEOUT_S", "30"))
 
@@ -51,8 +52,9 @@ def _logs(np: node.NodeProcesses) -> list[str]:
 
 def abort(np: node.NodeProcesses, own_session: bool) -> None:
     """Stop the processes of np; clean its whole session only if it made that session."""
-    from zray.objstore import shm
     from zray_cli import stopper
+
+    from zray.objstore import shm
 
     for p in reversed(np.procs):
         node._terminate(p, 3)
@@ -115,6 +117,8 @@ def wait_registered(np: node.NodeProcesses, client_factory, timeout: float,
 
 def start_head(*, host: str, port: int, num_cpus, num_gpus, resources, object_store_memory,
                timeout: float = REGISTER_TIMEOUT_S) -> Started:
+    if port:
+        _check_port_free(host, port)
     session_dir = node.new_session_dir()
     np = node.start_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                          object_store_memory=object_store_memory, host=host, port=port,
@@ -132,6 +136,19 @@ def start_head(*, host: str, port: int, num_cpus, num_gpus, resources, object_st
     gcs_address = sessions.read_gcs_address(session_dir) or f"{host}:{port}"
     sessions.set_latest(session_dir)
     return Started(np, gcs_address, secret)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise StartError(f"cannot listen on {host}:{port}: {e.strerror} (another zray or "
+                             "Ray head, or another server?). Pick another port with --port.")
 
 
 def _read_secret(session_dir: str) -> bytes:
@@ -171,7 +188,8 @@ def start_worker(*, address: str, secret: bytes | None, node_ip: str, port: int,
                                 object_store_memory=object_store_memory, node_ip=node_ip,
                                 embedded=False, port=port)
     _write_pids(np)
-    wait_registered(np, lambda: GcsClient(secret, gcs_tcp=address), timeout,
+    wait_registered(np, lambda: GcsClient(secret, gcs_tcp=address,
+                                          session_dir=session_dir if reused else None), timeout,
                     own_session=not reused)
     if not reused:
         sessions.set_latest(session_dir)

@@ -8,8 +8,8 @@ hit) and by a scan of the process table (which also finds workers and the
 GCS/raylet of drivers' embedded clusters, as ``ray stop`` does). Raylets get
 SIGTERM first (they stop their workers and free their shared memory), then the
 rest; whatever is still alive after the grace period gets SIGKILL. Finally the
-stopped sessions' /dev/shm/zray-<session>-* segments, socket files, secret
-and pid files are removed; logs stay.
+stopped sessions' /dev/shm/zray-<session>-* segments, socket files, spilled
+objects, secret and pid files are removed; logs stay.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 
 import psutil
-
 from zray_cli import sessions
 
 ROLE_ORDER = {"raylet": 0, "worker": 1, "other": 1, "gcs": 2}
@@ -108,6 +107,14 @@ def find_processes() -> list[Found]:
             continue
         if parsed and sessions.under_root(parsed[1]):
             found[p.pid] = Found(p, parsed[0], os.path.realpath(parsed[1]))
+    # Workers forked by a raylet's zygote carry the raylet's command line: a "raylet" whose
+    # parent is a zray process too is the zygote or one of its workers.
+    for f in found.values():
+        try:
+            if f.role == "raylet" and f.proc.ppid() in found:
+                f.role = "worker"
+        except psutil.Error:
+            pass
     return sorted(found.values(), key=lambda f: ROLE_ORDER.get(f.role, 1))
 
 
@@ -120,12 +127,22 @@ def _signal(f: Found, sig: int) -> None:
         pass
 
 
+def _gone(p: psutil.Process) -> bool:
+    # A zombie has exited; its parent (often init, for detached processes) reaps it later.
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
 def _wait(procs: list[Found], timeout: float) -> list[Found]:
-    if not procs:
-        return []
-    _, alive = psutil.wait_procs([f.proc for f in procs], timeout=max(timeout, 0))
-    alive_pids = {p.pid for p in alive}
-    return [f for f in procs if f.proc.pid in alive_pids]
+    """Wait until procs have exited (or timeout); return those still running."""
+    deadline = time.monotonic() + max(timeout, 0)
+    left = [f for f in procs if not _gone(f.proc)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [f for f in left if not _gone(f.proc)]
+    return left
 
 
 def stop_all(force: bool = False, grace_period: float = 10.0) -> StopReport:
@@ -182,8 +199,8 @@ def cleanup_session(session_dir: str) -> int:
                 n += 1
         except OSError:
             pass
-    shutil.rmtree(os.path.join(session_dir, "sockets"), ignore_errors=True)
-    shutil.rmtree(os.path.join(session_dir, "pids"), ignore_errors=True)
+    for sub in ("sockets", "pids", "spill"):  # spilled objects of a dead session are garbage
+        shutil.rmtree(os.path.join(session_dir, sub), ignore_errors=True)
     for name in ("secret", "gcs_address"):
         try:
             os.unlink(os.path.join(session_dir, name))

@@ -32,6 +32,21 @@ if BACKEND not in ("zray", "ray"):
     raise RuntimeError(f"ZRAY_TEST_BACKEND must be 'zray' or 'ray', not {BACKEND!r}")
 IS_RAY = BACKEND == "ray"
 
+
+def _prepend_pythonpath(*paths: Path) -> None:
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    for path in reversed(paths):
+        if str(path) not in parts:
+            parts.insert(0, str(path))
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+
+
+# Functions and classes defined at the top level of a test module are pickled by
+# reference (as `test_tasks._plain`), so workers must be able to import the test modules
+# and this one. Ray puts only the driver's working directory on its workers' sys.path, but
+# workers inherit the environment of the node that the driver starts: so PYTHONPATH it is.
+_prepend_pythonpath(Path(__file__).resolve().parent, *([] if IS_RAY else [REPO]))
+
 if IS_RAY:
     import ray  # noqa: F401  (re-exported)
     from ray import exceptions  # noqa: F401

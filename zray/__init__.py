@@ -4,6 +4,7 @@
 """
 
 from zray import exceptions
+from zray.actor import ActorClass, ActorHandle, get_actor, kill, method
 from zray.api import (
     available_resources,
     cancel,
@@ -24,6 +25,8 @@ from zray.runtime_context import get_runtime_context
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
     "ObjectRef",
     "ObjectRefGenerator",
     "available_resources",
@@ -31,10 +34,13 @@ __all__ = [
     "cluster_resources",
     "exceptions",
     "get",
+    "get_actor",
     "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "put",
     "remote",

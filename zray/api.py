@@ -65,6 +65,22 @@ def _find_local_session(address: str | None) -> str | None:
     return None
 
 
+def _ip_toward(gcs_address: str) -> str:
+    """The address of ours that reaches the GCS at host:port (no packet is sent)."""
+    import socket
+
+    host = gcs_address.rpartition(":")[0].strip("[]")
+    if not host or host in ("127.0.0.1", "localhost", "0.0.0.0"):
+        return "127.0.0.1"
+    try:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
 def _same_address(a: str, b: str) -> bool:
     ah, _, ap = a.rpartition(":")
     bh, _, bp = b.rpartition(":")
@@ -106,10 +122,11 @@ def init(address: str | None = None, *, num_cpus: int | None = None, num_gpus: i
                 raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus "
                                  "and resources must not be provided.")
             session_dir = _connectable_session(address)
-            node_id, raylet_ipc = _local_raylet(session_dir, address)
+            node_id, raylet_ipc, node_ip = _local_raylet(session_dir, address)
             head = None
         try:
-            cw = _connect(session_dir, node_id, raylet_ipc, namespace, head)
+            cw = _connect(session_dir, node_id, raylet_ipc, namespace, head,
+                          node_ip=head.node_ip if head is not None else node_ip)
         except BaseException:
             if head is not None:
                 head.stop()
@@ -144,7 +161,7 @@ def _connectable_session(address: str) -> str:
     conns = protocol.Connections(secret)
     import zmq
 
-    inbound = protocol.Inbound(None, "127.0.0.1", secret)
+    inbound = protocol.Inbound(None, _ip_toward(gaddr), secret)
     try:
         conns.send("tcp://" + gaddr, {"t": protocol.PING, "ra": inbound.tcp_addr, "rid": 1})
         poller = zmq.Poller()
@@ -164,23 +181,70 @@ def _connectable_session(address: str) -> str:
     return session
 
 
-def _local_raylet(session_dir: str, address: str) -> tuple[bytes, str]:
+def _local_raylet(session_dir: str, address: str) -> tuple[bytes, str, str]:
+    """(node id, ipc address, node ip) of the raylet to attach to: the head's if it is here.
+
+    A session directory may hold several raylets (test clusters of many nodes on one
+    machine): the GCS's node table says which one is the head.
+    """
+    best = None
+    for n in _session_nodes(session_dir):
+        ipc = n.get("RayletSocketName") or ""
+        if n.get("Alive") and ipc.startswith("ipc://") and os.path.exists(ipc[len("ipc://"):]):
+            rank = 0 if n.get("IsHead") else 1
+            if best is None or rank < best[0]:
+                best = (rank, n)
+    if best is not None:
+        n = best[1]
+        return bytes.fromhex(n["NodeID"]), n["RayletSocketName"], n.get("NodeManagerAddress") \
+            or "127.0.0.1"
     sock_dir = os.path.join(session_dir, "sockets")
     names = sorted(n for n in os.listdir(sock_dir) if n.startswith("raylet-"))
     if not names:
         raise ConnectionError(f"The cluster at {address} has no raylet on this machine.")
     path = os.path.join(sock_dir, names[0])
     # The raylet tells us its full node id when we register.
-    return b"", "ipc://" + path
+    # A node that joined from another machine (`zray start --address`): its own IP.
+    return b"", "ipc://" + path, _ip_toward(_read_gcs_address(session_dir))
+
+
+def _session_nodes(session_dir: str, timeout: float = 5.0) -> list[dict]:
+    """The GCS's node table, asked over the session's ipc socket ([] if there is none)."""
+    import zmq
+
+    gcs = os.path.join(session_dir, "sockets", "gcs")
+    if not os.path.exists(gcs):
+        return []
+    inbound = protocol.Inbound(os.path.join(session_dir, "sockets", "q-" + os.urandom(6).hex()),
+                               None, None)
+    conn = protocol.Conn("ipc://" + gcs, None)
+    got: list = []
+    try:
+        conn.send({"t": protocol.GET_NODES, "ra": inbound.ipc_addr, "rid": 1})
+        poller = zmq.Poller()
+        inbound.register(poller)
+        deadline = time.monotonic() + timeout
+        while not got and time.monotonic() < deadline:
+            ready = dict(poller.poll(100))
+            if ready:
+                inbound.drain(ready, lambda h, p: got.append(h))
+    finally:
+        conn.close()
+        inbound.close()
+        try:
+            os.unlink(inbound.ipc_addr[len("ipc://"):])
+        except OSError:
+            pass
+    return got[0].get("nodes", []) if got else []
 
 
 def _connect(session_dir: str, node_id: bytes, raylet_ipc: str, namespace: str | None,
-             head: node.NodeProcesses | None) -> CoreWorker:
+             head: node.NodeProcesses | None, node_ip: str = "127.0.0.1") -> CoreWorker:
     with open(os.path.join(session_dir, "secret"), "rb") as f:
         secret = f.read()
     job_id = os.urandom(4)
     cw = CoreWorker(mode="driver", session_dir=session_dir, node_id=node_id,
-                    raylet_ipc=raylet_ipc, secret=secret, job_id=job_id,
+                    raylet_ipc=raylet_ipc, secret=secret, job_id=job_id, node_ip=node_ip,
                     namespace=namespace or _anon_namespace())
     try:
         deadline = time.monotonic() + 60
@@ -251,6 +315,10 @@ def shutdown() -> None:
         if cw is not None and cw.mode == "driver":
             worker_state.set_current(None)
             try:
+                if _head is None:  # a cluster that outlives us: end this job's actors
+                    from zray import actor_submitter
+
+                    actor_submitter.on_driver_shutdown(cw)
                 cw.shutdown()
             except Exception:
                 log.exception("error while disconnecting")

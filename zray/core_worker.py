@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from zray import config, ids, protocol, serialization
+from zray import config, ids, protocol, recovery, serialization
 from zray import exceptions as exc
 from zray.object_ref import ObjectRef, ObjectRefGenerator
 from zray.objstore import shm
@@ -39,7 +39,7 @@ class Entry:
 
     __slots__ = ("state", "frames", "node", "size", "local", "pins", "borrowers", "owned",
                  "owner", "contained", "waiters", "callbacks", "fetching", "task_id",
-                 "is_error")
+                 "is_error", "locs")
 
     def __init__(self, owned: bool, owner: list | None = None):
         self.state = PENDING
@@ -57,6 +57,7 @@ class Entry:
         self.fetching = False
         self.task_id: bytes | None = None
         self.is_error = False
+        self.locs: set | None = None  # other nodes with a copy (recovery.py)
 
 
 class Task:
@@ -65,9 +66,10 @@ class Task:
     __slots__ = ("tid", "fn_id", "fname", "args", "kwnames", "deps", "key", "res", "retries",
                  "retry_exc", "nret", "oids", "state", "worker", "cancelled", "parent",
                  "max_calls", "gen", "strategy", "gen_count", "gen_done", "arg_pins",
-                 "attempt", "warned", "env")
+                 "attempt", "warned", "env", "actor")
 
     def __init__(self):
+        self.actor = None  # an actor call: its actor_submitter.ActorState
         self.deps = 0
         self.state = "waiting"  # waiting -> queued -> running -> done
         self.worker = None
@@ -133,6 +135,11 @@ class CoreWorker:
         self._decrefs: collections.deque = collections.deque()
         self._borrow_releases: collections.deque = collections.deque()
         self.children: dict[bytes, set] = {}  # parent task id -> child task ids
+        # Other nodes (recovery.py): their raylets, deaths, lineage of stored values.
+        self.raylet_addrs: dict[bytes, str] = {}
+        self.dead_nodes: set[bytes] = set()
+        self.lineage: dict[bytes, Task] = {}
+        self.lease_dest: dict[int, str] = {}  # lease request id -> raylet asked
         self.gcs_address = ""
         self.current_task_id: bytes | None = None
         self.current_task_name = ""
@@ -142,7 +149,7 @@ class CoreWorker:
         sock_dir = os.path.join(session_dir, "sockets")
         self.inbound = protocol.Inbound(
             os.path.join(sock_dir, "w-" + self.worker_id.hex()[:12]),
-            node_ip if secret else None, secret)
+            node_ip if secret else None, secret, copy=True)
         self.address = Address(node_id, self.inbound.ipc_addr, self.inbound.tcp_addr)
         self.address_packed = self.address.pack()
         self.driver_addr = driver_addr or self.address_packed
@@ -246,13 +253,13 @@ class CoreWorker:
     def _free_owned(self, oid: bytes, e: Entry) -> None:
         del self.objects[oid]
         if e.state == READY and e.node is not None:
-            self.conns.send(self.raylet_ipc if e.node == self.node_id else self._raylet_for(e.node),
-                            {"t": protocol.FREE_OBJECTS, "oids": [oid]})
+            recovery.free_copies(self, oid, e)
         self._release_contained(e)
+        recovery.release_lineage(self, e)
         e.frames = None
 
     def _raylet_for(self, node: bytes) -> str:
-        return self.raylet_ipc  # other nodes' raylets: issue 3 fills in the node table
+        return recovery.raylet_for(self, node)
 
     def _release_contained(self, e: Entry) -> None:
         if e.contained:
@@ -648,6 +655,7 @@ class CoreWorker:
         ks.pending_leases[rid] = time.monotonic()
         self.lease_reqs[rid] = ks
         dest = dest or self.raylet_ipc
+        self.lease_dest[rid] = dest
         h = {"t": protocol.REQUEST_LEASE, "lrid": rid, "res": ks.res, "ra": self.my_addr_for(dest),
              "own": self.address_packed}
         if ks.strategy is not None:
@@ -696,6 +704,8 @@ class CoreWorker:
 
     def _h_lease_granted(self, h: dict, payload: list) -> None:
         with self.lock:
+            self.lease_dest.pop(h["lrid"], None)
+            recovery.learn_raylet(self, h["node"], h["raylet"])
             ks = self.lease_reqs.pop(h["lrid"], None)
             if ks is None:
                 self._return_lease(h["raylet"], h["lease"], False)
@@ -712,6 +722,7 @@ class CoreWorker:
 
     def _h_lease_spillback(self, h: dict, payload: list) -> None:
         with self.lock:
+            self.lease_dest.pop(h["lrid"], None)
             ks = self.lease_reqs.pop(h["lrid"], None)
             if ks is None:
                 return
@@ -725,6 +736,7 @@ class CoreWorker:
             if h.get("warn"):
                 print(f"zray: warning: {h.get('msg')}", file=sys.stderr)
                 return
+            self.lease_dest.pop(h["lrid"], None)
             ks = self.lease_reqs.pop(h["lrid"], None)
             if ks is None:
                 return
@@ -767,6 +779,9 @@ class CoreWorker:
         with self.lock:
             t = self.tasks.get(h["tid"])
             if t is None:
+                return
+            if t.actor is not None:  # an actor call (zray/actor_submitter.py)
+                self.actor_submitter.on_task_reply(t, h, payload)
                 return
             w = t.worker
             if w is not None:
@@ -875,6 +890,8 @@ class CoreWorker:
                 kids.discard(t.tid)
                 if not kids:
                     del self.children[t.parent]
+        if recovery.keep_lineage(self, t):
+            return  # arguments stay pinned while a stored return may need a rerun
         for oid in t.arg_pins:
             e = self.objects.get(oid)
             if e is not None:
@@ -1011,6 +1028,19 @@ class CoreWorker:
         if self.on_cancel_task is not None:
             self.on_cancel_task(h)
 
+    def _h_publish(self, h: dict, payload: list) -> None:
+        if h.get("ch") == "node" and h.get("ev") == "dead":
+            with self.lock:
+                recovery.node_died(self, h["node"], h.get("raylet"))
+
+    def _h_object_location_add(self, h: dict, payload: list) -> None:
+        with self.lock:
+            recovery.location_added(self, h)
+
+    def _h_get_object_locations(self, h: dict, payload: list) -> None:
+        with self.lock:
+            recovery.get_locations(self, h)
+
     def _h_shutdown(self, h: dict, payload: list) -> None:
         if self.mode == "worker" and self.on_cancel_task is not None:
             os._exit(0)
@@ -1036,6 +1066,9 @@ class CoreWorker:
         protocol.CANCEL_TASK: _h_cancel_task,
         protocol.SHUTDOWN: _h_shutdown,
         protocol.PING: lambda self, h, p: None,
+        protocol.PUBLISH: _h_publish,
+        protocol.OBJECT_LOCATION_ADD: _h_object_location_add,
+        protocol.GET_OBJECT_LOCATIONS: _h_get_object_locations,
     }
 
     # ----------------------------------------------------------- cancellation
@@ -1054,6 +1087,9 @@ class CoreWorker:
 
     def _cancel_task(self, t: Task, force: bool, recursive: bool) -> None:
         t.cancelled = True
+        if t.actor is not None:  # an actor call (zray/actor_submitter.py)
+            self.actor_submitter.cancel(t, recursive)
+            return
         if t.state in ("waiting", "queued"):
             if t.state == "queued":
                 try:
@@ -1125,8 +1161,11 @@ def _strategy_key(s: Any) -> Any:
 def _strategy_wire(s: Any) -> Any:
     if isinstance(s, str):
         return {"kind": s}
-    return {"kind": type(s).__name__, "node": getattr(s, "node_id", None),
-            "soft": getattr(s, "soft", False)}
+    h = {"kind": type(s).__name__, "node": getattr(s, "node_id", None),
+         "soft": getattr(s, "soft", False)}
+    if getattr(s, "_spill_on_unavailable", False):
+        h["spill"] = True
+    return h
 
 
 def _error_from_wire(h: dict) -> BaseException:

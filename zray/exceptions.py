@@ -240,6 +240,10 @@ class ActorUnavailableError(RayActorError):
     pass
 
 
+class ActorAlreadyExistsError(ValueError, RayError):
+    """An actor name is already taken in its namespace (a ValueError, as in Ray)."""
+
+
 class ActorUnschedulableError(RayError):
     pass
 

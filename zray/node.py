@@ -150,9 +150,9 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
 
 def _spawn_raylet(session_dir: str, node_id: bytes, gcs: str, node_ip: str, res: dict,
                   object_store_memory: int | None, head: bool, embedded: bool, env: dict,
-                  port: int = 0) -> subprocess.Popen:
+                  port: int = 0, cmd_prefix: list[str] | None = None) -> subprocess.Popen:
     log_dir = os.path.join(session_dir, "logs")
-    args = [sys.executable, "-m", "zray.raylet", "--session-dir", session_dir,
+    args = [*(cmd_prefix or ()), sys.executable, "-m", "zray.raylet", "--session-dir", session_dir,
             "--node-id", node_id.hex(), "--gcs", gcs, "--node-ip", node_ip,
             "--resources", json.dumps(res), "--port", str(port)]
     if object_store_memory:
@@ -170,13 +170,18 @@ def _spawn_raylet(session_dir: str, node_id: bytes, gcs: str, node_ip: str, res:
 def start_worker_node(*, session_dir: str, gcs_address: str, num_cpus: int | None = None,
                       num_gpus: int | None = None, resources: dict | None = None,
                       object_store_memory: int | None = None, node_ip: str = "127.0.0.1",
-                      embedded: bool = True, port: int = 0) -> NodeProcesses:
-    """Start a raylet that joins the cluster whose GCS listens at gcs_address (host:port)."""
+                      embedded: bool = True, port: int = 0,
+                      cmd_prefix: list[str] | None = None) -> NodeProcesses:
+    """Start a raylet that joins the cluster whose GCS listens at gcs_address (host:port).
+
+    ``cmd_prefix`` runs it through a command that execs its arguments (for example
+    ``["ip", "netns", "exec", "ns1"]`` to put the node in a network namespace).
+    """
     node_id = ids.new_unique_id()
     res = node_resources(num_cpus, num_gpus, resources, object_store_memory, node_ip, False)
     env = dict(os.environ)
     raylet = _spawn_raylet(session_dir, node_id, "tcp://" + gcs_address, node_ip, res,
-                           object_store_memory, False, embedded, env, port)
+                           object_store_memory, False, embedded, env, port, cmd_prefix)
     return NodeProcesses(session_dir, node_id, node_ip,
                          "ipc://" + os.path.join(session_dir, "sockets", "raylet-" + node_id.hex()[:12]),
                          None, [raylet], shm_prefix_for(session_dir, node_id))

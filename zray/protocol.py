@@ -4,13 +4,14 @@ A message is a ZeroMQ multipart message sent by a DEALER to a peer's inbound
 ROUTER (all traffic is one-way; a reply is a new message to the requester's
 inbound address)::
 
-    [header, mac, payload_0, ..., payload_n]
+    ipc://  [header, payload_0, ..., payload_n]
+    tcp://  [header, mac, payload_0, ..., payload_n]
 
 - ``header``: msgpack map; key ``t`` is the message type (an int below), the
   other keys are that type's fields (see docs/PROTOCOL.md).
-- ``mac``: empty on ``ipc://`` (the session directory is owner-only); on
-  ``tcp://`` a keyed BLAKE2b-128 over the header and every payload frame but
-  the trailing ``bulk`` ones (raw object bytes, which are never unpickled).
+- ``mac`` (tcp only; ipc sockets live in the owner-only session directory): a
+  keyed BLAKE2b-128 over the header and every payload frame but the trailing
+  ``bulk`` ones (raw object bytes, which are never unpickled).
 - payload frames: pickled values and their out-of-band buffers.
 """
 
@@ -89,6 +90,22 @@ LOG_LINES = 60
 SHUTDOWN = 70
 PING = 71
 PONG = 72
+# Actors (docs/PROTOCOL.md, "Actors"): creation and placement through the GCS,
+# calls straight from caller to the actor's worker as PUSH_TASK with an "aid".
+REGISTER_ACTOR = 80  # owner -> gcs (request): spec + constructor args
+REGISTER_ACTOR_REPLY = 81
+CREATE_ACTOR = 82  # gcs -> leased worker: run the constructor
+ACTOR_CREATED = 83  # actor worker -> gcs: constructor finished (ok or error)
+SUBSCRIBE_ACTOR = 84  # caller -> gcs: send me this actor's state now and on change
+ACTOR_STATE = 85  # gcs -> subscriber
+GET_ACTOR = 86  # any -> gcs (request): by name, or list named actors
+ACTOR_INFO = 87
+KILL_ACTOR = 88  # any -> gcs (request): zray.kill
+ACTOR_EXITING = 89  # actor worker -> gcs (request): intended exit (__ray_terminate__)
+ACTOR_ACK = 90  # gcs -> requester: reply to KILL_ACTOR / ACTOR_EXITING / JOB_FINISHED
+KILL_WORKER = 91  # gcs -> raylet: SIGKILL one of your workers (a killed actor)
+CLIENT_DIED = 92  # raylet -> gcs: a driver or worker process ended (owners of actors)
+JOB_FINISHED = 93  # driver -> gcs (request): zray.shutdown(); its actors end
 
 NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int) and k not in ("MAC_LEN", "MAX_HEADER")}
 
@@ -106,27 +123,29 @@ def encode(header: dict, payload: list | tuple = (), key: bytes | None = None, b
         header["bulk"] = bulk
     h = msgpack.packb(header, use_bin_type=True)
     if key is None:
-        return [h, b"", *payload]
+        return [h, *payload]
     signed = payload[: len(payload) - bulk] if bulk else payload
     return [h, _mac(key, [h, *signed]), *payload]
 
 
 def decode(frames: list, key: bytes | None = None) -> tuple[dict, list]:
-    """Parse and (with ``key``) authenticate ``[header, mac, *payload]``.
+    """Parse ``[header, *payload]``, or with ``key`` authenticate ``[header, mac, *payload]``.
 
     ``frames`` may hold ``zmq.Frame`` objects (zero-copy receive) or bytes.
     Raises ProtocolError for anything malformed or unauthenticated.
     """
-    if len(frames) < 2:
-        raise ProtocolError(f"too few frames ({len(frames)})")
+    if not frames:
+        raise ProtocolError("empty message")
     hf = frames[0]
     h = hf.bytes if isinstance(hf, zmq.Frame) else hf
     if len(h) > MAX_HEADER:
         raise ProtocolError(f"header of {len(h)} bytes")
-    mf = frames[1]
-    mac = mf.bytes if isinstance(mf, zmq.Frame) else mf
-    payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames[2:]]
     if key is not None:
+        if len(frames) < 2:
+            raise ProtocolError("missing authentication (no MAC)")
+        mf = frames[1]
+        mac = mf.bytes if isinstance(mf, zmq.Frame) else mf
+        payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames[2:]]
         if len(mac) != MAC_LEN:
             raise ProtocolError("missing authentication (no MAC)")
         # The header is not parsed before the MAC is checked, so bulk count
@@ -142,6 +161,7 @@ def decode(frames: list, key: bytes | None = None) -> tuple[dict, list]:
         if not hmac.compare_digest(mac, _mac(key, [h, *signed])):
             raise ProtocolError("bad MAC: sender does not hold the cluster secret")
     else:
+        payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames[1:]]
         try:
             header = msgpack.unpackb(h, raw=False)
         except Exception as e:
@@ -174,6 +194,31 @@ import os as _os  # noqa: E402
 _os.register_at_fork(after_in_child=_reset_ctx_after_fork)
 
 SEND_TIMEOUT_MS = 30_000
+COPY_MAX = 65536  # frames above this are sent without a copy
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+# pyzmq's Python-level send/recv wrappers cost ~5 us per frame in flag and type
+# handling; the hot path calls the Cython methods underneath directly.
+_raw_send = zmq.Socket.__mro__[1].send
+_raw_recv = zmq.Socket.__mro__[1].recv
+_raw_get = zmq.Socket.__mro__[1].get
+
+
+def send_frames(sock: zmq.Socket, frames: list) -> None:
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        big = not isinstance(f, bytes) and memoryview(f).nbytes > COPY_MAX or \
+            isinstance(f, bytes) and len(f) > COPY_MAX
+        _raw_send(sock, f, _SNDMORE if i < last else 0, not big, False)
+
+
+def recv_frames(sock: zmq.Socket, copy: bool) -> list:
+    """One multipart message (raises zmq.Again if none is waiting)."""
+    parts = [_raw_recv(sock, _NOBLOCK, copy, False)]
+    while _raw_get(sock, _RCVMORE):
+        parts.append(_raw_recv(sock, 0, copy, False))
+    return parts
 
 
 class Conn:
@@ -208,7 +253,7 @@ class Conn:
             if self.closed:
                 return False
             try:
-                self.sock.send_multipart(frames, copy=len(frames) < 3 or _small(frames))
+                send_frames(self.sock, frames)
                 return True
             except zmq.Again:
                 log.warning("send to %s timed out: %s dropped", self.addr, NAMES.get(header["t"]))
@@ -224,19 +269,15 @@ class Conn:
                 self.sock.close(linger=0)
 
 
-def _small(frames: list) -> bool:
-    for f in frames:
-        if len(f) > 65536:
-            return False
-    return True
-
-
 class Inbound:
     """A process's inbound ROUTER sockets: ipc (trusted) and optionally tcp (MAC'd)."""
 
     def __init__(self, ipc_path: str | None, tcp_host: str | None, key: bytes | None,
-                 tcp_port: int = 0, max_msg: int = 1 << 30):
+                 tcp_port: int = 0, max_msg: int = 1 << 30, copy: bool = False):
         self.key = key
+        # copy=True suits small messages (bytes are cheaper than Frames);
+        # copy=False lets bulk data be written to shm straight from ZeroMQ's buffer.
+        self.copy = copy
         self.socks: list[tuple[zmq.Socket, bytes | None]] = []
         self.ipc_addr = self.tcp_addr = None
         ctx = context()
@@ -274,7 +315,7 @@ class Inbound:
                 continue
             for _ in range(max_batch):
                 try:
-                    frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = recv_frames(s, self.copy)
                 except zmq.Again:
                     break
                 n += 1

@@ -122,6 +122,11 @@ class Executor:
         while True:
             try:
                 h, payload = self.q.get()
+                if h["t"] == protocol.CREATE_ACTOR:
+                    from zray import actor_executor
+
+                    # This worker becomes the actor's, until the actor dies (never returns).
+                    actor_executor.become_actor(self, h, payload)
                 self.execute(h, payload)
             except KeyboardInterrupt:
                 continue  # a cancel that arrived just after its task finished

@@ -9,6 +9,7 @@ import time
 import zmq
 
 from zray import config, protocol
+from zray.gcs import actor_table
 from zray.gcs.tables import GcsTables, Send
 
 log = logging.getLogger("zray.gcs")
@@ -22,6 +23,10 @@ class GcsServer:
                                         tcp_port=port, max_msg=64 << 20)
         self.tables.gcs_address = self.inbound.tcp_addr[len("tcp://"):]
         self.conns = protocol.Connections(secret)
+        self.actors = actor_table.ActorTable(self.tables.nodes, self.inbound.tcp_addr)
+        self.tables.node_hooks.append(
+            lambda ev, node: self.actors.node_dead(node) if ev == "dead"
+            else self.actors.node_added(node))
         self.running = True
         with open(os.path.join(session_dir, "gcs_address"), "w") as f:
             f.write(self.tables.gcs_address)
@@ -61,6 +66,8 @@ class GcsServer:
                 self.conns.send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid"),
                                           "gcs_address": tb.gcs_address,
                                           "session": self.session_dir})
+        elif t in actor_table.MESSAGES:
+            self.apply(self.actors.handle(h, payload))
         elif t == protocol.SHUTDOWN:
             self.running = False
         else:
@@ -78,6 +85,7 @@ class GcsServer:
             if now - last > 0.1:
                 last = now
                 self.apply(self.tables.tick(now))
+                self.apply(self.actors.tick(now))
         self.inbound.close()
         self.conns.close()
         try:

@@ -69,6 +69,14 @@ class GcsTables:
         self.kv: dict[tuple[str, bytes], bytes] = {}
         self.subscribers: dict[str, str] = {}  # address -> channel
         self.gcs_address = ""
+        # Other tables' reactions to membership: fn(event "added"|"dead", node id) -> actions
+        self.node_hooks: list = []
+
+    def _node_event(self, event: str, node: bytes) -> list:
+        acts: list = []
+        for hook in self.node_hooks:
+            acts += hook(event, node)
+        return acts
 
     def _publish(self, event: str, info: NodeInfo) -> list:
         h = {"t": protocol.PUBLISH, "ch": "node", "ev": event, "node": info.public()}
@@ -82,7 +90,7 @@ class GcsTables:
         self.nodes[info.node_id] = info
         acts = [Send(h["ra"], {"t": protocol.REGISTER_NODE_REPLY, "ok": True,
                                "gcs_address": self.gcs_address})]
-        return acts + self._publish("added", info)
+        return acts + self._publish("added", info) + self._node_event("added", info.node_id)
 
     def heartbeat(self, h: dict, now: float) -> list:
         info = self.nodes.get(h["node"])
@@ -99,7 +107,8 @@ class GcsTables:
             return []
         info.alive = False
         info.death_reason = reason
-        return self._publish("dead", info)
+        self.subscribers.pop(info.reply_to, None)  # its raylet's subscription ends with it
+        return self._publish("dead", info) + self._node_event("dead", node)
 
     def tick(self, now: float) -> list:
         acts: list = []

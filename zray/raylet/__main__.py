@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head", action="store_true")
     p.add_argument("--embedded", action="store_true", help="exit when stdin closes")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("ZRAY_DEBUG") else logging.INFO,
                         format="%(asctime)s raylet %(levelname)s %(message)s")
     # Fork the worker zygote before this process creates any ZeroMQ context.
     zygote = None if os.environ.get("ZRAY_NO_ZYGOTE") else Zygote()

@@ -23,6 +23,8 @@ from zray.objstore import store as ostore
 from zray.objstore.capacity import default_capacity
 from zray.objstore.spill import StoreExecutor, run_sync
 from zray.raylet import scheduler as sch
+from zray.raylet.object_manager import ObjectManager
+from zray.raylet.peers import PeerView
 from zray.raylet.worker_pool import ForkedProc, Zygote
 
 log = logging.getLogger("zray.raylet")
@@ -47,6 +49,9 @@ class Raylet:
         self.address = protocol.Address(node_id, self.inbound.ipc_addr, self.inbound.tcp_addr)
         self.conns = protocol.Connections(secret)
         self.gcs = self.conns.get(gcs_addr)
+        self.sched.node_id = node_id
+        self.view = PeerView(node_id)  # the other nodes, from the GCS (raylet/peers.py)
+        self.om = ObjectManager(self)  # transfers between nodes (raylet/object_manager.py)
         self.procs: dict[bytes, subprocess.Popen] = {}
         self.pidfds: dict[int, bytes] = {}
         self.workers_addr: dict[bytes, list] = {}
@@ -111,6 +116,9 @@ class Raylet:
             self.apply(self.sched.owner_died(waddr[1]))
         self._remove_worker_socket(wid)
         self._dirty = True
+        # Actors owned by this worker share its fate: the GCS ends them.
+        self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid,
+                       "addr": waddr[1] if waddr is not None else None})
         self.apply(self.sched.worker_exited(wid))
 
     def _remove_worker_socket(self, wid: bytes) -> None:
@@ -135,6 +143,8 @@ class Raylet:
         os.close(fd)
         self.drivers.pop(wid, None)
         self._dirty = True
+        # Its job's non-detached actors end with it (the GCS decides which).
+        self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid, "addr": ra, "driver": True})
         self.apply(self.sched.owner_died(ra))
 
     def kill_worker(self, wid: bytes, sig: int = signal.SIGTERM) -> None:
@@ -172,9 +182,28 @@ class Raylet:
                 self.kill_worker(a.wid)
 
     def peer_addr(self, node: bytes) -> list:
-        return self.peers_addr.get(node, self.address.pack())
+        return self.view.addr.get(node) or self.address.pack()
 
-    peers_addr: dict = {}
+    def _on_publish(self, h: dict) -> None:
+        """The GCS's node channel: keep the peer view fresh, relay deaths to local clients."""
+        was_ready = self.view.ready
+        changed, died = self.view.update(h)
+        for node, addr in died:
+            log.warning("node %s died", node.hex()[:12])
+            self.om.node_dead(node)
+            # Owners on this node retry what ran there and rebuild what was stored there.
+            note = {"t": protocol.PUBLISH, "ch": "node", "ev": "dead", "node": node,
+                    "raylet": addr}
+            for ra in list(self.drivers.values()):
+                self.conns.send(ra, dict(note))
+            for waddr in list(self.workers_addr.values()):
+                self.conns.send(waddr[1], dict(note))
+            if addr and addr[2]:
+                self.conns.drop(addr[2])
+        if self.view.ready and not was_ready:
+            self.om.view_ready()
+        if changed:
+            self.apply(self.sched.peers_changed(self.view.res, self.view.dead))
 
     def store_apply(self, acts: list) -> list:
         """Carry out the object store's actions inline; return Ready/Missing/StoreFull."""
@@ -189,7 +218,11 @@ class Raylet:
         t = h["t"]
         if t == protocol.REQUEST_LEASE:
             req = sch.LeaseRequest(h["lrid"], h["ra"], {k: float(v) for k, v in h["res"].items()},
-                                   h.get("strat"), time.monotonic())
+                                   h.get("strat"), time.monotonic(),
+                                   remote=h["spilled"] if "spilled" in h
+                                   else h["ra"].startswith("tcp://"))
+            if "hold" in h:  # an actor's lease (the GCS asks): what it holds once granted
+                req.hold = {k: float(v) for k, v in h["hold"].items()}
             self.apply(self.sched.request(req))
         elif t == protocol.RETURN_LEASE:
             self._dirty = True
@@ -203,22 +236,44 @@ class Raylet:
             self._dirty = True
             self.apply(self.sched.unblocked(h["wid"]))
         elif t == protocol.OBJECT_SEALED:
-            self.store_apply(self.store.seal(h["oid"], int(h["size"]), primary=True))
+            self.store_apply(self.store.seal(h["oid"], int(h["size"]),
+                                             primary=not h.get("secondary")))
         elif t == protocol.FREE_OBJECTS:
+            node = h.get("node")
+            if node and node != self.node_id:  # the owner does not know that raylet: forward
+                peer = self.view.tcp(node)
+                if peer:
+                    self.conns.send(peer, {"t": protocol.FREE_OBJECTS, "oids": h["oids"]})
+                return
+            self.om.freed(h["oids"])
             for oid in h["oids"]:
                 if self.store.contains(oid):
                     self.store_apply(self.store.delete(oid))
                 else:
                     shm.unlink(self.shm_prefix + oid.hex())
         elif t == protocol.PULL_OBJECT:
+            node = h.get("node")
+            if node != self.node_id and not self.store.contains(h["oid"]):
+                self.om.pull(h)  # on another node: copy it here (raylet/object_manager.py)
+                return
             ok = False
             if self.store.contains(h["oid"]):
                 # In memory, or spilled: restored before we answer.
                 ok = any(isinstance(a, ostore.Ready) for a in self.store_apply(
                     self.store.get(h["oid"])))
             self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
+        elif t == protocol.CHUNK_REQUEST:
+            self.om.serve(h)
+        elif t == protocol.CHUNK:
+            self.om.on_chunk(h, payload)
+        elif t == protocol.OBJECT_LOCATIONS_REPLY:
+            self.om.on_locations(h)
+        elif t == protocol.PUBLISH:
+            self._on_publish(h)
         elif t == protocol.CANCEL_LEASE_REQUEST:
             self.apply(self.sched.cancel(h["ra"], h["lrid"]))
+        elif t == protocol.KILL_WORKER:  # the GCS ends a killed actor's worker
+            self.kill_worker(h["wid"], signal.SIGKILL)
         elif t == protocol.WORKER_EXITING:
             pass  # the pidfd tells us when it is gone
         elif t == protocol.REGISTER_NODE_REPLY:
@@ -263,6 +318,8 @@ class Raylet:
 
     def run(self) -> None:
         self.register_with_gcs()
+        self.gcs.send({"t": protocol.SUBSCRIBE, "ch": "node", "ra": self.address.ipc
+                       if self.gcs_addr.startswith("ipc://") else self.address.tcp})
         self.start_workers(min(config.PRESTART_WORKERS, max(int(self.sched.total.get("CPU", 1)), 1)))
         self.sched.starting = len(self.procs)
         tick = 0.0
@@ -280,6 +337,7 @@ class Raylet:
             if now - tick > 0.25:
                 tick = now
                 self.apply(self.sched.tick(now, config.INFEASIBLE_WARN_S))
+                self.om.tick(now)
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -299,6 +357,7 @@ class Raylet:
         for wid in self.procs:
             self._remove_worker_socket(wid)
         self.store_exec.cleanup()
+        self.om.close()
         if self.zygote is not None:
             self.zygote.stop()
         shm.remove_all(self.shm_prefix)

@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EPS = 1e-9
+# Hybrid policy: pack onto the local node until its busiest requested resource is
+# this full, then prefer the least-used node (Ray's spread threshold).
+SPREAD_THRESHOLD = 0.5
+# Hard affinity to a node this raylet has never heard of fails after this long
+# (it may be a node whose join has not reached us yet).
+AFFINITY_GRACE_S = 2.0
+LOCAL, WAIT = "local", "wait"  # placements (or a peer's node id, or a Fail)
 
 
 @dataclass
@@ -25,6 +32,12 @@ class LeaseRequest:
     strategy: dict | None = None
     arrived: float = 0.0
     warned: bool = False
+    # Spilled here by a peer (the requester is on another node): run it here if
+    # this node can at all, never forward it again (no ping-pong on stale views).
+    remote: bool = False
+    # What the lease holds once granted, if not ``res`` (an actor needs 1 CPU to be
+    # placed but holds none while it lives, as in Ray).
+    hold: dict | None = None
 
 
 @dataclass
@@ -107,6 +120,10 @@ class NodeScheduler:
         self.max_idle = max_idle_workers or max(int(self.total.get("CPU", 1)), 1)
         # Peers' resources from the GCS: node id -> (total, available)
         self.peers: dict[bytes, tuple[dict, dict]] = {}
+        self.node_id = b""  # set by the raylet
+        self.dead_peers: set[bytes] = set()
+        self.peers_ready = False  # the GCS's first snapshot has arrived
+        self._rr = 0
 
     # -- events
     def request(self, req: LeaseRequest) -> list:
@@ -199,12 +216,23 @@ class NodeScheduler:
             self.avail["CPU"] = self.avail.get("CPU", 0) - cpu  # may go negative for a while
         return []
 
-    def peers_changed(self, peers: dict[bytes, tuple[dict, dict]]) -> list:
+    def peers_changed(self, peers: dict[bytes, tuple[dict, dict]],
+                      dead: set[bytes] | None = None) -> list:
+        """The GCS's view of the other nodes changed (alive ones; dead ones if known)."""
         self.peers = peers
+        if dead is not None:
+            self.dead_peers = set(dead)
+        self.peers_ready = True
         return self.dispatch()
 
     def tick(self, now: float, warn_after: float) -> list:
         acts: list = []
+        for key, req in list(self.queue.items()):
+            aff, soft = self._affinity(req)
+            if (aff is not None and not soft and self.peers_ready and aff != self.node_id
+                    and aff not in self.peers and now - req.arrived > AFFINITY_GRACE_S):
+                del self.queue[key]
+                acts.append(Fail(req, "TaskUnschedulableError", _no_node_msg(aff, False)))
         for req in self.queue.values():
             if not req.warned and now - req.arrived > warn_after and not self._feasible_anywhere(req):
                 req.warned = True
@@ -224,22 +252,37 @@ class NodeScheduler:
         s = req.strategy
         if s and s.get("kind") == "NodeAffinitySchedulingStrategy":
             node = s.get("node")
-            return (bytes.fromhex(node) if isinstance(node, str) else node), bool(s.get("soft"))
+            if isinstance(node, str):
+                try:
+                    node = bytes.fromhex(node)
+                except ValueError:
+                    node = b"?"  # never a node: unknown
+            return node, bool(s.get("soft"))
         return None, False
 
     def dispatch(self, local_node: bytes | None = None) -> list:
         acts: list = []
         want_workers = 0
+        # Local resources as this pass has promised them (requests placed here
+        # that wait for a worker count as taken, so the next one looks elsewhere).
+        avail = dict(self.avail)
         for key, req in list(self.queue.items()):
-            if not fits(req.res, self.total):
-                # Spill to a peer that has the resources at all (issue: many nodes).
-                peer = self._pick_peer(req)
-                if peer is not None:
-                    del self.queue[key]
-                    acts.append(Spill(req, peer))
+            where = self._place(req, avail)
+            if where is WAIT:
                 continue
-            if not fits(req.res, self.avail):
+            if isinstance(where, Fail):
+                del self.queue[key]
+                acts.append(where)
                 continue
+            if where is not LOCAL:
+                del self.queue[key]
+                self._reserve_peer(where, req.res)
+                acts.append(Spill(req, where))
+                continue
+            if not fits(req.res, avail):
+                continue
+            for k, v in req.res.items():
+                avail[k] = avail.get(k, 0.0) - v
             if not self.idle:
                 want_workers += 1
                 continue
@@ -252,9 +295,92 @@ class NodeScheduler:
             acts.append(StartWorkers(short))
         return acts
 
+    # -- placement
+    def _place(self, req: LeaseRequest, avail: dict) -> Any:
+        """LOCAL (queue here), WAIT, a peer's node id (spill there), or a Fail."""
+        res = req.res
+        aff, soft = self._affinity(req)
+        if aff is not None:
+            # Ray's semantics: an alive node that could fit the task gets it, and the task
+            # waits there while it is busy, unless soft with _spill_on_unavailable.
+            spill = soft and bool((req.strategy or {}).get("spill"))
+            if aff == self.node_id:
+                if fits(res, self.total) and (not spill or fits(res, avail)):
+                    return LOCAL
+                if not soft:
+                    return Fail(req, "TaskUnschedulableError", (
+                        f"The node {aff.hex()} named by a hard NodeAffinitySchedulingStrategy "
+                        f"does not have the resources {res}."))
+            elif aff in self.peers:
+                total, pavail = self.peers[aff]
+                if fits(res, total) and (not spill or fits(res, pavail)):
+                    return aff
+                if not soft:
+                    return Fail(req, "TaskUnschedulableError", (
+                        f"The node {aff.hex()} named by a hard NodeAffinitySchedulingStrategy "
+                        f"does not have the resources {res}."))
+            elif not soft:
+                if aff in self.dead_peers:
+                    return Fail(req, "TaskUnschedulableError", _no_node_msg(aff, True))
+                return WAIT  # unknown yet: tick() fails it after a grace period
+        if req.remote:
+            if fits(res, self.total):
+                return LOCAL
+            return self._pick_peer(req) or WAIT
+        kind = (req.strategy or {}).get("kind")
+        if kind == "SPREAD":
+            return self._spread(res, avail)
+        return self._hybrid(req, avail)
+
+    def _candidates(self, res: dict, avail: dict) -> list:
+        """(node id, total, available) of every node that could ever run res; local first."""
+        out = []
+        if fits(res, self.total):
+            out.append((self.node_id, self.total, avail))
+        for node in sorted(self.peers):
+            total, pavail = self.peers[node]
+            if fits(res, total):
+                out.append((node, total, pavail))
+        return out
+
+    def _hybrid(self, req: LeaseRequest, avail: dict) -> Any:
+        res = req.res
+        local_ok = fits(res, self.total)
+        if local_ok and fits(res, avail) and _util(self.total, avail, res) < SPREAD_THRESHOLD:
+            return LOCAL
+        free = [c for c in self._candidates(res, avail) if fits(res, c[2])]
+        if free:
+            best = min(_util(t, a, res) for _, t, a in free)
+            ties = [n for n, t, a in free if _util(t, a, res) <= best + EPS]
+            if self.node_id in ties:
+                return LOCAL
+            self._rr += 1
+            return ties[self._rr % len(ties)]
+        if local_ok:
+            return LOCAL  # wait here: nobody has room now
+        return self._pick_peer(req) or WAIT
+
+    def _spread(self, res: dict, avail: dict) -> Any:
+        cands = self._candidates(res, avail)
+        if not cands:
+            return WAIT
+        free = [c for c in cands if fits(res, c[2])] or cands
+        best = min(_util(t, a, res) for _, t, a in free)
+        ties = [n for n, t, a in free if _util(t, a, res) <= best + EPS]
+        node = ties[self._rr % len(ties)]
+        self._rr += 1
+        return LOCAL if node == self.node_id else node
+
+    def _reserve_peer(self, node: bytes, res: dict) -> None:
+        # Count what we just sent there until the GCS's next report says otherwise.
+        p = self.peers.get(node)
+        if p is not None:
+            for k, v in res.items():
+                p[1][k] = p[1].get(k, 0.0) - v
+
     def _pick_peer(self, req: LeaseRequest) -> bytes | None:
         best = None
-        for node, (total, avail) in self.peers.items():
+        for node, (total, avail) in sorted(self.peers.items()):
             if fits(req.res, total):
                 if fits(req.res, avail):
                     return node
@@ -264,7 +390,7 @@ class NodeScheduler:
     def _grant(self, req: LeaseRequest, wid: bytes) -> Grant:
         self._next_lease += 1
         lid = self._next_lease
-        res = dict(req.res)
+        res = dict(req.res if req.hold is None else req.hold)
         for k, v in res.items():
             self.avail[k] = self.avail.get(k, 0.0) - v
         gpu_ids: list = []
@@ -294,3 +420,19 @@ class NodeScheduler:
 
     def available(self) -> dict:
         return {k: max(v, 0.0) for k, v in self.avail.items()}
+
+
+def _util(total: dict, avail: dict, res: dict) -> float:
+    """How full a node is: the largest used fraction among CPU and the requested resources."""
+    u = 0.0
+    for k in {"CPU", *res}:
+        t = total.get(k, 0.0)
+        if t > 0:
+            u = max(u, (t - avail.get(k, 0.0)) / t)
+    return u
+
+
+def _no_node_msg(node: bytes, dead: bool) -> str:
+    state = "is dead" if dead else "is not part of the cluster"
+    return (f"The node {node.hex()} named by a hard NodeAffinitySchedulingStrategy {state}; "
+            "the task cannot be scheduled.")

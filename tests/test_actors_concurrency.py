@@ -1,0 +1,182 @@
+"""Async actors (an event loop, calls interleave) and threaded actors (max_concurrency).
+
+Runs against zray by default, against Ray with ZRAY_TEST_BACKEND=ray (backend.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from backend import exceptions, ray
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@ray.remote
+class AsyncWaiter:
+    def __init__(self):
+        self.event = asyncio.Event()
+        self.active = 0
+        self.peak = 0
+
+    async def wait(self):
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        await self.event.wait()
+        self.active -= 1
+        return "done"
+
+    async def release(self):
+        self.event.set()
+        return True
+
+    async def peak_(self):
+        return self.peak
+
+    async def sleep(self, t):
+        await asyncio.sleep(t)
+        return t
+
+    def sync_method(self):
+        return "sync ok"
+
+    async def fail(self):
+        raise ValueError("async failure")
+
+    async def agen(self, n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+
+
+def test_async_calls_interleave(ray_start):
+    a = AsyncWaiter.remote()
+    waits = [a.wait.remote() for _ in range(50)]
+    ready, _ = ray.wait(waits, timeout=0.5)
+    assert ready == []  # all blocked on the event, none finished
+    assert ray.get(a.release.remote()) is True  # ran although 50 calls are waiting
+    assert ray.get(waits) == ["done"] * 50
+    assert ray.get(a.peak_.remote()) == 50
+
+
+def test_async_concurrency_and_sync_method(ray_start):
+    a = AsyncWaiter.remote()
+    t0 = time.monotonic()
+    assert ray.get([a.sleep.remote(1.0) for _ in range(20)]) == [1.0] * 20
+    assert time.monotonic() - t0 < 5  # concurrent, not 20 s
+    assert ray.get(a.sync_method.remote()) == "sync ok"
+
+
+def test_async_max_concurrency(ray_start):
+    a = AsyncWaiter.options(max_concurrency=2).remote()
+    t0 = time.monotonic()
+    ray.get([a.sleep.remote(0.5) for _ in range(4)])
+    assert time.monotonic() - t0 >= 0.95  # two at a time
+
+
+def test_async_errors_and_generators(ray_start):
+    a = AsyncWaiter.remote()
+    with pytest.raises(ValueError, match="async failure"):
+        ray.get(a.fail.remote())
+    assert [ray.get(r) for r in a.agen.remote(4)] == [0, 1, 2, 3]
+    assert ray.get(a.sleep.remote(0)) == 0  # still alive
+
+
+def test_await_refs_inside_async_actor(ray_start):
+    @ray.remote
+    def square(x):
+        return x * x
+
+    @ray.remote
+    class Gatherer:
+        async def total(self, n):
+            vals = await asyncio.gather(*[square.remote(i) for i in range(n)])
+            return sum(vals)
+
+    g = Gatherer.remote()
+    assert ray.get(g.total.remote(10)) == sum(i * i for i in range(10))
+
+
+def test_cancel_async_call(ray_start):
+    a = AsyncWaiter.remote()
+    ref = a.wait.remote()
+    time.sleep(0.3)
+    ray.cancel(ref)
+    with pytest.raises((exceptions.TaskCancelledError, asyncio.CancelledError)):
+        ray.get(ref, timeout=10)
+    assert ray.get(a.sleep.remote(0)) == 0
+
+
+@ray.remote
+class Threaded:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.barrier_hits = 0
+
+    def work(self, t):
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(t)
+        with self.lock:
+            self.active -= 1
+        return threading.get_ident()
+
+    def peak_(self):
+        return self.peak
+
+
+def test_threaded_actor(ray_start):
+    a = Threaded.options(max_concurrency=4).remote()
+    t0 = time.monotonic()
+    idents = ray.get([a.work.remote(0.5) for _ in range(8)])
+    assert time.monotonic() - t0 < 3  # four at a time: about 1 s
+    assert len(set(idents)) > 1
+    assert ray.get(a.peak_.remote()) == 4
+
+
+def test_sync_actor_runs_one_call_at_a_time(ray_start):
+    a = Threaded.remote()
+    ray.get([a.work.remote(0.05) for _ in range(6)])
+    assert ray.get(a.peak_.remote()) == 1
+
+
+def test_cancel_queued_and_running_sync_calls(ray_start):
+    @ray.remote
+    class Slow:
+        def spin(self, t):
+            end = time.monotonic() + t
+            while time.monotonic() < end:
+                time.sleep(0.01)
+            return "finished"
+
+        def ping(self):
+            return "pong"
+
+    s = Slow.remote()
+    ray.get(s.ping.remote())
+    running = s.spin.remote(20)
+    queued = s.spin.remote(20)
+    time.sleep(0.5)
+    ray.cancel(queued)
+    ray.cancel(running)
+    for r in (running, queued):
+        with pytest.raises(exceptions.TaskCancelledError):
+            ray.get(r, timeout=15)
+    assert ray.get(s.ping.remote(), timeout=15) == "pong"
+
+
+def test_terminate_async_actor_after_pending(ray_start):
+    a = AsyncWaiter.remote()
+    sleeps = [a.sleep.remote(0.3) for _ in range(3)]
+    term = a.__ray_terminate__.remote()
+    assert ray.get(sleeps) == [0.3] * 3
+    with pytest.raises(exceptions.RayActorError):
+        ray.get(term)
+    with pytest.raises(exceptions.RayActorError):
+        ray.get(a.sleep.remote(0))

@@ -1,0 +1,501 @@
+"""The actor's side: a worker that became an actor runs its constructor and its calls.
+
+The GCS leases a pooled worker for the actor and sends it ``CREATE_ACTOR``.
+The worker's main thread (worker_main.Executor.run_forever) hands over to
+``become_actor``, which never returns: the worker is the actor's until the
+actor dies, and then the process exits (its raylet reaps it and frees the lease).
+
+Calls arrive as ``PUSH_TASK`` with an ``aid``, straight from their callers. The
+I/O thread orders them per caller by sequence number and hands them to:
+
+- a sync actor: the main thread, one call at a time (a running call can be
+  interrupted by ``zray.cancel``: SIGINT, as for tasks);
+- a threaded actor (``max_concurrency > 1``): a thread pool of that size;
+- an async actor (any ``async def`` method): one asyncio event loop on the
+  main thread, at most ``max_concurrency`` (default 1000) calls at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from zray import exceptions as exc
+from zray import protocol, serialization
+from zray.actor_submitter import REF
+from zray.core_worker import INLINE, STORED, CoreWorker
+from zray.ids import ActorID, TaskID, new_task_id
+from zray.object_ref import ObjectRef
+
+log = logging.getLogger("zray.actor")
+
+EXIT_ACK_TIMEOUT_S = 2.0
+
+
+class ActorExit(BaseException):
+    """Raised by zray.actor.exit_actor() inside an actor: end it after this call."""
+
+
+class ActorRuntime:
+    def __init__(self, ex: Any, h: dict):
+        self.ex = ex
+        self.cw: CoreWorker = ex.cw
+        self.aid: bytes = h["aid"]
+        self.inc: int = h["inc"]
+        self.gcs: str = h["ra"]
+        self.spec: dict = h["spec"]
+        self.meta: dict = self.spec.get("meta") or {}
+        self.cls_name: str = self.spec.get("cls", "Actor")
+        self.is_async = bool(self.spec.get("async"))
+        mc = self.spec.get("max_concurrency")
+        self.max_concurrency = int(mc) if mc else (1000 if self.is_async else 1)
+        self.mode = "async" if self.is_async else ("threaded" if self.max_concurrency > 1
+                                                   else "sync")
+        self.instance: Any = None
+        self.lock = threading.Lock()
+        self.expected: dict[bytes, int] = {}  # caller id -> next sequence number
+        self.held: dict[bytes, dict[int, tuple]] = {}  # caller id -> early calls
+        self.cancelled: set[bytes] = set()
+        self.running: set[bytes] = set()
+        self.current: bytes | None = None  # the sync actor's running call
+        self.exiting = False
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.atasks: dict[bytes, asyncio.Task] = {}
+        self.sem: asyncio.Semaphore | None = None
+        self.pid = os.getpid()
+
+    # ----------------------------------------------------------- creation
+    def start(self, h: dict, payload: list) -> None:
+        cw, ex = self.cw, self.ex
+        cw.current_actor_id = self.aid
+        cw.actor_restarted = self.inc > 0
+        cw.assigned_resources = h.get("res") or {}
+        cw.job_id = h.get("job", cw.job_id)
+        cw.driver_addr = h.get("drv") or cw.driver_addr
+        gpus = cw.assigned_resources.get("GPU_ids")
+        if gpus is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        env = self.spec.get("env")
+        if env:
+            os.environ.update({str(k): str(v) for k, v in env.items()})
+        ex.log_prefix = f"({self.cls_name} pid={self.pid})"
+        if self.mode == "threaded":
+            self.pool = concurrent.futures.ThreadPoolExecutor(
+                self.max_concurrency, thread_name_prefix="zray-actor")
+        elif self.mode == "async":
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+        cw.on_push_task = self.on_call
+        cw.on_cancel_task = self.on_cancel
+        cw.current_task_id = new_task_id()
+        try:
+            ex.load_job(cw.job_id)
+            cls = ex.load_function(self.spec["fn"])
+            args, kwargs = self.decode_args(h, payload)
+            self.instance = cls(*args, **kwargs)
+        except (Exception, SystemExit) as e:
+            err = self.error(f"{self.cls_name}.__init__", e)
+            try:
+                frames, _ = serialization.serialize(err)
+            except exc.RaySerializationError:
+                frames, _ = serialization.serialize(exc.RayTaskError(
+                    f"{self.cls_name}.__init__", err.traceback_str, None, pid=self.pid))
+            self.cw.conns.send(self.gcs, {"t": protocol.ACTOR_CREATED, "aid": self.aid,
+                                          "inc": self.inc, "wid": cw.worker_id, "ok": False,
+                                          "msg": str(err)}, frames)
+            _flush_and_exit(0, 0.2)
+        finally:
+            cw.current_task_id = None
+            _flush_std()
+        from zray.actor import ActorHandle
+
+        cw.current_actor_handle = ActorHandle(self.aid, self.meta, owned=False)
+        cw.conns.send(self.gcs, {"t": protocol.ACTOR_CREATED, "aid": self.aid, "inc": self.inc,
+                                 "wid": cw.worker_id, "ok": True, "pid": self.pid})
+
+    def run(self) -> None:
+        if self.mode == "async":
+            self.sem = asyncio.Semaphore(self.max_concurrency)
+            self.loop.run_forever()
+        elif self.mode == "threaded":
+            threading.Event().wait()
+        else:
+            while True:
+                try:
+                    h, payload = self.q.get()
+                    self.run_call(h, payload)
+                except KeyboardInterrupt:
+                    continue  # a cancel that arrived just after its call finished
+
+    # ---------------------------------------------------- I/O thread side
+    def on_call(self, h: dict, payload: list) -> None:
+        if h.get("aid") != self.aid:
+            self.reply_error(h, exc.ActorDiedError(
+                None, "This worker does not host the actor the call was meant for (it "
+                "died and was restarted elsewhere).", h.get("aid", b"").hex()))
+            return
+        with self.lock:
+            if self.exiting:
+                ready = [(h, payload)]
+            else:
+                cid, seq = h.get("cid"), h.get("seq")
+                if cid is None or seq is None:
+                    ready = [(h, payload)]
+                else:
+                    exp = self.expected.get(cid, 0)
+                    if seq < exp:
+                        return  # a duplicate
+                    if seq > exp:
+                        self.held.setdefault(cid, {})[seq] = (h, payload)
+                        return
+                    ready = [(h, payload)]
+                    exp += 1
+                    held = self.held.get(cid)
+                    while held and exp in held:
+                        ready.append(held.pop(exp))
+                        exp += 1
+                    if held is not None and not held:
+                        del self.held[cid]
+                    self.expected[cid] = exp
+        for item in ready:
+            self.deliver(*item)
+
+    def deliver(self, h: dict, payload: list) -> None:
+        if self.exiting:
+            self.reply_dead(h)
+            return
+        if h.get("meth") == "__ray_terminate__" and self.mode != "sync":
+            # After every call delivered before it (they are queued or running).
+            self.exiting = True
+            threading.Thread(target=self._terminate_concurrent, args=(h,), daemon=True).start()
+            return
+        if self.mode == "sync":
+            self.q.put((h, payload))
+        elif self.mode == "threaded":
+            self.pool.submit(self._run_threaded, h, payload)
+        else:
+            self.loop.call_soon_threadsafe(self._start_async, h, payload)
+
+    def on_cancel(self, h: dict) -> None:
+        tid = h["tid"]
+        if h.get("rec", True):
+            self.cw.cancel_children(tid, False)
+        with self.lock:
+            if self.mode == "async":
+                task = self.atasks.get(tid)
+                if task is not None:
+                    self.loop.call_soon_threadsafe(task.cancel)
+                    return
+            elif self.mode == "sync" and self.current == tid:
+                self.ex.interrupting = tid
+                os.kill(self.pid, signal.SIGINT)
+                return
+            if tid not in self.running:
+                self.cancelled.add(tid)
+
+    # ------------------------------------------------------- calls (sync)
+    def _run_threaded(self, h: dict, payload: list) -> None:
+        try:
+            self.run_call(h, payload)
+        except BaseException:  # noqa: BLE001 - a pool thread must not die silently
+            log.exception("actor call failed")
+
+    def run_call(self, h: dict, payload: list) -> None:
+        cw, ex = self.cw, self.ex
+        tid = h["tid"]
+        with self.lock:
+            if tid in self.cancelled:
+                self.cancelled.discard(tid)
+                cancelled = True
+            else:
+                cancelled = False
+                self.running.add(tid)
+                if self.mode == "sync":
+                    self.current = tid
+        if cancelled:
+            self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
+            return
+        if self.exiting:
+            self.reply_dead(h)
+            return
+        cw.current_task_id = tid
+        cw.driver_addr = h.get("drv") or cw.driver_addr
+        meth = h.get("meth", "")
+        owner = cw.addr_of(h["own"])
+        nret = h["nret"]
+        exit_after = False
+        try:
+            try:
+                if meth == "__ray_terminate__":
+                    exit_after = True
+                    self.reply_dead(h, "The actor was terminated by __ray_terminate__.")
+                    return
+                args, kwargs = self.decode_args(h, payload)
+                fn = self.method(meth)
+                if nret == -1:
+                    ex.run_streaming(h, owner, fn, args, kwargs)
+                    return
+                result = fn(*args, **kwargs)
+                values = _split(result, nret)
+            except KeyboardInterrupt:
+                if ex.interrupting == tid:
+                    self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
+                    return
+                raise
+            except (ActorExit, SystemExit):
+                exit_after = True
+                self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
+                return
+            except Exception as e:
+                self.reply_error(h, self.error(h.get("name", meth), e))
+                return
+            ex.reply_values(h, owner, values)
+        finally:
+            with self.lock:
+                self.running.discard(tid)
+                if self.current == tid:
+                    self.current = None
+            ex.interrupting = None
+            cw.current_task_id = None
+            _flush_std()
+            if exit_after:
+                self.exit_gracefully()
+
+    def method(self, meth: str) -> Any:
+        if meth == "__ray_ready__":
+            return lambda: True
+        if meth == "__ray_call__":
+            return lambda fn, *a, **k: fn(self.instance, *a, **k)
+        return getattr(self.instance, meth)
+
+    # ------------------------------------------------------ calls (async)
+    def _start_async(self, h: dict, payload: list) -> None:
+        task = self.loop.create_task(self._arun(h, payload))
+        with self.lock:
+            self.atasks[h["tid"]] = task
+
+    async def _arun(self, h: dict, payload: list) -> None:
+        cw, ex = self.cw, self.ex
+        tid = h["tid"]
+        meth = h.get("meth", "")
+        owner = cw.addr_of(h["own"])
+        nret = h["nret"]
+        try:
+            async with self.sem:
+                with self.lock:
+                    if tid in self.cancelled:
+                        self.cancelled.discard(tid)
+                        raise asyncio.CancelledError
+                if self.exiting:
+                    self.reply_dead(h)
+                    return
+                cw.current_task_id = tid
+                cw.driver_addr = h.get("drv") or cw.driver_addr
+                if any(d[0] != INLINE for d in h["args"]):
+                    args, kwargs = await self.loop.run_in_executor(None, self.decode_args, h,
+                                                                   payload)
+                else:
+                    args, kwargs = self.decode_args(h, payload)
+                fn = self.method(meth)
+                if nret == -1:
+                    await self._astream(h, owner, fn, args, kwargs)
+                    return
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                ex.reply_values(h, owner, _split(result, nret))
+        except asyncio.CancelledError:
+            self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
+        except (ActorExit, SystemExit, exc.AsyncioActorExit):
+            self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
+            self.exit_gracefully()
+        except Exception as e:
+            self.reply_error(h, self.error(h.get("name", meth), e))
+        finally:
+            with self.lock:
+                self.atasks.pop(tid, None)
+            cw.current_task_id = None
+
+    async def _astream(self, h: dict, owner: str, fn, args, kwargs) -> None:
+        ex = self.ex
+        i = 0
+        try:
+            gen = fn(*args, **kwargs)
+            if inspect.isasyncgen(gen):
+                async for v in gen:
+                    self._send_item(h, owner, i, v)
+                    i += 1
+            else:
+                for v in gen:
+                    self._send_item(h, owner, i, v)
+                    i += 1
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            ex._stream_error(h, owner, i, exc.TaskCancelledError(TaskID(h["tid"])))
+            i += 1
+        except Exception as e:
+            ex._stream_error(h, owner, i, self.error(h.get("name", ""), e))
+            i += 1
+        ex._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": [],
+                                  "gen_n": i}, [])
+
+    def _send_item(self, h: dict, owner: str, i: int, v: Any) -> None:
+        from zray.ids import object_id_for
+
+        ex = self.ex
+        contained: list = []
+        d, frames = ex.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
+        if contained:
+            ex._lend_contained(contained, h["own"])
+        self.cw.conns.send(owner, {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i,
+                                   "ret": d}, frames)
+
+    # ------------------------------------------------------------ helpers
+    def decode_args(self, h: dict, payload: list) -> tuple[list, dict]:
+        cw = self.cw
+        vals = []
+        pos = 0
+        for d in h["args"]:
+            kind = d[0]
+            if kind == INLINE:
+                n = d[1]
+                vals.append(serialization.deserialize(payload[pos: pos + n]))
+                pos += n
+            elif kind == STORED:
+                _, oid, node, owner = d
+                vals.append(serialization.deserialize(cw._read_stored(oid, node, owner)))
+            elif kind == REF:
+                _, oid, owner = d
+                vals.append(cw.get([ObjectRef(oid, owner)], None)[0])
+            else:
+                raise exc.RaySystemError(f"unknown argument descriptor {kind!r}")
+        kw = h.get("kw") or []
+        if kw:
+            k = len(kw)
+            return vals[:-k], dict(zip(kw, vals[-k:]))
+        return vals, {}
+
+    def error(self, name: str, e: BaseException) -> exc.RayTaskError:
+        if isinstance(e, exc.RayTaskError):
+            return e  # a failed argument's error flows on unchanged
+        try:
+            rep = repr(self.instance) if self.instance is not None else f"<{self.cls_name}>"
+        except Exception:  # noqa: BLE001
+            rep = f"<{self.cls_name}>"
+        return exc.RayTaskError(name, traceback.format_exc(), e, pid=self.pid,
+                                ip=self.cw.node_ip, actor_repr=rep,
+                                actor_id=ActorID(self.aid).hex())
+
+    def reply_error(self, h: dict, err: BaseException) -> None:
+        ex = self.ex
+        owner = self.cw.addr_of(h["own"])
+        if h.get("nret") == -1:  # a stream: the error is its one item
+            ex._stream_error(h, owner, 0, err)
+            ex._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": [],
+                                      "gen_n": 1}, [])
+            return
+        ex.reply_error(h, owner, err)
+
+    def reply_dead(self, h: dict, why: str = "") -> None:
+        self.reply_error(h, exc.ActorDiedError(None, (
+            "The actor died unexpectedly before finishing this task.\n"
+            f"\tclass_name: {self.cls_name}\n\tactor_id: {self.aid.hex()}\n\tpid: {self.pid}\n"
+            + (why or "The actor exited intentionally before this call could run.")),
+            self.aid.hex()))
+
+    # --------------------------------------------------------------- exit
+    def _terminate_concurrent(self, h: dict) -> None:
+        """__ray_terminate__ on a threaded or async actor: after the calls before it."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        elif self.loop is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._drain_async(), self.loop)
+            try:
+                fut.result(timeout=None)
+            except Exception:  # noqa: BLE001
+                pass
+        self.reply_dead(h, "The actor was terminated by __ray_terminate__.")
+        self.exit_gracefully()
+
+    async def _drain_async(self) -> None:
+        me = asyncio.current_task()
+        tasks = [t for t in list(self.atasks.values()) if t is not me]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def exit_gracefully(self) -> None:
+        """Tell the GCS the actor ends on purpose, answer what is queued, and exit."""
+        with self.lock:
+            self.exiting = True
+        while True:
+            try:
+                h, _ = self.q.get_nowait()
+            except queue.Empty:
+                break
+            self.reply_dead(h)
+        cw = self.cw
+        try:
+            cw.request(self.gcs, {"t": protocol.ACTOR_EXITING, "aid": self.aid,
+                                  "wid": cw.worker_id}, timeout=EXIT_ACK_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - exit anyway: the raylet reports the death
+            pass
+        _flush_and_exit(0, 0.02)
+
+
+def _split(result: Any, nret: int) -> list:
+    if nret in (0, 1):
+        return [result if nret == 1 else None]
+    if inspect.isgenerator(result):
+        result = list(result)
+    if not isinstance(result, (tuple, list)) or len(result) != nret:
+        n = len(result) if isinstance(result, (tuple, list)) else "not a sequence"
+        raise ValueError(f"Task returned {n} objects, but num_returns={nret}.")
+    return list(result)
+
+
+def _flush_std() -> None:
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _flush_and_exit(code: int, settle: float) -> None:
+    _flush_std()
+    time.sleep(settle)  # let the I/O thread of ZeroMQ hand the last messages to the kernel
+    os._exit(code)
+
+
+def become_actor(ex: Any, h: dict, payload: list) -> None:
+    """Run the actor this worker was leased for; never returns."""
+    rt = ActorRuntime(ex, h)
+    try:
+        rt.start(h, payload)
+        rt.run()
+    except BaseException:  # noqa: BLE001
+        log.exception("the actor's main loop failed")
+    _flush_and_exit(1, 0.02)
+
+
+def _h_create_actor(cw: CoreWorker, h: dict, payload: list) -> None:
+    # To the worker's main thread, which becomes the actor's (worker_main.run_forever).
+    if cw.on_push_task is None:
+        log.warning("CREATE_ACTOR to a process that runs no tasks: dropped")
+        return
+    cw.on_push_task(h, payload)
+
+
+CoreWorker._handlers[protocol.CREATE_ACTOR] = _h_create_actor

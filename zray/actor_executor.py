@@ -68,7 +68,8 @@ class ActorRuntime:
         self.cancelled: set[bytes] = set()
         self.running: set[bytes] = set()
         self.current: bytes | None = None  # the sync actor's running call
-        self.exiting = False
+        self.exiting = False  # ending now: calls not started yet are answered "dead"
+        self.closing = False  # __ray_terminate__ delivered: later calls are refused
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +148,7 @@ class ActorRuntime:
                 "died and was restarted elsewhere).", h.get("aid", b"").hex()))
             return
         with self.lock:
-            if self.exiting:
+            if self.exiting or self.closing:
                 ready = [(h, payload)]
             else:
                 cid, seq = h.get("cid"), h.get("seq")
@@ -173,12 +174,12 @@ class ActorRuntime:
             self.deliver(*item)
 
     def deliver(self, h: dict, payload: list) -> None:
-        if self.exiting:
+        if self.exiting or self.closing:
             self.reply_dead(h)
             return
         if h.get("meth") == "__ray_terminate__" and self.mode != "sync":
             # After every call delivered before it (they are queued or running).
-            self.exiting = True
+            self.closing = True
             threading.Thread(target=self._terminate_concurrent, args=(h,), daemon=True).start()
             return
         if self.mode == "sync":

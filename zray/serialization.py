@@ -24,8 +24,28 @@ class _Pickler(cloudpickle.Pickler):
     pass
 
 
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
+def _plain(v: Any, depth: int = 0) -> bool:
+    """Builtin scalars and small containers of them: the C pickler is exact for these."""
+    t = type(v)
+    if t in _SCALARS or t is bytes and len(v) < OOB_MIN:
+        return True
+    if depth > 2:
+        return False
+    if t is tuple or t is list:
+        return len(v) <= 32 and all(_plain(x, depth + 1) for x in v)
+    if t is dict:
+        return len(v) <= 32 and all(_plain(k, 3) and _plain(x, depth + 1) for k, x in v.items())
+    return False
+
+
 def serialize(value: Any, what: str = "value") -> tuple[list, list]:
     """Return (frames, contained ObjectRefs). Raises RaySerializationError naming the type."""
+    if _plain(value):
+        # ~1 us instead of ~7 us for cloudpickle's Pickler on small values.
+        return [pickle.dumps(value, protocol=5)], []
     buffers: list = []
 
     def cb(pb: pickle.PickleBuffer) -> bool:

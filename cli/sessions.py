@@ -22,14 +22,22 @@ def latest_link() -> str:
 
 
 def set_latest(session_dir: str) -> None:
+    """Best effort: in a root shared by several users the link may be another user's, and
+    lookups fall back to scanning the root for sessions this user can read."""
     link = latest_link()
     tmp = f"{link}.{os.getpid()}.tmp"
     try:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        os.symlink(session_dir, tmp)
+        os.replace(tmp, link)
     except OSError:
-        pass
-    os.symlink(session_dir, tmp)
-    os.replace(tmp, link)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def clear_latest_if(session_dirs: set[str]) -> None:

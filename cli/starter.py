@@ -61,6 +61,7 @@ def abort(np: node.NodeProcesses, own_session: bool) -> None:
     shm.remove_all(np.shm_prefix)
     if own_session:
         stopper.cleanup_session(np.session_dir)
+        sessions.clear_latest_if({np.session_dir})
     else:
         for path in (np.raylet_ipc[len("ipc://"):],
                      os.path.join(np.session_dir, "pids", f"raylet-{np.node_id.hex()[:12]}.json")):

@@ -135,7 +135,7 @@ def test_threaded_actor(ray_start):
     a = Threaded.options(max_concurrency=4).remote()
     t0 = time.monotonic()
     idents = ray.get([a.work.remote(0.5) for _ in range(8)])
-    assert time.monotonic() - t0 < 3  # four at a time: about 1 s
+    assert time.monotonic() - t0 < 3.5  # four at a time: about 1 s, not 4
     assert len(set(idents)) > 1
     assert ray.get(a.peak_.remote()) == 4
 
@@ -147,28 +147,42 @@ def test_sync_actor_runs_one_call_at_a_time(ray_start):
 
 
 def test_cancel_queued_and_running_sync_calls(ray_start):
+    # Ray: a queued actor call never runs; a running one of a sync actor is not
+    # interrupted (actors have state) but sees is_canceled(), and get raises.
     @ray.remote
     class Slow:
+        def __init__(self):
+            self.saw_cancel = False
+            self.runs = 0
+
         def spin(self, t):
+            self.runs += 1
             end = time.monotonic() + t
             while time.monotonic() < end:
+                if ray.get_runtime_context().is_canceled():
+                    self.saw_cancel = True
+                    return "stopped early"
                 time.sleep(0.01)
             return "finished"
 
-        def ping(self):
-            return "pong"
+        def state(self):
+            return self.saw_cancel, self.runs
 
     s = Slow.remote()
-    ray.get(s.ping.remote())
-    running = s.spin.remote(20)
-    queued = s.spin.remote(20)
+    ray.get(s.state.remote())
+    running = s.spin.remote(10)
+    queued = s.spin.remote(10)
     time.sleep(0.5)
+    t0 = time.monotonic()
     ray.cancel(queued)
     ray.cancel(running)
     for r in (running, queued):
         with pytest.raises(exceptions.TaskCancelledError):
             ray.get(r, timeout=15)
-    assert ray.get(s.ping.remote(), timeout=15) == "pong"
+    assert time.monotonic() - t0 < 8
+    saw_cancel, runs = ray.get(s.state.remote(), timeout=15)
+    assert saw_cancel
+    assert runs in (1, 2)  # Ray may start the queued one, which then sees is_canceled()
 
 
 def test_terminate_async_actor_after_pending(ray_start):

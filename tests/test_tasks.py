@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from backend import count_lines, exceptions, ray, touch, wait_for_file, wait_until
+from backend import IS_RAY, count_lines, exceptions, ray, touch, wait_for_file, wait_until
 
 
 @ray.remote
@@ -51,9 +51,16 @@ def test_remote_applied_as_function(ray_start):
 def test_options_returns_a_new_remote_function(ray_start):
     f = add.options(num_cpus=2, name="add2")
     assert ray.get(f.remote(2, 3)) == 5
-    assert ray.get(f.options(num_cpus=1).remote(1, 1)) == 2
-    # The original keeps its options.
+    # The original keeps its options. (Ray's .options() result has only .remote(): it
+    # cannot be chained with another .options(), so this does not try.)
     assert ray.get(add.remote(1)) == 1
+
+    @ray.remote
+    def assigned():
+        return ray.get_runtime_context().get_assigned_resources()
+
+    assert ray.get(assigned.options(num_cpus=3).remote()) == {"CPU": 3.0}
+    assert ray.get(assigned.remote()) == {"CPU": 1.0}
 
 
 def test_calling_a_remote_function_directly_raises_type_error(ray_start):
@@ -81,7 +88,19 @@ def test_unknown_option_in_options_is_named(ray_start, bad):
 
 @pytest.mark.parametrize(
     "option, value",
-    [("num_cpus", "two"), ("max_retries", "3"), ("num_returns", "x"), ("resources", 5)],
+    [
+        ("num_cpus", "two"),
+        ("max_retries", "3"),
+        ("resources", 5),
+        pytest.param(
+            "num_returns", "x",
+            # Ray accepts strings for num_returns ("dynamic", "streaming") and then fails
+            # with TypeError("'>=' not supported between instances of 'str' and 'int'"),
+            # which does not name the option.
+            marks=pytest.mark.xfail(IS_RAY, reason="Ray's error does not name num_returns",
+                                    strict=True),
+        ),
+    ],
 )
 def test_mistyped_option_value_is_named(ray_start, option, value):
     # Ray: TypeError("The type of keyword 'num_cpus' must be (<class 'float'>, <class 'int'>,

@@ -8,11 +8,16 @@ actor dies, and then the process exits (its raylet reaps it and frees the lease)
 Calls arrive as ``PUSH_TASK`` with an ``aid``, straight from their callers. The
 I/O thread orders them per caller by sequence number and hands them to:
 
-- a sync actor: the main thread, one call at a time (a running call can be
-  interrupted by ``zray.cancel``: SIGINT, as for tasks);
+- a sync actor: the main thread, one call at a time;
 - a threaded actor (``max_concurrency > 1``): a thread pool of that size;
 - an async actor (any ``async def`` method): one asyncio event loop on the
   main thread, at most ``max_concurrency`` (default 1000) calls at once.
+
+Cancellation (Ray's rules): a call not started yet never runs; a running call of
+an async actor gets ``asyncio.CancelledError``; a running call of a sync or
+threaded actor is not interrupted (actors have state), but its caller gets
+``TaskCancelledError`` and the call can poll
+``zray.get_runtime_context().is_canceled()``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import inspect
 import logging
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -67,7 +71,6 @@ class ActorRuntime:
         self.held: dict[bytes, dict[int, tuple]] = {}  # caller id -> early calls
         self.cancelled: set[bytes] = set()
         self.running: set[bytes] = set()
-        self.current: bytes | None = None  # the sync actor's running call
         self.exiting = False  # ending now: calls not started yet are answered "dead"
         self.closing = False  # __ray_terminate__ delivered: later calls are refused
         self.q: queue.SimpleQueue = queue.SimpleQueue()
@@ -100,6 +103,7 @@ class ActorRuntime:
             asyncio.set_event_loop(self.loop)
         cw.on_push_task = self.on_call
         cw.on_cancel_task = self.on_cancel
+        cw.actor_runtime = self
         cw.current_task_id = new_task_id()
         try:
             ex.load_job(cw.job_id)
@@ -138,7 +142,7 @@ class ActorRuntime:
                     h, payload = self.q.get()
                     self.run_call(h, payload)
                 except KeyboardInterrupt:
-                    continue  # a cancel that arrived just after its call finished
+                    continue  # a stray SIGINT: the actor goes on
 
     # ---------------------------------------------------- I/O thread side
     def on_call(self, h: dict, payload: list) -> None:
@@ -199,12 +203,10 @@ class ActorRuntime:
                 if task is not None:
                     self.loop.call_soon_threadsafe(task.cancel)
                     return
-            elif self.mode == "sync" and self.current == tid:
-                self.ex.interrupting = tid
-                os.kill(self.pid, signal.SIGINT)
-                return
-            if tid not in self.running:
-                self.cancelled.add(tid)
+            self.cancelled.add(tid)  # not started: never runs; running: flagged
+
+    def is_canceled(self, tid: bytes | None) -> bool:
+        return tid is not None and tid in self.cancelled
 
     # ------------------------------------------------------- calls (sync)
     def _run_threaded(self, h: dict, payload: list) -> None:
@@ -223,8 +225,6 @@ class ActorRuntime:
             else:
                 cancelled = False
                 self.running.add(tid)
-                if self.mode == "sync":
-                    self.current = tid
         if cancelled:
             self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
             return
@@ -250,11 +250,9 @@ class ActorRuntime:
                     return
                 result = fn(*args, **kwargs)
                 values = _split(result, nret)
-            except KeyboardInterrupt:
-                if ex.interrupting == tid:
+                if tid in self.cancelled:  # cancelled while it ran: Ray reports the cancel
                     self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
                     return
-                raise
             except (ActorExit, SystemExit):
                 exit_after = True
                 self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
@@ -266,9 +264,7 @@ class ActorRuntime:
         finally:
             with self.lock:
                 self.running.discard(tid)
-                if self.current == tid:
-                    self.current = None
-            ex.interrupting = None
+                self.cancelled.discard(tid)
             cw.current_task_id = None
             _flush_std()
             if exit_after:

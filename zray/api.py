@@ -395,7 +395,9 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
          fetch_local: bool = True) -> tuple[list, list]:
     """Return (ready, not_ready) once num_returns refs are ready or timeout passes."""
     cw = _ensure_initialized()
-    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+    if isinstance(object_refs, (ObjectRef, ObjectRefGenerator)):
+        raise TypeError("wait() expected a list of zray.ObjectRef, got a single zray.ObjectRef")
+    if not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of zray.ObjectRef, got {type(object_refs)}")
     for r in object_refs:
         if not isinstance(r, ObjectRef):
@@ -403,6 +405,8 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
                             f"{type(r)}")
     if timeout is not None and timeout < 0:
         raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
+    if not object_refs:
+        return [], []
     if isinstance(num_returns, bool) or not isinstance(num_returns, int):
         raise TypeError(f"num_returns must be an int, got {num_returns!r}")
     if num_returns <= 0:

@@ -262,11 +262,11 @@ class Conn:
                 log.warning("send to %s failed: %s", self.addr, e)
                 return False
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
         with self.lock:
             if not self.closed:
                 self.closed = True
-                self.sock.close(linger=0)
+                self.sock.close(linger=linger_ms)
 
 
 class Inbound:
@@ -392,8 +392,8 @@ class Connections:
         if c:
             c.close()
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
         with self._lock:
             conns, self._conns = list(self._conns.values()), {}
         for c in conns:
-            c.close()
+            c.close(linger_ms)

@@ -60,6 +60,17 @@ class RuntimeContext:
                 "task_id": self.get_task_id(), "actor_id": self.get_actor_id(),
                 "namespace": self.namespace}
 
+    def is_canceled(self) -> bool:
+        """Whether zray.cancel() was called on the running actor call (sync/threaded actors)."""
+        rt = getattr(self._cw, "actor_runtime", None)
+        if rt is None:
+            if self._cw.mode == "driver":
+                raise RuntimeError("This method should be called inside a task or actor.")
+            return False
+        if rt.mode == "async":
+            raise RuntimeError("This method is not supported in an async actor.")
+        return rt.is_canceled(self._cw.current_task_id)
+
     @property
     def was_current_actor_reconstructed(self) -> bool:
         return bool(getattr(self._cw, "actor_restarted", False))

@@ -271,8 +271,10 @@ class Executor:
         try:
             frames, refs = serialization.serialize(value, "return value")
         except exc.RaySerializationError as se:
+            # A fresh error without the unpicklable value in its __cause__ chain.
+            cause = exc.RaySerializationError(str(se))
             frames, refs = serialization.serialize(
-                exc.RayTaskError("", str(se), se, pid=self.pid)), []
+                exc.RayTaskError(self.cw.current_task_name, str(se), cause, pid=self.pid))
             err = True
         for r in refs:
             contained.append((r._id, r._owner))
@@ -314,9 +316,9 @@ class Executor:
             rh["exiting"] = True
         self.cw.conns.send(owner, rh, payload)
         if exiting:
+            # The owner returns the lease with exit=True and the raylet then ends
+            # this process: exiting here could lose the reply still queued in ZeroMQ.
             self.cw.raylet.send({"t": protocol.WORKER_EXITING, "wid": self.cw.worker_id})
-            sys.stdout.flush()
-            os._exit(0)
 
     def reply_error(self, h: dict, owner: str, err: BaseException) -> None:
         try:

@@ -217,20 +217,32 @@ def _start(n: Node, cfg: ClusterConfig, cmds: list[str], secret: bytes | None, u
     return r.output
 
 
+def local_head_session(cfg: ClusterConfig) -> str | None:
+    from zray_cli import sessions
+
+    try:
+        ip = netutil.resolve(cfg.head_ip)
+    except OSError:
+        ip = cfg.head_ip
+    return sessions.find(f"{ip}:{cfg.head_port}")
+
+
 def head_secret(head: Node, cfg: ClusterConfig) -> bytes:
     if head.runner.local:
-        from zray_cli import sessions
-
-        s = sessions.find(cfg.head_address)
+        s = local_head_session(cfg)
         if s is None:
             raise NodeError(f"the head started, but no session of this machine has the GCS "
                             f"address {cfg.head_address}")
         return secret_mod.read_session(s)
     r = head.runner.run(script([f"zray secret --address={shlex.quote(cfg.head_address)}"],
                                cfg.head_ip), timeout=60)
-    if r.returncode != 0:
+    lines = r.output.strip().splitlines()
+    if r.returncode != 0 or not lines:
         raise NodeError(f"could not read the cluster secret on the head:\n{tail(r.output)}")
-    return secret_mod.decode(r.output.strip().splitlines()[-1].encode(), "the head's secret")
+    try:
+        return secret_mod.decode(lines[-1].encode(), "the output of `zray secret` on the head")
+    except secret_mod.SecretError as e:
+        raise NodeError(str(e)) from None
 
 
 def up(cfg: ClusterConfig, console) -> bool:
@@ -238,6 +250,8 @@ def up(cfg: ClusterConfig, console) -> bool:
     ok = True
     with Ui(console, [head, *workers]) as ui:
         try:
+            if not head.runner.local:
+                ui.stage(head, "waiting for ssh")
             head.runner.wait_ready(SSH_WAIT_S)
             _setup(head, cfg, ui)
             _start(head, cfg, cfg.head_start_commands, None, ui)

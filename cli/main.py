@@ -399,7 +399,7 @@ def up(cluster_config_file: str = typer.Argument(..., metavar="CLUSTER.yaml"),
     if head.runner.local and ok:
         from zray_cli.gcs_client import GcsClient
 
-        s = sessions.find(cfg.head_address)
+        s = launcher.local_head_session(cfg)
         if s:
             try:
                 with GcsClient(secret_mod.read_session(s), session_dir=s,
@@ -407,6 +407,9 @@ def up(cluster_config_file: str = typer.Argument(..., metavar="CLUSTER.yaml"),
                     print_status(c, client.nodes(timeout=5), cfg.head_address)
             except Exception as e:  # the cluster is up; the table is a courtesy
                 c.print(f"(could not read the cluster's status: {e})")
+    elif ok:
+        r = head.runner.run(launcher.script(["zray status"], cfg.head_ip), timeout=60)
+        c.print(r.output.rstrip(), markup=False, highlight=False, soft_wrap=True)
     if not ok:
         raise _fail(f"cluster {cfg.cluster_name}: some nodes failed to start (see above).")
     c.print(f'[green]Cluster {cfg.cluster_name} is up.[/green] Connect with '

@@ -111,6 +111,9 @@ def wait_registered(np: node.NodeProcesses, client_factory, timeout: float,
                 except GcsUnreachable:
                     pass
             time.sleep(0.1)
+    except KeyboardInterrupt:
+        abort(np, own_session)
+        raise
     finally:
         if client is not None:
             client.close()

@@ -269,7 +269,6 @@ def test_start_errors(session_root):
 def test_start_head_and_worker_drivers_status_stop(session_root, tmp_path):
     port = free_port()
     addr = f"127.0.0.1:{port}"
-    t0 = time.monotonic()
     p = zray(session_root, "start", "--head", f"--port={port}", "--num-cpus=2")
     assert f'zray.init(address="{addr}")' in p.stdout
     assert f"zray start --address={addr}" in p.stdout
@@ -277,8 +276,6 @@ def test_start_head_and_worker_drivers_status_stop(session_root, tmp_path):
     p = zray(session_root, "start", f"--address={addr}", "--num-cpus=1",
              '--resources={"side": 1}')
     worker_id = node_ids(p.stdout)[0]
-    start_s = time.monotonic() - t0
-    assert start_s < 20, f"starting two nodes took {start_s:.1f} s"
     # The CLI has exited; its processes live on, detached.
     assert len(procs_under(session_root)) >= 3
 
@@ -300,10 +297,9 @@ def test_start_head_and_worker_drivers_status_stop(session_root, tmp_path):
 
     session = os.path.realpath(os.path.join(session_root, "session_latest"))
     assert os.path.exists(os.path.join(session, "pids", f"gcs-{head_id[:12]}.json"))
-    t1 = time.monotonic()
     p = zray(session_root, "stop")
     assert "gcs" in p.stdout and "raylet" in p.stdout and "Stopped" in p.stdout
-    assert time.monotonic() - t1 < 15
+    assert "SIGKILL" not in p.stdout  # SIGTERM was enough: every process shut down cleanly
     assert wait_gone(session_root, timeout=5) == []
     # Stopped sessions keep their logs, lose their secret, and are not found any more.
     assert os.path.isdir(os.path.join(session, "logs"))

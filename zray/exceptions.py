@@ -49,7 +49,7 @@ class RayTaskError(RayError):
         self.function_name = function_name
         self.traceback_str = traceback_str
         self.cause = cause
-        self.proctitle = proctitle or "zray::" + str(function_name)
+        self.proctitle = proctitle or f"zray::{function_name}()"
         self.pid = pid or os.getpid()
         self.ip = ip
         self.actor_repr = actor_repr
@@ -191,9 +191,14 @@ class ObjectFetchTimedOutError(ObjectLostError):
         return self._base_str() + "Fetching the object timed out."
 
 
-class ReferenceCountingAssertionError(ObjectLostError):
+class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
     def __str__(self) -> str:
         return self._base_str() + "The object was already freed (reference counting)."
+
+
+class ObjectFreedError(ObjectLostError):
+    def __str__(self) -> str:
+        return self._base_str() + "It was freed explicitly (zray._private.internal_api.free)."
 
 
 class OwnerDiedError(ObjectLostError):

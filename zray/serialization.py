@@ -7,9 +7,11 @@ that they can be written to and read from shared memory without a copy.
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 import threading
+import types
 from typing import Any
 
 import cloudpickle
@@ -20,8 +22,16 @@ OOB_MIN = 4096
 _ctx = threading.local()
 
 
+def _code_reduce_keeping_filename(code: types.CodeType):
+    # cloudpickle >= 3.1 writes "<dynamic-code>" as every function's file name;
+    # keep the real one so that remote tracebacks point at the user's source.
+    fn, args = cloudpickle.cloudpickle._code_reduce(code)
+    return fn, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
 class _Pickler(cloudpickle.Pickler):
-    pass
+    dispatch_table = collections.ChainMap(
+        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table)
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -88,7 +98,9 @@ def frames_size(frames: list) -> int:
 
 def dumps_plain(value: Any) -> bytes:
     """In-band pickle for small control values (errors, functions)."""
-    return cloudpickle.dumps(value, protocol=5)
+    f = io.BytesIO()
+    _Pickler(f, protocol=5).dump(value)
+    return f.getvalue()
 
 
 def loads_plain(data: Any) -> Any:

@@ -18,8 +18,8 @@ class PeerView:
         self.dead: set[bytes] = set()
         self.ready = False  # the first snapshot has arrived
 
-    def update(self, h: dict) -> tuple[bool, list[tuple[bytes, list]]]:
-        """Apply one PUBLISH; return (anything changed, [(dead node, its raylet address)])."""
+    def update(self, h: dict) -> tuple[set[bytes], list[tuple[bytes, list]]]:
+        """Apply one PUBLISH; return (nodes reported on, [(dead node, its raylet address)])."""
         ev = h.get("ev")
         if ev == "snapshot":
             self.ready = True
@@ -27,7 +27,7 @@ class PeerView:
         else:
             n = h.get("node")
             nodes = [n] if isinstance(n, dict) else []
-        changed = ev == "snapshot"
+        changed: set[bytes] = set()
         died: list[tuple[bytes, list]] = []
         for n in nodes:
             try:
@@ -43,14 +43,14 @@ class PeerView:
                 self.res[nid] = (dict(n.get("Resources") or {}),
                                  dict(n.get("AvailableResources") or {}))
                 self.ip[nid] = n.get("NodeManagerAddress", "")
-                changed = True
+                changed.add(nid)
             else:
                 if nid in self.addr:
                     died.append((nid, self.addr[nid]))
                 self.addr.pop(nid, None)
                 self.res.pop(nid, None)
                 self.dead.add(nid)
-                changed = True
+                changed.add(nid)
         return changed, died
 
     def tcp(self, node: bytes) -> str | None:

@@ -202,8 +202,8 @@ class Raylet:
                 self.conns.drop(addr[2])
         if self.view.ready and not was_ready:
             self.om.view_ready()
-        if changed:
-            self.apply(self.sched.peers_changed(self.view.res, self.view.dead))
+        if changed or h.get("ev") == "snapshot":
+            self.apply(self.sched.peers_changed(self.view.res, self.view.dead, changed))
 
     def store_apply(self, acts: list) -> list:
         """Carry out the object store's actions inline; return Ready/Missing/StoreFull."""

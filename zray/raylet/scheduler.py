@@ -124,6 +124,10 @@ class NodeScheduler:
         self.dead_peers: set[bytes] = set()
         self.peers_ready = False  # the GCS's first snapshot has arrived
         self._rr = 0
+        # What we spilled to each peer and its next report may not show yet: counted
+        # against its available resources until that report, or two ticks at most.
+        self.reserved: dict[bytes, dict] = {}
+        self._reserved_old: dict[bytes, dict] = {}
 
     # -- events
     def request(self, req: LeaseRequest) -> list:
@@ -217,16 +221,27 @@ class NodeScheduler:
         return []
 
     def peers_changed(self, peers: dict[bytes, tuple[dict, dict]],
-                      dead: set[bytes] | None = None) -> list:
-        """The GCS's view of the other nodes changed (alive ones; dead ones if known)."""
+                      dead: set[bytes] | None = None,
+                      updated: set[bytes] | None = None) -> list:
+        """The GCS's view of the other nodes changed (alive ones; dead ones if known).
+
+        ``updated``: the peers a fresh report came for (None: all of them).
+        """
         self.peers = peers
         if dead is not None:
             self.dead_peers = set(dead)
+        for node in list(self.reserved) + list(self._reserved_old):
+            if updated is None or node in updated or node not in peers:
+                self.reserved.pop(node, None)
+                self._reserved_old.pop(node, None)
         self.peers_ready = True
         return self.dispatch()
 
     def tick(self, now: float, warn_after: float) -> list:
         acts: list = []
+        if self.reserved or self._reserved_old:
+            self._reserved_old, self.reserved = self.reserved, {}
+            acts += self.dispatch()
         for key, req in list(self.queue.items()):
             aff, soft = self._affinity(req)
             if (aff is not None and not soft and self.peers_ready and aff != self.node_id
@@ -312,7 +327,7 @@ class NodeScheduler:
                         f"The node {aff.hex()} named by a hard NodeAffinitySchedulingStrategy "
                         f"does not have the resources {res}."))
             elif aff in self.peers:
-                total, pavail = self.peers[aff]
+                total, pavail = self.peers[aff][0], self._peer_avail(aff)
                 if fits(res, total) and (not spill or fits(res, pavail)):
                     return aff
                 if not soft:
@@ -338,7 +353,7 @@ class NodeScheduler:
         if fits(res, self.total):
             out.append((self.node_id, self.total, avail))
         for node in sorted(self.peers):
-            total, pavail = self.peers[node]
+            total, pavail = self.peers[node][0], self._peer_avail(node)
             if fits(res, total):
                 out.append((node, total, pavail))
         return out
@@ -372,17 +387,25 @@ class NodeScheduler:
         return LOCAL if node == self.node_id else node
 
     def _reserve_peer(self, node: bytes, res: dict) -> None:
-        # Count what we just sent there until the GCS's next report says otherwise.
-        p = self.peers.get(node)
-        if p is not None:
-            for k, v in res.items():
-                p[1][k] = p[1].get(k, 0.0) - v
+        r = self.reserved.setdefault(node, {})
+        for k, v in res.items():
+            r[k] = r.get(k, 0.0) + v
+
+    def _peer_avail(self, node: bytes) -> dict:
+        avail = self.peers[node][1]
+        if node not in self.reserved and node not in self._reserved_old:
+            return avail
+        out = dict(avail)
+        for r in (self.reserved.get(node), self._reserved_old.get(node)):
+            for k, v in (r or {}).items():
+                out[k] = out.get(k, 0.0) - v
+        return out
 
     def _pick_peer(self, req: LeaseRequest) -> bytes | None:
         best = None
-        for node, (total, avail) in sorted(self.peers.items()):
+        for node, (total, _) in sorted(self.peers.items()):
             if fits(req.res, total):
-                if fits(req.res, avail):
+                if fits(req.res, self._peer_avail(node)):
                     return node
                 best = best or node
         return best

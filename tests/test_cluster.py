@@ -119,13 +119,18 @@ def test_three_tasks_on_three_one_cpu_nodes_run_at_once(cluster):
     assert took < 2.9, f"three 1.5 s tasks took {took:.2f} s: they did not run at once"
 
 
-def test_spread(cluster):
+def test_spread(cluster, tmp_path):
+    # Small tasks that the default policy would pack onto one node; each waits until all
+    # three run (so that none can reuse another's worker), then says where it ran.
     @zray.remote(num_cpus=0.25, scheduling_strategy="SPREAD")
-    def spread():
-        time.sleep(0.5)
+    def spread(d):
+        open(os.path.join(d, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 20
+        while len(os.listdir(d)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         return node_id()
 
-    where = zray.get([spread.remote() for _ in range(3)], timeout=60)
+    where = zray.get([spread.remote(str(tmp_path)) for _ in range(3)], timeout=60)
     assert len(set(where)) == 3, where
 
 

@@ -30,3 +30,6 @@ INFEASIBLE_WARN_S = _env("INFEASIBLE_WARN_S", 1.0)
 # Workers started when a raylet starts (capped by its CPUs).
 PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 4))
 SESSION_ROOT = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray-sessions")
+# Liveness of the raylet and of owners we wait on: ping period and give-up time.
+LIVENESS_PING_S = _env("LIVENESS_PING_S", 2.0)
+LIVENESS_TIMEOUT_S = _env("LIVENESS_TIMEOUT_S", 10.0)

@@ -159,6 +159,9 @@ class CoreWorker:
         self.on_push_task = None  # set by the worker's executor
         self.on_cancel_task = None
         self.log_sink = None  # driver prints LOG_LINES through this
+        self._liveness: dict[str, list] = {}  # addr -> [last ping sent, outstanding rid]
+        self._ping_rids: dict[int, str] = {}
+        self._last_liveness = time.monotonic()
         self._running = True
         self._wake = self.conns.get(self.inbound.ipc_addr)
         self.io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
@@ -1050,7 +1053,7 @@ class CoreWorker:
         protocol.KV_REPLY: _h_reply,
         protocol.NODES_REPLY: _h_reply,
         protocol.PULL_DONE: _h_reply,
-        protocol.PONG: _h_reply,
+        protocol.PONG: lambda self, h, p: self._h_pong(h),
         protocol.LEASE_GRANTED: _h_lease_granted,
         protocol.LEASE_SPILLBACK: _h_lease_spillback,
         protocol.LEASE_FAILED: _h_lease_failed,
@@ -1065,7 +1068,7 @@ class CoreWorker:
         protocol.PUSH_TASK: _h_push_task,
         protocol.CANCEL_TASK: _h_cancel_task,
         protocol.SHUTDOWN: _h_shutdown,
-        protocol.PING: lambda self, h, p: None,
+        protocol.PING: lambda self, h, p: self._h_ping(h),
         protocol.PUBLISH: _h_publish,
         protocol.OBJECT_LOCATION_ADD: _h_object_location_add,
         protocol.GET_OBJECT_LOCATIONS: _h_get_object_locations,
@@ -1128,7 +1131,71 @@ class CoreWorker:
                 next_tick = now + 0.05
                 self._tick(now)
 
+    def _h_ping(self, h: dict) -> None:
+        if "ra" in h:
+            self.conns.send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid")})
+
+    def _h_pong(self, h: dict) -> None:
+        with self.lock:
+            addr = self._ping_rids.pop(h.get("rid"), None)
+            if addr is None:
+                self._complete(h, [])
+                return
+            st = self._liveness.get(addr)
+            if st is not None:
+                st[1] = None
+
+    def _check_liveness(self, now: float) -> None:
+        """Ping the raylet and the owners of objects we wait for; no answer = dead.
+
+        Without this a get() on an object whose owner (or our raylet) died would
+        wait forever: there is no connection to break in one-way messaging.
+        """
+        watch = {self.raylet_ipc}
+        for e in self.objects.values():
+            if e.fetching and e.state == PENDING and not e.owned and e.owner:
+                try:
+                    watch.add(self.addr_of(e.owner))
+                except ConnectionError:
+                    pass
+        for addr in list(self._liveness):
+            if addr not in watch:
+                del self._liveness[addr]
+        for addr in watch:
+            st = self._liveness.setdefault(addr, [now, None])
+            if st[1] is None:
+                if now - st[0] >= config.LIVENESS_PING_S:
+                    self._rid += 1
+                    st[0], st[1] = now, self._rid
+                    self._ping_rids[self._rid] = addr
+                    self.conns.send(addr, {"t": protocol.PING, "rid": self._rid,
+                                           "ra": self.my_addr_for(addr)})
+            elif now - st[0] > config.LIVENESS_TIMEOUT_S:
+                del self._liveness[addr]
+                self._peer_dead(addr)
+
+    def _peer_dead(self, addr: str) -> None:
+        if addr == self.raylet_ipc:
+            log.error("the local raylet does not answer: failing pending work")
+            for t in list(self.tasks.values()):
+                if t.state != "done":
+                    if t.state == "queued":
+                        try:
+                            self.keys[t.key].queue.remove(t)
+                        except ValueError:
+                            pass
+                    self._finish_with_error(t, exc.LocalRayletDiedError())
+            return
+        for oid, e in list(self.objects.items()):
+            if not e.owned and e.state == PENDING and e.owner and \
+                    Address.unpack(e.owner).for_node(self.node_id) == addr:
+                self._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), addr))
+
     def _tick(self, now: float) -> None:
+        if now - self._last_liveness >= 1.0:
+            self._last_liveness = now
+            with self.lock:
+                self._check_liveness(now)
         self._flush_borrow_releases(now)
         with self.lock:
             for ks in self.keys.values():

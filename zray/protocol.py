@@ -17,6 +17,7 @@ inbound address)::
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -368,10 +369,13 @@ class Address:
 class Connections:
     """A cache of outbound connections keyed by address string."""
 
-    def __init__(self, key: bytes | None):
+    def __init__(self, key: bytes | None, max_conns: int = 1024):
         self.key = key
-        self._conns: dict[str, Conn] = {}
+        self._conns: collections.OrderedDict[str, Conn] = collections.OrderedDict()
         self._lock = threading.Lock()
+        # Servers answer many short-lived clients (CLI calls, pings): keep the
+        # most recently used connections and close the oldest beyond this.
+        self.max_conns = max_conns
 
     def get(self, addr: str) -> Conn:
         c = self._conns.get(addr)
@@ -381,6 +385,13 @@ class Connections:
                 if c is None:
                     c = Conn(addr, self.key)
                     self._conns[addr] = c
+                    while len(self._conns) > self.max_conns:
+                        _, old = self._conns.popitem(last=False)
+                        old.close(linger_ms=100)
+        elif len(self._conns) > self.max_conns // 2:
+            with self._lock:
+                if addr in self._conns:
+                    self._conns.move_to_end(addr)
         return c
 
     def send(self, addr: str, header: dict, payload: list | tuple = (), bulk: int = 0) -> bool:

@@ -32,6 +32,14 @@ def node_id() -> str:
     return zray.get_runtime_context().get_node_id()
 
 
+def wait_idle(cpus: float) -> None:
+    """Until leases of earlier tests went back (an idle owner returns them after 0.2 s)."""
+    deadline = time.monotonic() + 20
+    while zray.available_resources().get("CPU", 0) < cpus:
+        assert time.monotonic() < deadline, zray.available_resources()
+        time.sleep(0.05)
+
+
 def session_prefix(cluster: Cluster) -> str:
     return "zray-" + os.path.basename(cluster.session_dir.rstrip("/"))[-8:] + "-"
 
@@ -112,6 +120,7 @@ def test_three_tasks_on_three_one_cpu_nodes_run_at_once(cluster):
     slow.remote()  # warm the workers up (lease + first import)
     time.sleep(0.1)
     zray.get(slow.remote(), timeout=60)
+    wait_idle(3)
     t = time.monotonic()
     where = zray.get([slow.remote() for _ in range(3)], timeout=60)
     took = time.monotonic() - t
@@ -130,6 +139,7 @@ def test_spread(cluster, tmp_path):
             time.sleep(0.01)
         return node_id()
 
+    wait_idle(3)
     where = zray.get([spread.remote(str(tmp_path)) for _ in range(3)], timeout=60)
     assert len(set(where)) == 3, where
 

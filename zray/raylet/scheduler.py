@@ -344,7 +344,7 @@ class NodeScheduler:
             return self._pick_peer(req) or WAIT
         kind = (req.strategy or {}).get("kind")
         if kind == "SPREAD":
-            return self._spread(res, avail)
+            return self._spread(req, avail)
         return self._hybrid(req, avail)
 
     def _candidates(self, res: dict, avail: dict) -> list:
@@ -375,11 +375,13 @@ class NodeScheduler:
             return LOCAL  # wait here: nobody has room now
         return self._pick_peer(req) or WAIT
 
-    def _spread(self, res: dict, avail: dict) -> Any:
-        cands = self._candidates(res, avail)
-        if not cands:
-            return WAIT
-        free = [c for c in cands if fits(res, c[2])] or cands
+    def _spread(self, req: LeaseRequest, avail: dict) -> Any:
+        res = req.res
+        free = [c for c in self._candidates(res, avail) if fits(res, c[2])]
+        if not free:
+            # Nobody has room now: wait here if this node can ever run it (placement is
+            # made again, among the nodes with room, as soon as one has).
+            return LOCAL if fits(res, self.total) else self._pick_peer(req) or WAIT
         best = min(_util(t, a, res) for _, t, a in free)
         ties = [n for n, t, a in free if _util(t, a, res) <= best + EPS]
         node = ties[self._rr % len(ties)]

@@ -226,7 +226,7 @@ def test_node_death_retries_rebuilds_and_fails_cleanly(monkeypatch, tmp_path):
     monkeypatch.setenv("ZRAY_NODE_DEATH_S", "2")  # the GCS reads it at start
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
-        doomed = c.add_node(num_cpus=1, resources={"r": 1})
+        doomed = c.add_node(num_cpus=1, resources={"r": 1, "d": 1})
         spare = c.add_node(num_cpus=1, resources={"r": 1})
         zray.init(address=c.address)
         pids = cluster_pids(c)
@@ -242,8 +242,9 @@ def test_node_death_retries_rebuilds_and_fails_cleanly(monkeypatch, tmp_path):
         def big(seed):
             return np.random.default_rng(seed).integers(0, 1000, 500_000)
 
-        @zray.remote(resources={"r": 1}, max_retries=0)
-        def fragile():
+        @zray.remote(resources={"d": 1}, num_cpus=0, max_retries=0)
+        def fragile(marker):
+            open(marker, "w").close()
             time.sleep(30)
 
         rebuildable = big.options(scheduling_strategy=on_doomed).remote(1)
@@ -252,9 +253,9 @@ def test_node_death_retries_rebuilds_and_fails_cleanly(monkeypatch, tmp_path):
         zray.get(put_there, timeout=60)  # pulled here: a second copy survives the node
         zray.wait([rebuildable, lost], num_returns=2, timeout=60)
         running = slow.options(scheduling_strategy=on_doomed).remote(str(tmp_path / "run"))
-        doomed_only = fragile.options(scheduling_strategy=on_doomed).remote()
+        doomed_only = fragile.remote(str(tmp_path / "fragile"))
         deadline = time.monotonic() + 30
-        while len(list(tmp_path.iterdir())) < 1:
+        while len(list(tmp_path.iterdir())) < 2:
             assert time.monotonic() < deadline
             time.sleep(0.05)
 
@@ -266,7 +267,7 @@ def test_node_death_retries_rebuilds_and_fails_cleanly(monkeypatch, tmp_path):
             time.sleep(0.1)
         # A task running there is retried elsewhere.
         assert zray.get(running, timeout=60) == spare.node_id
-        assert len(list(tmp_path.iterdir())) == 2
+        assert len(list(tmp_path.glob("run.*"))) == 2  # it ran twice
         # One without retries fails instead of hanging.
         with pytest.raises(zexc.WorkerCrashedError):
             zray.get(doomed_only, timeout=60)

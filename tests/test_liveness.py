@@ -38,3 +38,39 @@ def test_get_of_an_object_whose_owner_died_raises_owner_died(cluster):
         return 1
 
     assert zray.get(ok.remote(), timeout=30) == 1
+
+
+def _segments() -> int:
+    prefix = "zray-" + os.path.basename(zray.get_runtime_context().session_dir)[-8:]
+    return len([f for f in os.listdir("/dev/shm") if f.startswith(prefix)])
+
+
+def _wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_refs_nested_in_a_return_value_live_as_long_as_it(cluster):
+    import gc
+
+    import numpy as np
+
+    @zray.remote
+    def make():
+        return [zray.put(np.ones(10**6))]
+
+    outer = make.remote()
+    [inner] = zray.get(outer)
+    assert zray.get(inner).sum() == 10**6
+    assert _segments() == 1
+    del inner
+    gc.collect()
+    time.sleep(0.5)
+    assert _segments() == 1, "freed while the value holding it is alive"
+    del outer
+    gc.collect()
+    assert _wait_for(lambda: _segments() == 0), "never freed"

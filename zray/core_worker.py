@@ -849,12 +849,22 @@ class CoreWorker:
             e.state = FAILED if e.is_error else READY
             self._on_ready(oid, e)
         if contained:
-            for coid, cowner in contained:
-                self.add_local_ref(coid, cowner)
-                # Held until the containing object is freed.
-                ce = self.objects[coid]
-                ce.local -= 1
-                ce.pins += 1
+            self._hold_contained([self.objects.get(oid) for oid in t.oids], contained)
+
+    def _hold_contained(self, entries: list, contained: list) -> None:
+        """Refs nested in returned values live as long as the value that holds them."""
+        for i, coid, cowner in contained:
+            outer = entries[i] if i < len(entries) else None
+            self.add_local_ref(coid, cowner)
+            ce = self.objects[coid]
+            ce.local -= 1
+            if outer is None:
+                self._maybe_release(coid, ce)  # nobody kept the outer value
+                continue
+            ce.pins += 1
+            if outer.contained is None:
+                outer.contained = []
+            outer.contained.append((coid, cowner))
 
     def _raylet_addr(self, node: bytes) -> str:
         return self.raylet_ipc if node == self.node_id else self._raylet_for(node)
@@ -925,6 +935,8 @@ class CoreWorker:
                 e.node, e.size = d[1], d[2]
             e.state = FAILED if e.is_error else READY
             t.gen_count = max(t.gen_count, i + 1)
+            if h.get("contained"):
+                self._hold_contained([e], h["contained"])
             self._on_ready(oid, e)
 
     def next_generator_ref(self, tid: bytes, i: int, timeout: float | None) -> ObjectRef | None:

@@ -298,7 +298,9 @@ class Executor:
     def reply_values(self, h: dict, owner: str, values: list) -> None:
         rets, payload, contained = [], [], []
         for i, v in enumerate(values):
-            d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
+            mine: list = []
+            d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, mine)
+            contained.extend((i, oid, owner) for oid, owner in mine)
             if d[0] == INLINE and d[2]:
                 self.reply_error_frames(h, owner, frames)
                 return
@@ -306,7 +308,7 @@ class Executor:
             payload.extend(frames)
         rh = {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": rets}
         if contained:
-            self._lend_contained(contained, h["own"])
+            self._lend_contained([(oid, owner) for _, oid, owner in contained], h["own"])
             rh["contained"] = contained
         self._send_reply(h, owner, rh, payload)
 
@@ -346,10 +348,11 @@ class Executor:
             for v in gen:
                 contained: list = []
                 d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
+                gh = {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i, "ret": d}
                 if contained:
                     self._lend_contained(contained, h["own"])
-                self.cw.conns.send(owner, {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i,
-                                           "ret": d}, frames)
+                    gh["contained"] = [(0, oid, owner) for oid, owner in contained]
+                self.cw.conns.send(owner, gh, frames)
                 i += 1
         except KeyboardInterrupt:
             if self.interrupting != h["tid"]:

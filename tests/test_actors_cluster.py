@@ -47,7 +47,7 @@ def cluster(monkeypatch):
 
 
 def test_actor_on_peer_called_from_task_on_third_node(cluster):
-    b = cluster.add_node(num_cpus=1, resources={"b": 1})
+    b = cluster.add_node(num_cpus=1, resources={"b": 2})
     c = cluster.add_node(num_cpus=1, resources={"c": 1})
     cluster.wait_for_nodes()
     zray.init(address=cluster.address)
@@ -95,7 +95,6 @@ def test_actor_restarted_after_its_node_dies(cluster):
     first = zray.get(a.node.remote())
     assert zray.get(a.inc.remote()) == 1
     doomed, survivor = (n1, n2) if first == n1.node_id else (n2, n1)
-    keep = Where.options(resources={"r": 0.0001}, max_restarts=0).remote()  # noqa: F841
     t0 = time.monotonic()
     cluster.remove_node(doomed, allow_graceful=False)
     # Calls made while the node is dying wait for the restart (or are retried).

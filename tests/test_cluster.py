@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -324,7 +325,7 @@ def test_peers_without_the_secret_are_refused(tmp_path):
         raw = protocol.Conn(head_raylet, None)  # no MAC at all
         raw.send({"t": protocol.SHUTDOWN})
         # 2. A raylet whose secret is not the cluster's cannot join.
-        other = znode.new_session_dir(str(tmp_path))
+        other = znode.new_session_dir(tempfile.mkdtemp(prefix="zr", dir="/tmp"))  # short paths
         znode.write_secret(other, os.urandom(32))
         bad = znode.start_worker_node(session_dir=other, gcs_address=c.address, num_cpus=1)
         deadline = time.monotonic() + 20
@@ -357,6 +358,7 @@ def test_peers_without_the_secret_are_refused(tmp_path):
             for p in bad.procs:
                 znode._terminate(p, 10)
             shm.remove_all(bad.shm_prefix)
+            shutil.rmtree(os.path.dirname(bad.session_dir), ignore_errors=True)
         c.shutdown()
 
 

@@ -35,13 +35,13 @@ def test_init_starts_a_cluster_and_shutdown_stops_it(ray_fresh):
 def test_init_arguments(ray_fresh):
     store = 100 * 1024 * 1024
     ray_fresh(
-        num_cpus=3, num_gpus=2, resources={"custom": 5, "other": 0.5},
+        num_cpus=3, num_gpus=2, resources={"custom": 5, "other": 1},
         object_store_memory=store, namespace="test-namespace",
     )
     total = ray.cluster_resources()
     assert total["CPU"] == 3
     assert total["GPU"] == 2
-    assert total["custom"] == 5 and total["other"] == 0.5
+    assert total["custom"] == 5 and total["other"] == 1
     assert total["object_store_memory"] == store
     assert ray.get_runtime_context().namespace == "test-namespace"
     (node,) = ray.nodes()
@@ -102,7 +102,7 @@ def _free_port() -> int:
 )
 def test_init_to_an_address_where_nothing_answers_raises_connection_error(tmp_path):
     address = f"127.0.0.1:{_free_port()}"
-    proc = run_driver(CONNECT_DRIVER, tmp_path, args=[address], timeout=30)
+    proc = run_driver(CONNECT_DRIVER, tmp_path, args=[address], timeout=20)
     out = proc.stdout + proc.stderr
     m = re.search(r"RAISED (\w+) (True|False)", out)
     assert m, out

@@ -50,6 +50,39 @@ class ActorExit(BaseException):
     """Raised by zray.actor.exit_actor() inside an actor: end it after this call."""
 
 
+class CallOrder:
+    """Calls of each caller in the order it submitted them: a plain state machine.
+
+    A caller numbers its calls to this actor instance 0, 1, 2, ...; ``push``
+    returns the calls that may run now (in order), holds early ones back, and
+    drops duplicates (a number already seen).
+    """
+
+    def __init__(self) -> None:
+        self.expected: dict[bytes, int] = {}  # caller id -> next sequence number
+        self.held: dict[bytes, dict[int, Any]] = {}  # caller id -> calls that came early
+
+    def push(self, cid: bytes | None, seq: int | None, item: Any) -> list:
+        if cid is None or seq is None:
+            return [item]
+        exp = self.expected.get(cid, 0)
+        if seq < exp:
+            return []  # a duplicate
+        if seq > exp:
+            self.held.setdefault(cid, {})[seq] = item
+            return []
+        out = [item]
+        exp += 1
+        held = self.held.get(cid)
+        while held and exp in held:
+            out.append(held.pop(exp))
+            exp += 1
+        if held is not None and not held:
+            del self.held[cid]
+        self.expected[cid] = exp
+        return out
+
+
 class ActorRuntime:
     def __init__(self, ex: Any, h: dict):
         self.ex = ex
@@ -67,8 +100,7 @@ class ActorRuntime:
                                                    else "sync")
         self.instance: Any = None
         self.lock = threading.Lock()
-        self.expected: dict[bytes, int] = {}  # caller id -> next sequence number
-        self.held: dict[bytes, dict[int, tuple]] = {}  # caller id -> early calls
+        self.order = CallOrder()
         self.cancelled: set[bytes] = set()
         self.running: set[bytes] = set()
         self.exiting = False  # ending now: calls not started yet are answered "dead"
@@ -155,25 +187,7 @@ class ActorRuntime:
             if self.exiting or self.closing:
                 ready = [(h, payload)]
             else:
-                cid, seq = h.get("cid"), h.get("seq")
-                if cid is None or seq is None:
-                    ready = [(h, payload)]
-                else:
-                    exp = self.expected.get(cid, 0)
-                    if seq < exp:
-                        return  # a duplicate
-                    if seq > exp:
-                        self.held.setdefault(cid, {})[seq] = (h, payload)
-                        return
-                    ready = [(h, payload)]
-                    exp += 1
-                    held = self.held.get(cid)
-                    while held and exp in held:
-                        ready.append(held.pop(exp))
-                        exp += 1
-                    if held is not None and not held:
-                        del self.held[cid]
-                    self.expected[cid] = exp
+                ready = self.order.push(h.get("cid"), h.get("seq"), (h, payload))
         for item in ready:
             self.deliver(*item)
 

@@ -563,7 +563,17 @@ def _cli(argv: list[str] | None = None) -> int:
         return 0
     if args.ray_timing:
         args.duration, args.warmup, args.settle = RAY_DURATION, RAY_WARMUP, RAY_SETTLE
-    module = importlib.import_module(args.backend)
+    try:
+        module = importlib.import_module(args.backend)
+    except ImportError as e:
+        hint = ""
+        if args.backend == "ray":
+            hint = (
+                "\n(Ray lives in its own venv: /work/ray-venv/bin/python zray/microbenchmark.py"
+                " --backend ray; see benchmarks/README.md)"
+            )
+        print(f"cannot import backend {args.backend!r}: {e}{hint}", file=sys.stderr)
+        return 2
     results = main(module, args.filter, args.duration, warmup=args.warmup, settle=args.settle)
     return 0 if len(results) == len(select_cases(args.filter)) else 1
 

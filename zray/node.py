@@ -57,8 +57,11 @@ def node_resources(num_cpus: int | None, num_gpus: int | None, resources: dict |
         res[k] = float(v)
     mem = psutil.virtual_memory().total
     res.setdefault("memory", float(int(mem * 0.7)))
-    if object_store_memory:
-        res["object_store_memory"] = float(object_store_memory)
+    if not object_store_memory:
+        from zray.objstore.capacity import default_capacity
+
+        object_store_memory = default_capacity()
+    res["object_store_memory"] = float(object_store_memory)
     res[f"node:{node_ip}"] = 1.0
     if is_head:
         res["node:__internal_head__"] = 1.0

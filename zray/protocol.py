@@ -72,6 +72,7 @@ PULL_OBJECT = 36  # core worker -> raylet: make a local copy
 PULL_DONE = 37
 CHUNK_REQUEST = 38  # raylet -> raylet
 CHUNK = 39
+CHUNKS_WRITTEN = 52  # raylet's writer threads -> the raylet itself (ipc): copies landed
 # GCS
 KV_PUT = 40
 KV_GET = 41

@@ -16,6 +16,7 @@ Each event method returns a list of ``Send(dest, header, payload)`` actions.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,9 @@ KILLED = "killed"  # zray.kill
 EXITED = "exited"  # __ray_terminate__ / exit_actor / handle out of scope
 OWNER_DIED = "owner_died"
 UNSCHEDULABLE = "unschedulable"
+
+# Dead actors remembered (so that late callers learn the cause); older ones are forgotten.
+MAX_DEAD = 10_000
 
 MESSAGES = {
     protocol.REGISTER_ACTOR, protocol.ACTOR_CREATED, protocol.SUBSCRIBE_ACTOR,
@@ -97,6 +101,8 @@ class ActorTable:
         self.names: dict[tuple[str, str], bytes] = {}
         self.by_worker: dict[bytes, bytes] = {}  # worker id -> actor id
         self.leases: dict[int, bytes] = {}  # lease request id -> actor id
+        self.unplaced: set[bytes] = set()  # no node was alive to ask when they were placed
+        self.dead: collections.deque[bytes] = collections.deque()
         self._lrid = 0
 
     # ------------------------------------------------------------ dispatch
@@ -187,8 +193,10 @@ class ActorTable:
         info = info or self._pick_raylet(rec)
         if info is None:
             rec.unplaced = True
+            self.unplaced.add(rec.aid)
             return []
         rec.unplaced = False
+        self.unplaced.discard(rec.aid)
         self._lrid += 1
         rec.lrid = self._lrid
         self.leases[rec.lrid] = rec.aid
@@ -233,7 +241,14 @@ class ActorTable:
 
     def lease_failed(self, h: dict) -> list:
         if h.get("warn"):
-            return []  # pending with a warning: it stays queued at the raylet
+            # Infeasible for now: it stays queued at the raylet; the owner prints why.
+            rec = self.actors.get(self.leases.get(h["lrid"], b""))
+            if rec is None or not rec.owner:
+                return []
+            return [Send(_worker_addr(rec.owner), {
+                "t": protocol.LEASE_FAILED, "lrid": 0, "warn": True,
+                "msg": f"The actor {rec.spec.get('cls', '')} ({rec.aid.hex()}) cannot be "
+                       f"placed yet: {h.get('msg', '')}"})]
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
@@ -359,10 +374,16 @@ class ActorTable:
         return acts
 
     def node_added(self, node: bytes) -> list:
+        return self._place_unplaced()
+
+    def _place_unplaced(self) -> list:
         acts: list = []
-        for rec in self.actors.values():
-            if rec.unplaced and rec.state in (PENDING, RESTARTING):
-                acts += self._schedule(rec)
+        for aid in list(self.unplaced):
+            rec = self.actors.get(aid)
+            if rec is None or rec.state not in (PENDING, RESTARTING):
+                self.unplaced.discard(aid)
+                continue
+            acts += self._schedule(rec)
         return acts
 
     def node_dead(self, node: bytes) -> list:
@@ -389,11 +410,7 @@ class ActorTable:
         return acts
 
     def tick(self, now: float) -> list:
-        acts: list = []
-        for rec in self.actors.values():
-            if rec.unplaced and rec.state in (PENDING, RESTARTING):
-                acts += self._schedule(rec)
-        return acts
+        return self._place_unplaced() if self.unplaced else []
 
     # ------------------------------------------------------------- helpers
     def _kill_worker(self, rec: ActorRecord) -> list:
@@ -417,6 +434,14 @@ class ActorTable:
             rec.lrid = rec.lease_dest = rec.lease_node = None
         rec.state = DEAD
         rec.unplaced = False
+        self.unplaced.discard(rec.aid)
+        self.dead.append(rec.aid)
+        while len(self.dead) > MAX_DEAD:
+            old = self.actors.get(self.dead.popleft())
+            if old is not None and old.state == DEAD:
+                del self.actors[old.aid]
+                if old.wid is not None and self.by_worker.get(old.wid) == old.aid:
+                    del self.by_worker[old.wid]
         rec.death_kind, rec.death_msg = kind, msg
         rec.death_frames = frames or []
         if rec.name and self.names.get((rec.ns or "", rec.name)) == rec.aid:

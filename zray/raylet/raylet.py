@@ -266,6 +266,8 @@ class Raylet:
             self.om.serve(h)
         elif t == protocol.CHUNK:
             self.om.on_chunk(h, payload)
+        elif t == protocol.CHUNKS_WRITTEN:
+            self.om.on_written()
         elif t == protocol.OBJECT_LOCATIONS_REPLY:
             self.om.on_locations(h)
         elif t == protocol.PUBLISH:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from zray import protocol
 from zray.actor_executor import CallOrder
 from zray.gcs import actor_table as at
-from zray.gcs.tables import NodeInfo
+from zray.gcs.tables import NodeInfo, Send
 
 GCS = "tcp://127.0.0.1:1"
 N1, N2 = b"\x01" * 16, b"\x02" * 16
@@ -37,7 +37,7 @@ def register(t: at.ActorTable, aid: bytes = b"A" * 16, **kw) -> list:
 
 
 def of_type(acts: list, t: int) -> list:
-    return [a for a in acts if a.header["t"] == t]
+    return [a for a in acts if isinstance(a, Send) and a.header["t"] == t]
 
 
 def grant(t: at.ActorTable, acts: list, wid: bytes = b"W1", nid: bytes = N1) -> list:
@@ -110,6 +110,7 @@ def test_restart_after_worker_death_then_dead():
     acts = t.handle({"t": protocol.WORKER_DIED, "wid": b"W2", "lease": 8}, [])
     [pub] = of_type(acts, protocol.ACTOR_STATE)
     assert pub.header["st"] == at.DEAD and pub.header["kind"] == at.WORKER_DIED
+    assert [a.dest for a in acts if isinstance(a, at.DropConn)] == ["tcp://127.0.0.1:77"]
 
 
 def test_kill_without_and_with_restart():

@@ -240,7 +240,7 @@ def test_direct_instantiation_and_bad_options(ray_start):
         ray.remote(max_calls=1)(type("X", (), {}))
     c = Counter.remote()
     with pytest.raises(AttributeError, match="nosuch"):
-        c.nosuch
+        _ = c.nosuch
     with pytest.raises(TypeError):
         c.inc()
 
@@ -413,3 +413,15 @@ def test_max_pending_calls(ray_start):
     with pytest.raises(exceptions.PendingCallsLimitExceeded):
         c.get.remote()
     ray.get([r1, r2])
+
+
+def test_list_named_actors(ray_start):
+    a = Counter.options(name="listed-1").remote()
+    b = Counter.options(name="listed-2", namespace="another").remote()
+    ray.get([a.get.remote(), b.get.remote()])
+    names = ray.util.list_named_actors()
+    assert "listed-1" in names and "listed-2" not in names
+    everywhere = ray.util.list_named_actors(all_namespaces=True)
+    assert {"name": "listed-2", "namespace": "another"} in everywhere
+    ray.kill(a)
+    ray.kill(b)

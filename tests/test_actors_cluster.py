@@ -172,3 +172,27 @@ print("V", zray.get(k.add.remote(5)))
     k = zray.get_actor("keeper")
     assert zray.get(k.add.remote(1)) == 6
     zray.kill(k)
+
+
+def test_actor_scheduling_strategies(cluster):
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    n1 = cluster.add_node(num_cpus=1)
+    n2 = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    zray.init(address=cluster.address)
+    for n in (n1, n2, cluster.head_node):
+        a = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n.node_id, soft=False)).remote()
+        assert zray.get(a.node.remote()) == n.node_id
+    spread = [Where.options(scheduling_strategy="SPREAD", num_cpus=1).remote()
+              for _ in range(3)]
+    assert len(set(zray.get([a.node.remote() for a in spread]))) == 3
+    # Hard affinity to a node that is not there: the actor cannot be scheduled.
+    ghost = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        "ab" * 16, soft=False)).remote()
+    with pytest.raises((zexc.ActorUnschedulableError, zexc.RayActorError)):
+        zray.get(ghost.node.remote(), timeout=60)
+    soft = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        "ab" * 16, soft=True)).remote()
+    assert zray.get(soft.node.remote(), timeout=60)

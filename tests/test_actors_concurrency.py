@@ -194,3 +194,20 @@ def test_terminate_async_actor_after_pending(ray_start):
         ray.get(term)
     with pytest.raises(exceptions.RayActorError):
         ray.get(a.sleep.remote(0))
+
+
+def test_refs_returned_and_streamed_by_actors(ray_start):
+    @ray.remote
+    class Maker:
+        def make(self):
+            return [ray.put(i) for i in range(3)]
+
+        async def astream(self):
+            for i in range(2):
+                yield [ray.put(i * 10)]
+
+    m = Maker.remote()
+    refs = ray.get(m.make.remote())
+    assert ray.get(refs) == [0, 1, 2]
+    got = [ray.get(ray.get(r)[0]) for r in m.astream.remote()]
+    assert got == [0, 10]

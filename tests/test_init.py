@@ -32,6 +32,19 @@ def test_init_starts_a_cluster_and_shutdown_stops_it(ray_fresh):
     assert ray.cluster_resources()["CPU"] == 1
 
 
+def test_the_cluster_is_ready_when_init_returns(ray_fresh):
+    # No wait between init and the first look: the node is registered when init returns.
+    # (Repeated, as it races: zray once returned from its 2nd or 3rd init in a process
+    # with nodes() == [] and no "CPU" in cluster_resources().)
+    for num_cpus in (2, 3, 1):
+        ray_fresh(num_cpus=num_cpus)
+        nodes = ray.nodes()
+        assert len(nodes) == 1 and nodes[0]["Alive"], nodes
+        assert ray.cluster_resources().get("CPU") == num_cpus
+        assert ray.get_runtime_context().gcs_address
+        ray.shutdown()
+
+
 def test_init_arguments(ray_fresh):
     store = 100 * 1024 * 1024
     ray_fresh(

@@ -3,7 +3,7 @@
 ``import zray as ray`` and Ray driver scripts keep working.
 """
 
-from zray import exceptions
+from zray import exceptions, util
 from zray.actor import ActorClass, ActorHandle, get_actor, kill, method
 from zray.api import (
     available_resources,
@@ -45,5 +45,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "util",
     "wait",
 ]

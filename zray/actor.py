@@ -13,9 +13,8 @@ import inspect
 from typing import Any
 
 from zray import actor_executor as _actor_executor  # noqa: F401 - registers CREATE_ACTOR
-from zray import actor_submitter as _actor_submitter  # noqa: F401 - registers ACTOR_STATE
+from zray import actor_submitter, api, serialization, worker_state
 from zray import options as opt
-from zray import serialization, worker_state
 from zray.ids import ActorID
 
 _METHOD_OPTIONS = {"num_returns", "max_task_retries", "retry_exceptions", "concurrency_group",
@@ -170,8 +169,6 @@ class ActorClass:
         return self._fn_id
 
     def _remote(self, args: tuple, kwargs: dict, o: dict) -> ActorHandle:
-        from zray import actor_submitter, api
-
         cw = api._ensure_initialized()
         if o.get("get_if_exists") and o.get("name"):
             try:
@@ -226,8 +223,6 @@ class ActorHandle:
         self._zray_cw = None
         cw = worker_state.current()
         if cw is not None:
-            from zray import actor_submitter
-
             self._zray_cw = cw
             s = actor_submitter.submitter(cw)
             s.handle_made(aid, meta)
@@ -250,14 +245,13 @@ class ActorHandle:
 
     def _call(self, name: str, args: tuple, kwargs: dict, nret: Any, retries: Any,
               call_name: str | None) -> Any:
-        from zray import actor_submitter, api
-
-        cw = worker_state.current() or api._ensure_initialized()
+        cw = worker_state._core_worker or api._ensure_initialized()
         if retries is None:
             retries = self._zray_meta.get("retries", {}).get(
                 name, self._zray_meta.get("max_task_retries", 0))
-        return actor_submitter.submitter(cw).submit(
-            self._zray_aid, self._zray_meta, name, args, kwargs, nret, retries, call_name)
+        s = getattr(cw, "actor_submitter", None) or actor_submitter.submitter(cw)
+        return s.submit(self._zray_aid, self._zray_meta, name, args, kwargs, nret, retries,
+                        call_name)
 
     def __reduce__(self):
         cw = self._zray_cw
@@ -330,7 +324,7 @@ class ActorMethod:
 # ------------------------------------------------------------------ functions
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of a named actor (in the job's namespace unless one is given)."""
-    from zray import actor_submitter, api, protocol
+    from zray import protocol
 
     if not isinstance(name, str) or not name:
         raise ValueError("Please supply a non-empty value to get_actor")
@@ -350,7 +344,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
 def list_named_actors(all_namespaces: bool = False) -> list:
     """Names of the live named actors (in this job's namespace, or all of them)."""
-    from zray import actor_submitter, api, protocol
+    from zray import protocol
 
     cw = worker_state.current() or api._ensure_initialized()
     ns = actor_submitter.submitter(cw).job_namespace()
@@ -367,8 +361,6 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
     With ``no_restart=False`` it is restarted if its ``max_restarts`` allows.
     """
-    from zray import actor_submitter, api
-
     if not isinstance(actor, ActorHandle):
         raise ValueError("zray.kill() only supported for actors. For tasks, try "
                          f"zray.cancel(). Got: {type(actor).__name__}.")

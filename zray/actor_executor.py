@@ -103,6 +103,7 @@ class ActorRuntime:
         self.order = CallOrder()
         self.cancelled: set[bytes] = set()
         self.running: set[bytes] = set()
+        self.local = threading.local()  # .tid: the call this thread runs
         self.exiting = False  # ending now: calls not started yet are answered "dead"
         self.closing = False  # __ray_terminate__ delivered: later calls are refused
         self.q: queue.SimpleQueue = queue.SimpleQueue()
@@ -220,6 +221,8 @@ class ActorRuntime:
             self.cancelled.add(tid)  # not started: never runs; running: flagged
 
     def is_canceled(self, tid: bytes | None) -> bool:
+        # The calling thread's call (threads of a threaded actor share cw.current_task_id).
+        tid = getattr(self.local, "tid", None) or tid
         return tid is not None and tid in self.cancelled
 
     # ------------------------------------------------------- calls (sync)
@@ -246,6 +249,7 @@ class ActorRuntime:
             self.reply_dead(h)
             return
         cw.current_task_id = tid
+        self.local.tid = tid
         cw.driver_addr = h.get("drv") or cw.driver_addr
         meth = h.get("meth", "")
         owner = cw.addr_of(h["own"])
@@ -279,6 +283,7 @@ class ActorRuntime:
             with self.lock:
                 self.running.discard(tid)
                 self.cancelled.discard(tid)
+            self.local.tid = None
             cw.current_task_id = None
             _flush_std()
             if exit_after:
@@ -368,10 +373,11 @@ class ActorRuntime:
         ex = self.ex
         contained: list = []
         d, frames = ex.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
-        if contained:
+        gh = {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i, "ret": d}
+        if contained:  # as worker_main.Executor.run_streaming does
             ex._lend_contained(contained, h["own"])
-        self.cw.conns.send(owner, {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i,
-                                   "ret": d}, frames)
+            gh["contained"] = [(0, oid, own) for oid, own in contained]
+        self.cw.conns.send(owner, gh, frames)
 
     # ------------------------------------------------------------ helpers
     def decode_args(self, h: dict, payload: list) -> tuple[list, dict]:

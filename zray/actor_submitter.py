@@ -318,6 +318,7 @@ class ActorSubmitter:
             if st is None or st.state == at.DEAD:
                 return
             new = h["st"]
+            old = st.addr
             if new == at.ALIVE:
                 if st.state == at.ALIVE and st.inc == h["inc"]:
                     return
@@ -325,6 +326,8 @@ class ActorSubmitter:
                     self._lost_inflight(st, True)
                 st.state = at.ALIVE
                 st.addr = cw.addr_of(h["addr"])
+                if old and old != st.addr:
+                    cw.conns.drop(old)  # that process is gone: no socket left for it
                 st.inc = h["inc"]
                 st.pid = h.get("pid", 0)
                 st.seq = 0
@@ -334,8 +337,12 @@ class ActorSubmitter:
                 st.state = at.RESTARTING
                 st.addr = None
                 self._lost_inflight(st, True)
+                if old:
+                    cw.conns.drop(old)
             elif new == at.DEAD:
                 self._dead(st, h, payload)
+                if old:
+                    cw.conns.drop(old)
             elif st.state != at.ALIVE:
                 st.state = new
 
@@ -444,6 +451,10 @@ def death_error(st: ActorState, h: dict, payload: list) -> BaseException:
             cause = exc.RaySystemError(f"undecodable creation error: {e}")
         return exc.ActorDiedError(cause, "The actor died because of an error raised in its "
                                   f"creation task, {cause}", aid)
+    if kind == at.UNSCHEDULABLE:
+        return exc.ActorUnschedulableError(
+            f"The actor {aid} ({h.get('cls') or st.cls_name}) cannot be scheduled: "
+            f"{h.get('msg') or 'no node fits it'}")
     lines = ["The actor died unexpectedly before finishing this task.",
              f"\tclass_name: {h.get('cls') or st.cls_name}", f"\tactor_id: {aid}"]
     if h.get("pid"):

@@ -396,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout = LogStream(ex, False, sys.stdout)
     sys.stderr = LogStream(ex, True, sys.stderr)
     # After the swap, so that log records of tasks reach the driver too.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        force=True)  # the zygote inherited the raylet's handlers
     # Only our SIGINT (from a cancel) should interrupt a task.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

@@ -49,6 +49,14 @@ MESSAGES = {
 
 
 @dataclass
+class DropConn:
+    """Action: close the GCS's connection to a process that is gone (a dead actor's
+    worker, a dead subscriber), so that connections do not pile up."""
+
+    dest: str
+
+
+@dataclass
 class ActorRecord:
     aid: bytes
     name: str | None
@@ -337,11 +345,12 @@ class ActorTable:
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.wid != wid:
             return []
+        acts: list = [DropConn(_worker_addr(rec.addr))] if rec.addr else []
         rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None
         if rec.state == DEAD:
-            return []
-        return self._lost(rec, WORKER_DIED, "The actor's worker process died unexpectedly"
-                          + (f" ({reason})." if reason else "."))
+            return acts
+        return acts + self._lost(rec, WORKER_DIED, "The actor's worker process died "
+                                 "unexpectedly" + (f" ({reason})." if reason else "."))
 
     def _lost(self, rec: ActorRecord, kind: str, msg: str) -> list:
         """The actor's process is gone: restart it if its budget allows, else it is dead."""
@@ -358,9 +367,12 @@ class ActorTable:
     def client_died(self, wid: bytes | None, addr: str | None, job: bytes | None = None) -> list:
         """A driver or worker ended: the actors it owns (or its job's, for a driver) die."""
         acts: list = []
+        gone: set = set()
         for rec in list(self.actors.values()):
-            if addr:
-                rec.subscribers.pop(addr, None)
+            for ra, (swid, _) in list(rec.subscribers.items()):
+                if ra == addr or (wid is not None and swid == wid):
+                    del rec.subscribers[ra]
+                    gone.add(ra)
             if rec.state == DEAD or rec.detached:
                 continue
             owned = (wid is not None and rec.owner_wid == wid) or (
@@ -371,7 +383,7 @@ class ActorTable:
                 acts += self._set_dead(rec, OWNER_DIED, (
                     "The actor's owner has died or its job has finished; non-detached "
                     "actors share their owner's fate."))
-        return acts
+        return acts + [DropConn(ra) for ra in gone]
 
     def node_added(self, node: bytes) -> list:
         return self._place_unplaced()
@@ -392,6 +404,7 @@ class ActorTable:
             for ra, (_, snode) in list(rec.subscribers.items()):
                 if snode == node:
                     del rec.subscribers[ra]
+                    acts.append(DropConn(ra))
             if rec.state == DEAD:
                 continue
             if not rec.detached and (rec.owner[0] == node or (rec.drv and rec.drv[0] == node)):
@@ -401,6 +414,8 @@ class ActorTable:
                 continue
             if rec.node == node:
                 self.by_worker.pop(rec.wid, None)
+                if rec.addr:
+                    acts.append(DropConn(_worker_addr(rec.addr)))
                 rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None
                 acts += self._lost(rec, NODE_DIED, f"The actor's node {node.hex()} died.")
             elif rec.lease_node == node and rec.lrid is not None:

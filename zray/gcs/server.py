@@ -35,6 +35,8 @@ class GcsServer:
         for a in acts:
             if isinstance(a, Send):
                 self.conns.send(a.dest, a.header, a.payload)
+            elif isinstance(a, actor_table.DropConn):
+                self.conns.drop(a.dest)
 
     def handle(self, h: dict, payload: list) -> None:
         t = h["t"]

@@ -64,7 +64,8 @@ class Raylet:
         self.store = ostore.ObjectStoreState(self.capacity)
         self.store_exec = StoreExecutor(
             self.shm_prefix, os.path.join(session_dir, "spill", node_id.hex()[:12]))
-        self.gcs_address = ""
+        self.gcs_address = ""  # set when the GCS has registered this node
+        self._early_clients: list[dict] = []
         self._dirty = True
         self._last_report = 0.0
         self.log_dir = os.path.join(session_dir, "logs")
@@ -280,6 +281,11 @@ class Raylet:
             pass  # the pidfd tells us when it is gone
         elif t == protocol.REGISTER_NODE_REPLY:
             self.gcs_address = h.get("gcs_address", "")
+            # Clients that came first are answered now: once init() returns, the
+            # node must be in the GCS (nodes(), cluster_resources()).
+            waiting, self._early_clients = self._early_clients, []
+            for eh in waiting:
+                self._register_client(eh)
         elif t == protocol.SHUTDOWN:
             self.running = False
         elif t == protocol.PING:
@@ -289,6 +295,9 @@ class Raylet:
             log.warning("unexpected message %s", protocol.NAMES.get(t, t))
 
     def _register_client(self, h: dict) -> None:
+        if not self.gcs_address:
+            self._early_clients.append(h)
+            return
         wid = h["wid"]
         if h.get("kind") == "worker":
             self.workers_addr[wid] = h["addr"]

@@ -188,5 +188,9 @@ def test_no_shared_memory_segment_is_left(tmp_path_factory, mode):
 )
 def test_no_socket_file_is_left(tmp_path_factory, mode):
     report = _run(mode, tmp_path_factory)
-    assert report["new_sockets"] == [], f"socket files left: {report['new_sockets']}"
-    assert report.get("session_sockets", []) == []
+    if IS_RAY:
+        assert report["new_sockets"] == [], f"socket files left: {report['new_sockets']}"
+    else:
+        # Only this driver's session: other clusters may run on the machine meanwhile.
+        assert report.get("session_dir")
+        assert report["session_sockets"] == [], f"left: {report['session_sockets']}"

@@ -54,23 +54,52 @@ def raw_server(bind: str, size: int, reps: int) -> None:
     ctx.term()
 
 
-def raw_client(addr: str, size: int, reps: int, pause=None) -> list[float]:
-    """Seconds per transfer of ``size`` bytes from a raw_server (first one warms up)."""
+def raw_client(addr: str, size: int, reps: int, pause=None, to_shm: bool = False) -> list[float]:
+    """Seconds per transfer of ``size`` bytes from a raw_server (first one warms up).
+
+    ``to_shm``: also write what arrives into a new /dev/shm file, on a writer thread (what
+    any design that lands the bytes in shared memory must do at least).
+    """
+    import queue
+    import threading
+
     import zmq
 
     ctx = zmq.Context()
     d = ctx.socket(zmq.DEALER)
     d.connect(addr)
     out = []
+    path = f"/dev/shm/zray-bench-{os.getpid()}"
     for i in range(reps):
         if pause is not None:
             pause(i)
+        fd = q = th = None
+        if to_shm:
+            fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
+            os.ftruncate(fd, size)
+            q = queue.SimpleQueue()
+
+            def writer(fd=fd, q=q):
+                while (item := q.get()) is not None:
+                    os.pwrite(fd, item[0], item[1])
+
+            th = threading.Thread(target=writer)
+            th.start()
         t = time.perf_counter()
         d.send(b"go")
         got = 0
         while got < size:
-            got += len(d.recv(copy=False).buffer)
+            buf = d.recv(copy=False).buffer
+            if q is not None:
+                q.put((buf, got))
+            got += len(buf)
+        if th is not None:
+            q.put(None)
+            th.join()
         out.append(time.perf_counter() - t)
+        if fd is not None:
+            os.close(fd)
+            os.unlink(path)
     d.close(linger=0)
     ctx.term()
     return out
@@ -136,8 +165,9 @@ def part_loopback(reps: int, size: int) -> dict:
     from zray.cluster_utils import Cluster
 
     port = 47000 + os.getpid() % 1000
-    srv = start_raw_server(f"tcp://127.0.0.1:{port}", reps + 1)
+    srv = start_raw_server(f"tcp://127.0.0.1:{port}", 2 * reps + 2)
     raw: list[float] = []
+    raw_shm: list[float] = []
     import threading
 
     # Interleave: one raw transfer before each zray pull, so both see the same load.
@@ -149,6 +179,7 @@ def part_loopback(reps: int, size: int) -> dict:
             if i:
                 gate.acquire()
         raw.extend(raw_client(f"tcp://127.0.0.1:{port}", size, reps + 1, pause))
+        raw_shm.extend(raw_client(f"tcp://127.0.0.1:{port}", size, reps + 1, pause, True))
         done.release()
 
     th = threading.Thread(target=raw_thread, daemon=True)
@@ -156,9 +187,8 @@ def part_loopback(reps: int, size: int) -> dict:
     time.sleep(0.5)
 
     def between(i, kind):
-        if kind == "random":
-            gate.release()
-            time.sleep(0.3 + size / 1e9)  # let that raw transfer run alone
+        gate.release()  # a raw transfer before each zray pull: both see the same load
+        time.sleep(0.3 + size / 1e9)  # let it run alone
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
@@ -167,10 +197,12 @@ def part_loopback(reps: int, size: int) -> dict:
         c.shutdown()
     done.acquire(timeout=60)
     srv.wait(30)
-    res = {"raw_zmq": summary(size, raw[1:]),
+    res = {"raw_zmq": summary(size, raw[1:]), "raw_zmq_to_shm": summary(size, raw_shm[1:]),
            "zray_random": summary(size, z["random"]),
            "zray_arange": summary(size, z["arange"])}
     res["random_vs_raw"] = res["zray_random"]["median_MBps"] / res["raw_zmq"]["median_MBps"]
+    res["random_vs_raw_to_shm"] = (res["zray_random"]["median_MBps"]
+                                   / res["raw_zmq_to_shm"]["median_MBps"])
     return res
 
 
@@ -256,10 +288,12 @@ def main() -> None:
             continue
         if "link_MBps" in res:
             print(f"link: {a.rate} = {res['link_MBps']:.0f} MB/s")
-        print(f"{'case':<14}{'median MB/s':>13}{'best MB/s':>11}{'median s':>10}")
-        for case in ("raw_zmq", "zray_random", "zray_arange"):
+        print(f"{'case':<16}{'median MB/s':>13}{'best MB/s':>11}{'median s':>10}")
+        for case in ("raw_zmq", "raw_zmq_to_shm", "zray_random", "zray_arange"):
+            if case not in res:
+                continue
             s = res[case]
-            print(f"{case:<14}{s['median_MBps']:>13.0f}{s['best_MBps']:>11.0f}"
+            print(f"{case:<16}{s['median_MBps']:>13.0f}{s['best_MBps']:>11.0f}"
                   f"{s['median_s']:>10.3f}")
         for k, v in res.items():
             if not isinstance(v, dict):

@@ -82,10 +82,19 @@ _ENT = struct.Struct("<QQ")
 # ===================================================================== codec
 SHUFFLE_BLOCK = 256 << 10  # bytes transposed together (cache-sized)
 
-try:  # numpy transposes a block about twice as fast as bytes slicing; optional
-    import numpy as _np
-except ImportError:  # pragma: no cover
-    _np = None
+_np_module: object = False  # not looked up yet
+
+
+def _numpy():
+    """numpy, imported on first use: it costs a raylet ~150 ms at start."""
+    global _np_module
+    if _np_module is False:
+        try:  # numpy transposes a block about twice as fast as bytes slicing; optional
+            import numpy
+            _np_module = numpy
+        except ImportError:  # pragma: no cover
+            _np_module = None
+    return _np_module
 
 
 def shuffle8(data, use_numpy: bool = True) -> bytes:
@@ -94,7 +103,8 @@ def shuffle8(data, use_numpy: bool = True) -> bytes:
     Within each block (the last may be shorter), byte i of every whole lane goes
     to plane i; the block's tail that is not a whole lane stays as it is.
     """
-    if _np is not None and use_numpy:
+    _np = _numpy() if use_numpy else None
+    if _np is not None:
         a = _np.frombuffer(data, _np.uint8)
         out = _np.empty(len(a), _np.uint8)
         full = len(a) // SHUFFLE_BLOCK * SHUFFLE_BLOCK
@@ -117,7 +127,8 @@ def shuffle8(data, use_numpy: bool = True) -> bytes:
 
 def unshuffle8(data, use_numpy: bool = True):
     """Inverse of shuffle8."""
-    if _np is not None and use_numpy:
+    _np = _numpy() if use_numpy else None
+    if _np is not None:
         a = _np.frombuffer(data, _np.uint8)
         out = _np.empty(len(a), _np.uint8)
         full = len(a) // SHUFFLE_BLOCK * SHUFFLE_BLOCK
@@ -727,7 +738,7 @@ class ObjectManager:
             size = os.fstat(fd).st_size
             if size < _HDR.size:
                 return None
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            flags = mmap.MAP_SHARED
             mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
             total, sens = segment_signed_end(mm)
         except (OSError, ValueError, shm.SegmentError) as e:

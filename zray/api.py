@@ -247,20 +247,19 @@ def _connect(session_dir: str, node_id: bytes, raylet_ipc: str, namespace: str |
                     raylet_ipc=raylet_ipc, secret=secret, job_id=job_id, node_ip=node_ip,
                     namespace=namespace or _anon_namespace())
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                h, _ = cw.request(raylet_ipc, {"t": protocol.REGISTER_CLIENT, "kind": "driver",
-                                               "wid": cw.worker_id, "addr": cw.address_packed,
-                                               "pid": os.getpid()}, timeout=0.25)
-                break
-            except TimeoutError:
-                if head is not None and not head.alive():
-                    raise RuntimeError(f"The local zray node failed to start: "
-                                       f"{head.dead_message()}; see {session_dir}/logs") from None
-                if time.monotonic() > deadline:
-                    raise ConnectionError(f"The raylet at {raylet_ipc} did not answer within "
-                                          "60 s") from None
+        def dead() -> str | None:
+            if head is not None and not head.alive():
+                return (f"The local zray node failed to start: {head.dead_message()}; "
+                        f"see {session_dir}/logs")
+            return None
+
+        try:
+            h, _ = cw.request(raylet_ipc, {"t": protocol.REGISTER_CLIENT, "kind": "driver",
+                                           "wid": cw.worker_id, "addr": cw.address_packed,
+                                           "pid": os.getpid()}, timeout=60, alive=dead)
+        except TimeoutError:
+            raise ConnectionError(f"The raylet at {raylet_ipc} did not answer within "
+                                  "60 s") from None
         cw.node_id = h["node"]
         cw.address.node_id = h["node"]
         cw.address_packed = cw.address.pack()

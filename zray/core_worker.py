@@ -175,8 +175,12 @@ class CoreWorker:
         return Address.unpack(packed).for_node(self.node_id)
 
     def request(self, dest: str, header: dict, payload: list | tuple = (),
-                timeout: float | None = None) -> tuple[dict, list]:
-        """Send a request and wait for the reply (matched by rid)."""
+                timeout: float | None = None, alive=None) -> tuple[dict, list]:
+        """Send a request and wait for the reply (matched by rid).
+
+        ``alive``, if given, is polled while waiting: when it returns a message,
+        the peer is known dead and that message is raised as RuntimeError.
+        """
         ev = threading.Event()
         with self.lock:
             self._rid += 1
@@ -186,7 +190,18 @@ class CoreWorker:
         header["rid"] = rid
         header["ra"] = self.my_addr_for(dest)
         self.conns.send(dest, header, payload)
-        if not ev.wait(config.RPC_TIMEOUT_S if timeout is None else timeout):
+        limit = config.RPC_TIMEOUT_S if timeout is None else timeout
+        if alive is not None:
+            deadline = time.monotonic() + limit
+            while not ev.wait(0.1):
+                dead = alive()
+                if dead or time.monotonic() > deadline:
+                    with self.lock:
+                        self.requests.pop(rid, None)
+                    if dead:
+                        raise RuntimeError(dead)
+                    break
+        if not ev.wait(0 if alive is not None else limit):
             with self.lock:
                 self.requests.pop(rid, None)
             raise TimeoutError(

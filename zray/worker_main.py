@@ -18,6 +18,7 @@ from zray import config, protocol, serialization, worker_state
 from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker
 from zray.ids import TaskID, object_id_for
+from zray.raylet.worker_pool import set_title
 
 log = logging.getLogger("zray.worker")
 
@@ -90,6 +91,7 @@ class Executor:
         self.state_lock = threading.Lock()
         self.pid = os.getpid()
         self.log_prefix = ""
+        self.title = ""
         cw.on_push_task = lambda h, p: self.q.put((h, p))
         cw.on_cancel_task = self.on_cancel
 
@@ -186,7 +188,10 @@ class Executor:
         cw.assigned_resources = h.get("res") or {}
         cw.driver_addr = h.get("drv")
         cw.job_id = h.get("job", cw.job_id)
-        self.log_prefix = f"({name} pid={self.pid})"
+        if name != self.title:
+            self.title = name
+            set_title(f"zray::{name}")
+            self.log_prefix = f"({name} pid={self.pid})"
         gpus = cw.assigned_resources.get("GPU_ids")
         if gpus is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)

@@ -28,6 +28,16 @@ def _pdeathsig(sig: int) -> None:
         pass
 
 
+def set_title(title: str) -> None:
+    """The process title `ps` shows (forked workers would show the raylet's otherwise)."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:
+        pass
+
+
 class Zygote:
     """The raylet's handle on its zygote process."""
 
@@ -112,6 +122,7 @@ class ForkedProc:
 
 def _zygote_main(sock: socket.socket) -> None:
     _pdeathsig(signal.SIGKILL)
+    set_title("zray::zygote")
     # Children are reaped automatically; the raylet learns of exits via pidfds.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -149,12 +160,18 @@ def _warm_extras() -> None:
         import numpy  # noqa: F401
     except Exception:
         pass
+    try:  # what a worker needs to become an actor (asyncio, thread pools: ~15 ms)
+        import zray.actor  # noqa: F401
+        import zray.actor_executor  # noqa: F401
+    except Exception:
+        pass
 
 
 def _worker_child(req: dict) -> None:
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        set_title("zray::IDLE")
         signal.signal(signal.SIGINT, signal.default_int_handler)
         fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 1)

@@ -12,7 +12,6 @@ import hashlib
 import inspect
 from typing import Any
 
-from zray import actor_executor as _actor_executor  # noqa: F401 - registers CREATE_ACTOR
 from zray import actor_submitter, api, serialization, worker_state
 from zray import options as opt
 from zray.ids import ActorID

@@ -507,12 +507,10 @@ def become_actor(ex: Any, h: dict, payload: list) -> None:
     _flush_and_exit(1, 0.02)
 
 
-def _h_create_actor(cw: CoreWorker, h: dict, payload: list) -> None:
-    # To the worker's main thread, which becomes the actor's (worker_main.run_forever).
+def on_create_actor(cw: CoreWorker, h: dict, payload: list) -> None:
+    """CREATE_ACTOR (I/O thread): to the worker's main thread, which becomes the actor's
+    (worker_main.Executor.run_forever calls become_actor)."""
     if cw.on_push_task is None:
         log.warning("CREATE_ACTOR to a process that runs no tasks: dropped")
         return
     cw.on_push_task(h, payload)
-
-
-CoreWorker._handlers[protocol.CREATE_ACTOR] = _h_create_actor

@@ -495,12 +495,3 @@ def on_driver_shutdown(cw: CoreWorker) -> None:
     except Exception:  # noqa: BLE001 - the cluster may be gone already
         pass
 
-
-def _h_actor_state(cw: CoreWorker, h: dict, payload: list) -> None:
-    submitter(cw).on_actor_state(h, payload)
-
-
-# The CoreWorker's I/O thread dispatches these (see CoreWorker._handlers).
-CoreWorker._handlers[protocol.ACTOR_STATE] = _h_actor_state
-for _t in (protocol.REGISTER_ACTOR_REPLY, protocol.ACTOR_INFO, protocol.ACTOR_ACK):
-    CoreWorker._handlers[_t] = CoreWorker._h_reply

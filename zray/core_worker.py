@@ -868,11 +868,14 @@ class CoreWorker:
 
     def _hold_contained(self, entries: list, contained: list) -> None:
         """Refs nested in returned values live as long as the value that holds them."""
-        for i, coid, cowner in contained:
+        for i, coid, cowner in unpack_contained(contained):
             outer = entries[i] if i < len(entries) else None
-            self.add_local_ref(coid, cowner)
-            ce = self.objects[coid]
-            ce.local -= 1
+            ce = self.objects.get(coid)
+            if ce is None:
+                # No ADD_BORROWER: the worker that returned it lent it to us already.
+                owned = cowner is not None and cowner[1] == self.address.ipc and \
+                    cowner[0] == self.node_id
+                ce = self.objects[coid] = Entry(owned, cowner)
             if outer is None:
                 self._maybe_release(coid, ce)  # nobody kept the outer value
                 continue
@@ -1075,7 +1078,23 @@ class CoreWorker:
         if self.mode == "worker" and self.on_cancel_task is not None:
             os._exit(0)
 
+    # Actors (zray/actor_submitter.py, zray/actor_executor.py): loaded on first use.
+    def _h_actor_state(self, h: dict, payload: list) -> None:
+        from zray import actor_submitter
+
+        actor_submitter.submitter(self).on_actor_state(h, payload)
+
+    def _h_create_actor(self, h: dict, payload: list) -> None:
+        from zray import actor_executor
+
+        actor_executor.on_create_actor(self, h, payload)
+
     _handlers = {
+        protocol.ACTOR_STATE: _h_actor_state,
+        protocol.CREATE_ACTOR: _h_create_actor,
+        protocol.REGISTER_ACTOR_REPLY: _h_reply,
+        protocol.ACTOR_INFO: _h_reply,
+        protocol.ACTOR_ACK: _h_reply,
         protocol.REGISTER_CLIENT_REPLY: _h_reply,
         protocol.KV_REPLY: _h_reply,
         protocol.NODES_REPLY: _h_reply,
@@ -1244,6 +1263,26 @@ class CoreWorker:
                 ks.workers.clear()
         self.conns.close()
         self.inbound.close()
+
+
+def pack_contained(items: list) -> list:
+    """(return index, oid, owner) triples -> [[owner, [[index, oid], ...]], ...].
+
+    Grouped by owner so that a value holding 10,000 refs of one owner does not
+    repeat the owner's address 10,000 times in the header.
+    """
+    groups: dict = {}
+    for i, oid, owner in items:
+        key = tuple(owner) if owner else None
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = [owner, []]
+        g[1].append([i, oid])
+    return list(groups.values())
+
+
+def unpack_contained(wire: list) -> list:
+    return [(i, oid, owner) for owner, pairs in wire for i, oid in pairs]
 
 
 def _strategy_key(s: Any) -> Any:

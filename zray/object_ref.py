@@ -6,14 +6,12 @@ import asyncio
 import concurrent.futures
 from typing import Any
 
-from zray import serialization
+from zray import serialization, worker_state
 from zray.ids import TASK_ID_LEN
 
 
 def _worker():
-    from zray import worker_state
-
-    return worker_state.current()
+    return worker_state._core_worker
 
 
 class ObjectRef:

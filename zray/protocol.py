@@ -30,7 +30,7 @@ import zmq
 log = logging.getLogger("zray.protocol")
 
 MAC_LEN = 16
-MAX_HEADER = 1 << 20  # a header larger than this is malformed
+MAX_HEADER = 64 << 20  # a header larger than this is malformed
 
 
 class ProtocolError(Exception):

@@ -7,7 +7,7 @@ that they can be written to and read from shared memory without a copy.
 
 from __future__ import annotations
 
-import collections
+import copyreg
 import io
 import pickle
 import threading
@@ -29,9 +29,20 @@ def _code_reduce_keeping_filename(code: types.CodeType):
     return fn, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
 
 
+class _Dispatch(dict):
+    """cloudpickle's reducers, then copyreg's (looked up live, as ChainMap would).
+
+    A dict subclass keeps the C pickler's lookup in C for hits; a ChainMap costs a
+    Python-level __getitem__ per pickled object.
+    """
+
+    def __missing__(self, key: type):
+        return copyreg.dispatch_table[key]
+
+
 class _Pickler(cloudpickle.Pickler):
-    dispatch_table = collections.ChainMap(
-        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table)
+    dispatch_table = _Dispatch(cloudpickle.Pickler._dispatch_table)
+    dispatch_table[types.CodeType] = _code_reduce_keeping_filename
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})

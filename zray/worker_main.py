@@ -16,7 +16,7 @@ from typing import Any
 
 from zray import config, protocol, serialization, worker_state
 from zray import exceptions as exc
-from zray.core_worker import INLINE, STORED, CoreWorker
+from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
 from zray.raylet.worker_pool import set_title
 
@@ -314,7 +314,7 @@ class Executor:
         rh = {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": rets}
         if contained:
             self._lend_contained([(oid, owner) for _, oid, owner in contained], h["own"])
-            rh["contained"] = contained
+            rh["contained"] = pack_contained(contained)
         self._send_reply(h, owner, rh, payload)
 
     def _send_reply(self, h: dict, owner: str, rh: dict, payload: list) -> None:
@@ -356,7 +356,7 @@ class Executor:
                 gh = {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i, "ret": d}
                 if contained:
                     self._lend_contained(contained, h["own"])
-                    gh["contained"] = [(0, oid, owner) for oid, owner in contained]
+                    gh["contained"] = pack_contained([(0, oid, owner) for oid, owner in contained])
                 self.cw.conns.send(owner, gh, frames)
                 i += 1
         except KeyboardInterrupt:

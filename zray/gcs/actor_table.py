@@ -215,8 +215,8 @@ class ActorTable:
              "own": rec.owner, "actor": rec.aid}
         if rec.spec.get("strat"):
             h["strat"] = rec.spec["strat"]
-        if spilled:
-            h["spilled"] = True
+        # Always say it: a raylet takes a request from a tcp address for a spilled one.
+        h["spilled"] = spilled
         return [Send(rec.lease_dest, h)]
 
     def lease_granted(self, h: dict) -> list:

@@ -11,7 +11,7 @@ holder's raylet over tcp and writes them into a segment of its own::
                                                      + one frame per part
                                             ◄──────  CHUNK {oid, node, off, missing: true}
 
-- Chunks are ``CHUNK_BYTES`` (4 MiB) of the segment; up to ``WINDOW`` per pull and
+- Chunks are ``CHUNK_BYTES`` (2 MiB) of the segment; up to ``WINDOW`` per pull and
   ``MAX_INFLIGHT`` in all are requested at once. The size is not known before the
   first answer, so a pull starts with a small speculative window (the holder
   answers ``n: 0`` past the end). Requests are idempotent: a chunk that does not
@@ -59,10 +59,10 @@ def _env_int(name: str, default: int) -> int:
     return int(v) if v else default
 
 
-CHUNK_BYTES = _env_int("TRANSFER_CHUNK_BYTES", 4 << 20)
-WINDOW = _env_int("TRANSFER_WINDOW", 8)  # chunks in flight per pull
-MAX_INFLIGHT = _env_int("TRANSFER_MAX_INFLIGHT", 24)  # chunks in flight in all
-INITIAL_WINDOW = 2  # before the size is known
+CHUNK_BYTES = _env_int("TRANSFER_CHUNK_BYTES", 2 << 20)
+WINDOW = _env_int("TRANSFER_WINDOW", 16)  # chunks in flight per pull
+MAX_INFLIGHT = _env_int("TRANSFER_MAX_INFLIGHT", 48)  # chunks in flight in all
+INITIAL_WINDOW = 4  # before the size is known
 CHUNK_TIMEOUT_S = 10.0
 MAX_CHUNK_RETRIES = 2  # per holder, then the next holder
 OWNER_TIMEOUT_S = 60.0
@@ -444,6 +444,8 @@ class ObjectManager:
         self.writing: dict[bytes, int] = {}  # oid -> chunk writes in flight on the pool
         self._closing: dict[bytes, int] = {}  # fds to close once their writes are done
         self._written: collections.deque = collections.deque()  # (oid, off, error) from pool
+        self._wake_sent = False
+        self._wake_conn: protocol.Conn | None = None
         self.stats = collections.Counter()
 
     # ------------------------------------------------------------ puller
@@ -470,6 +472,8 @@ class ObjectManager:
         self.apply(self.pulls.node_dead(node, time.monotonic()))
 
     def tick(self, now: float) -> None:
+        if self._written:
+            self.on_written()  # in case a wake-up was lost
         self.apply(self.pulls.tick(now))
         for oid, t in list(self._served_at.items()):
             if now - t > SERVE_IDLE_S:  # let go of the memory of objects freed meanwhile
@@ -522,13 +526,20 @@ class ObjectManager:
             log.exception("writing a chunk of %s failed", oid.hex())
             err = repr(e)
         self._written.append((oid, off, err))
-        self._wake().send({"t": protocol.CHUNKS_WRITTEN})
+        if not self._wake_sent:  # one wake-up until the loop has drained the deque
+            self._wake_sent = True
+            self._wake().send({"t": protocol.CHUNKS_WRITTEN})
 
     def _wake(self) -> protocol.Conn:
-        return self.r.conns.get(self.r.address.ipc)
+        # Its own connection: one from the raylet's cache could be evicted meanwhile.
+        c = self._wake_conn
+        if c is None:
+            c = self._wake_conn = protocol.Conn(self.r.address.ipc, None)
+        return c
 
     def on_written(self) -> None:
         """CHUNKS_WRITTEN from the pool: account the writes that finished."""
+        self._wake_sent = False  # before draining: a later write sends a new wake-up
         while self._written:
             oid, off, err = self._written.popleft()
             left = self.writing.get(oid, 1) - 1
@@ -775,6 +786,8 @@ class ObjectManager:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._wake_conn is not None:
+            self._wake_conn.close()
         for fd in [*self.files.values(), *self._closing.values()]:
             try:
                 os.close(fd)

@@ -35,6 +35,9 @@ class LeaseRequest:
     # Spilled here by a peer (the requester is on another node): run it here if
     # this node can at all, never forward it again (no ping-pong on stale views).
     remote: bool = False
+    # Placed here with room, waiting only for a worker: stays here (placement is not
+    # made again on every event, which would move it around with the round robin).
+    sticky: bool = False
     # What the lease holds once granted, if not ``res`` (an actor needs 1 CPU to be
     # placed but holds none while it lives, as in Ray).
     hold: dict | None = None
@@ -282,7 +285,11 @@ class NodeScheduler:
         # that wait for a worker count as taken, so the next one looks elsewhere).
         avail = dict(self.avail)
         for key, req in list(self.queue.items()):
-            where = self._place(req, avail)
+            if req.sticky and fits(req.res, avail):
+                where = LOCAL
+            else:
+                req.sticky = False
+                where = self._place(req, avail)
             if where is WAIT:
                 continue
             if isinstance(where, Fail):
@@ -300,6 +307,7 @@ class NodeScheduler:
                 avail[k] = avail.get(k, 0.0) - v
             if not self.idle:
                 want_workers += 1
+                req.sticky = True
                 continue
             wid = self.idle.pop()
             del self.queue[key]

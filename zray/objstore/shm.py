@@ -50,17 +50,70 @@ def write_frames(fd: int, frames: list, path: str = "") -> int:
     views = [memoryview(f).cast("B") if not isinstance(f, bytes) else memoryview(f) for f in frames]
     sizes = [v.nbytes for v in views]
     offsets, total = _layout(sizes)
-    try:
-        os.posix_fallocate(fd, 0, total)
-    except OSError as e:
-        raise SegmentError(f"no room for {total} bytes in {path or 'segment'}: {e}") from e
+    if total < BIG:
+        try:
+            os.posix_fallocate(fd, 0, total)
+        except OSError as e:
+            raise SegmentError(f"no room for {total} bytes in {path or 'segment'}: {e}") from e
+    else:
+        # fallocate zeroes every page before we overwrite it: for big objects
+        # check the room, then let the copy itself allocate the pages.
+        st = os.fstatvfs(fd)
+        if st.f_bavail * st.f_frsize < total + (16 << 20):
+            raise SegmentError(f"no room for {total} bytes in {path or 'segment'}: "
+                               f"{st.f_bavail * st.f_frsize} bytes free")
+        os.ftruncate(fd, total)
     with mmap.mmap(fd, total) as m:
         _HDR.pack_into(m, 0, MAGIC, len(views), total)
         for i, (off, n) in enumerate(zip(offsets, sizes, strict=True)):
             _ENT.pack_into(m, _HDR.size + _ENT.size * i, off, n)
         for off, v in zip(offsets, views, strict=True):
-            m[off: off + v.nbytes] = v
+            if v.nbytes >= BIG:
+                _parallel_copy(m, off, v)
+            else:
+                m[off: off + v.nbytes] = v
     return total
+
+
+BIG = 64 << 20  # frames this large are copied by several threads
+
+
+def _address(v: memoryview) -> int | None:
+    import ctypes
+    import sys
+
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(v))
+    except TypeError:  # read-only buffer
+        np = sys.modules.get("numpy")
+        if np is None:
+            return None
+        return int(np.frombuffer(v, dtype=np.uint8).ctypes.data)
+
+
+def _parallel_copy(m: mmap.mmap, off: int, v: memoryview) -> None:
+    """memmove in slices on threads: ctypes releases the GIL, page faults overlap."""
+    import ctypes
+    import threading
+
+    n = v.nbytes
+    dst = ctypes.addressof(ctypes.c_char.from_buffer(m)) + off
+    src = _address(v)
+    if src is None:  # no address to be had: copy through Python (holds the GIL)
+        m[off: off + n] = v
+        return
+    k = min(4, os.cpu_count() or 1)
+    step = (n // k + 4095) // 4096 * 4096
+    threads = []
+    for i in range(k):
+        a = i * step
+        if a >= n:
+            break
+        t = threading.Thread(target=ctypes.memmove, args=(dst + a, src + a, min(step, n - a)))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
 
 
 def create(name: str, frames: list) -> int:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import importlib
 import importlib.util
 import json
@@ -225,6 +226,9 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--init-kwargs", default="{}")
     args = p.parse_args(argv)
     case = args.child
+    # On timeout the parent sends SIGUSR1 first: dump every thread's stack to
+    # stderr, so a hang shows where it hangs.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     init_kwargs = json.loads(args.init_kwargs)
     result: dict[str, Any] = {
         "case": case,
@@ -404,6 +408,11 @@ def run_child(python: str, module: str, case: str, args, extra_env: dict[str, st
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
+        try:
+            os.kill(proc.pid, signal.SIGUSR1)  # child dumps its stacks (faulthandler)
+            out, err = proc.communicate(timeout=3)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
         _kill_tree(proc.pid)
         out, err = proc.communicate()
     wall = time.monotonic() - t0
@@ -419,7 +428,7 @@ def run_child(python: str, module: str, case: str, args, extra_env: dict[str, st
     result["wall_s"] = wall
     result["returncode"] = proc.returncode
     if not result.get("ok"):
-        tail = ((err or "") + "\n" + (out or "")).strip().splitlines()[-25:]
+        tail = ((err or "") + "\n" + (out or "")).strip().splitlines()[-80:]
         result["output_tail"] = tail
     return result
 

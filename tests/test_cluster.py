@@ -192,6 +192,26 @@ def test_cross_node_pulls_of_numpy_arrays(cluster):
     assert bytes.fromhex(cluster.n2.node_id) in locs
 
 
+def test_nested_tasks_across_nodes(cluster):
+    # A task on n1 submits one that needs n2's resource; the large value it gets back is
+    # owned by the worker on n1, borrowed by the driver on the head and pulled from n2.
+    @zray.remote(resources={"r2": 1})
+    def inner():
+        return np.full(500_000, 7, dtype=np.int64), node_id()
+
+    @zray.remote(resources={"r1": 1})
+    def outer():
+        ref = inner.remote()
+        arr, where = zray.get(ref)
+        return [ref], int(arr.sum()), where, node_id()
+
+    refs, total, inner_node, outer_node = zray.get(outer.remote(), timeout=60)
+    assert (outer_node, inner_node) == (cluster.n1.node_id, cluster.n2.node_id)
+    assert total == 3_500_000
+    arr, _ = zray.get(refs[0], timeout=60)
+    assert int(arr.sum()) == total
+
+
 def test_driver_put_is_pulled_by_a_remote_task(cluster):
     @zray.remote(resources={"r2": 1})
     def total(x):
@@ -248,10 +268,16 @@ def test_node_death_retries_rebuilds_and_fails_cleanly(monkeypatch, tmp_path):
             open(marker, "w").close()
             time.sleep(30)
 
+        @zray.remote(resources={"r": 1})
+        def first(a):
+            return int(a[0])
+
         rebuildable = big.options(scheduling_strategy=on_doomed).remote(1)
         lost = big.options(scheduling_strategy=on_doomed, max_retries=0).remote(2)
-        put_there = big.options(scheduling_strategy=on_doomed).remote(3)
-        zray.get(put_there, timeout=60)  # pulled here: a second copy survives the node
+        copied = big.options(scheduling_strategy=on_doomed, max_retries=0).remote(3)
+        # A task on the spare node reads it: a second copy there survives the node.
+        on_spare = NodeAffinitySchedulingStrategy(spare.node_id, soft=False)
+        zray.get(first.options(scheduling_strategy=on_spare).remote(copied), timeout=60)
         zray.wait([rebuildable, lost], num_returns=2, timeout=60)
         running = slow.options(scheduling_strategy=on_doomed).remote(str(tmp_path / "run"))
         doomed_only = fragile.remote(str(tmp_path / "fragile"))
@@ -277,8 +303,9 @@ def test_node_death_retries_rebuilds_and_fails_cleanly(monkeypatch, tmp_path):
                                       np.random.default_rng(1).integers(0, 1000, 500_000))
         with pytest.raises(zexc.ObjectLostError):
             zray.get(lost, timeout=60)
-        assert zray.get(put_there, timeout=60)[0] == np.random.default_rng(3).integers(
-            0, 1000, 500_000)[0]
+        # The copy on the spare node is pulled from there (no retries needed).
+        np.testing.assert_array_equal(zray.get(copied, timeout=60),
+                                      np.random.default_rng(3).integers(0, 1000, 500_000))
         # Hard affinity to the dead node cannot be satisfied.
         hard = NodeAffinitySchedulingStrategy(doomed.node_id, soft=False)
         with pytest.raises(zexc.TaskUnschedulableError):

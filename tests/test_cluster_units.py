@@ -82,6 +82,22 @@ def test_spread_round_robins_over_the_least_busy_nodes():
     assert sorted(map(str, got)) == sorted(map(str, ["local", B, C]))
 
 
+def test_spread_without_idle_workers_still_spreads():
+    # Each request arrives on its own; one placed here that waits for a worker must keep
+    # its place (and its resources) instead of being placed again on the next event.
+    s = sched({"CPU": 1}, {B: node({"CPU": 1}), C: node({"CPU": 1})}, idle=0)
+    placed = {}
+    for i in range(3):
+        first = [a for a in s.request(req(i, {"CPU": 1}, {"kind": "SPREAD"}))
+                 if isinstance(a, sch.Spill)]
+        placed.update({a.req.lrid: a.node for a in first})
+        if i == 0:
+            assert not first  # local: waits for a worker
+    grants = [a for a in s.worker_registered(b"w") if isinstance(a, sch.Grant)]
+    assert [g.req.lrid for g in grants] == [0]
+    assert sorted(placed) == [1, 2] and set(placed.values()) == {B, C}
+
+
 def test_hard_affinity_to_a_peer_goes_there_even_when_it_is_busy():
     s = sched({"CPU": 4}, {B: node({"CPU": 1}, {"CPU": 0})})
     strat = {"kind": "NodeAffinitySchedulingStrategy", "node": B.hex(), "soft": False}
@@ -122,7 +138,8 @@ def test_peer_view_tracks_joins_resources_and_deaths():
 
 
 # --------------------------------------------------------------------- pulls
-def test_pull_requests_a_window_then_completes():
+def test_pull_requests_a_window_then_completes(monkeypatch):
+    monkeypatch.setattr(om, "INITIAL_WINDOW", 2)
     p = om.Pulls(A, chunk=100, window=3, max_inflight=10)
     acts = p.start(b"o", [B], None, 0.0)
     assert [(a.node, a.off) for a in acts] == [(B, 0), (B, 100)]  # size unknown: small window

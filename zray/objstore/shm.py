@@ -45,12 +45,17 @@ def _layout(sizes: list[int]) -> tuple[list[int], int]:
     return offsets, max(pos, 1)
 
 
-def write_frames(fd: int, frames: list, path: str = "") -> int:
-    """Write frames into the file ``fd`` (already opened for writing) in segment layout."""
+def write_frames(fd: int, frames: list, path: str = "", allocated: bool = False) -> int:
+    """Write frames into the file ``fd`` (already opened for writing) in segment layout.
+
+    ``allocated``: the file's pages exist already (a spare): just size it.
+    """
     views = [memoryview(f).cast("B") if not isinstance(f, bytes) else memoryview(f) for f in frames]
     sizes = [v.nbytes for v in views]
     offsets, total = _layout(sizes)
-    if total < BIG:
+    if allocated:
+        os.ftruncate(fd, total)
+    elif total < BIG:
         try:
             os.posix_fallocate(fd, 0, total)
         except OSError as e:
@@ -63,7 +68,9 @@ def write_frames(fd: int, frames: list, path: str = "") -> int:
             raise SegmentError(f"no room for {total} bytes in {path or 'segment'}: "
                                f"{st.f_bavail * st.f_frsize} bytes free")
         os.ftruncate(fd, total)
-    with mmap.mmap(fd, total) as m:
+    # Pages that exist already are mapped in one go rather than faulted one by one.
+    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if allocated else 0)
+    with mmap.mmap(fd, total, flags=flags) as m:
         _HDR.pack_into(m, 0, MAGIC, len(views), total)
         for i, (off, n) in enumerate(zip(offsets, sizes, strict=True)):
             _ENT.pack_into(m, _HDR.size + _ENT.size * i, off, n)
@@ -76,6 +83,7 @@ def write_frames(fd: int, frames: list, path: str = "") -> int:
 
 
 BIG = 64 << 20  # frames this large are copied by several threads
+OID_HEX = 40  # segment names end with the object id in hex
 
 
 def _address(v: memoryview) -> int | None:
@@ -119,9 +127,13 @@ def _parallel_copy(m: mmap.mmap, off: int, v: memoryview) -> None:
 def create(name: str, frames: list) -> int:
     """Create segment ``name`` holding ``frames``; returns its size in bytes."""
     path = segment_path(name)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    from zray.objstore import spare
+
+    size = sum(memoryview(f).nbytes for f in frames)
+    allocated = size >= spare.SPARE_MIN and spare.take(name[:-OID_HEX], size + 4096, path)
+    fd = os.open(path, os.O_RDWR if allocated else os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
-        return write_frames(fd, frames, path)
+        return write_frames(fd, frames, path, allocated)
     except BaseException:
         os.close(fd)
         fd = -1

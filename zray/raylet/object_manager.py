@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import lz4.block
 
 from zray import protocol
-from zray.objstore import shm
+from zray.objstore import shm, spare
 
 log = logging.getLogger("zray.object_manager")
 
@@ -667,7 +667,10 @@ class ObjectManager:
                 os.unlink(path)  # a leftover of an earlier, failed pull
             except FileNotFoundError:
                 pass
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            self.r.spares.note(total)
+            claimed = spare.take(self.r.shm_prefix, total, path)  # pages allocated ahead
+            fd = os.open(path, os.O_RDWR if claimed else os.O_CREAT | os.O_EXCL | os.O_RDWR,
+                         0o600)
             try:
                 os.ftruncate(fd, total)
             except OSError:

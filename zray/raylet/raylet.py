@@ -21,6 +21,7 @@ from zray import config, ids, protocol
 from zray.objstore import shm
 from zray.objstore import store as ostore
 from zray.objstore.capacity import default_capacity
+from zray.objstore.spare import SpareFiller
 from zray.objstore.spill import StoreExecutor, run_sync
 from zray.raylet import scheduler as sch
 from zray.raylet.object_manager import ObjectManager
@@ -62,6 +63,7 @@ class Raylet:
         self.running = True
         self.capacity = object_store_memory or default_capacity()
         self.store = ostore.ObjectStoreState(self.capacity)
+        self.spares = SpareFiller(self.shm_prefix, min(self.capacity // 4, 1 << 30))
         self.store_exec = StoreExecutor(
             self.shm_prefix, os.path.join(session_dir, "spill", node_id.hex()[:12]))
         self.gcs_address = ""  # set when the GCS has registered this node
@@ -237,6 +239,7 @@ class Raylet:
             self._dirty = True
             self.apply(self.sched.unblocked(h["wid"]))
         elif t == protocol.OBJECT_SEALED:
+            self.spares.note(int(h["size"]))
             self.store_apply(self.store.seal(h["oid"], int(h["size"]),
                                              primary=not h.get("secondary")))
         elif t == protocol.FREE_OBJECTS:
@@ -367,6 +370,7 @@ class Raylet:
                 p.wait()
         for wid in self.procs:
             self._remove_worker_socket(wid)
+        self.spares.stop()
         self.store_exec.cleanup()
         self.om.close()
         if self.zygote is not None:

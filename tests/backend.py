@@ -220,14 +220,18 @@ def count_lines(path: str | os.PathLike) -> int:
 
 
 def shm_segments(prefix: str = "zray") -> dict[str, int]:
-    """Files in /dev/shm whose name starts with ``prefix``, with their sizes."""
+    """Object segments in /dev/shm whose name starts with ``prefix``, with their sizes.
+
+    A raylet's spare segments (memory allocated ahead for large objects, named
+    ``...-spare-...``) hold no object and are left out; they go at shutdown.
+    """
     out = {}
     try:
         names = os.listdir("/dev/shm")
     except OSError:
         return out
     for n in names:
-        if n.startswith(prefix):
+        if n.startswith(prefix) and "-spare-" not in n:
             try:
                 out[n] = os.stat(os.path.join("/dev/shm", n)).st_size
             except OSError:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 
 from zray.gcs.server import GcsServer
-from zray.raylet.raylet import watch_stdin_then
+from zray.process import run_until_stopped
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,15 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(os.path.join(a.session_dir, "secret"), "rb") as f:
         secret = f.read()
     s = GcsServer(a.session_dir, a.host, a.port, secret)
-
-    def stop(*_):
-        s.running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if a.embedded:
-        watch_stdin_then(stop)
-    s.run()
+    run_until_stopped(s, a.embedded)
     if a.embedded:
         # The session belonged to the driver that started us: leave no socket or secret.
         import shutil

@@ -6,9 +6,9 @@ import argparse
 import json
 import logging
 import os
-import signal
 
-from zray.raylet.raylet import Raylet, watch_stdin_then
+from zray.process import run_until_stopped
+from zray.raylet.raylet import Raylet
 from zray.raylet.worker_pool import Zygote
 
 
@@ -35,15 +35,7 @@ def main(argv: list[str] | None = None) -> None:
                object_store_memory=a.object_store_memory or None, secret=secret,
                is_head=a.head, port=a.port)
     r.zygote = zygote
-
-    def stop(*_):
-        r.running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if a.embedded:
-        watch_stdin_then(stop)
-    r.run()
+    run_until_stopped(r, a.embedded)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import zmq
@@ -382,17 +381,3 @@ class Raylet:
             os.unlink(self.address.ipc[len("ipc://"):])
         except OSError:
             pass
-
-
-def watch_stdin_then(fn) -> None:
-    """Embedded heads: the driver holds our stdin; EOF means it is gone."""
-
-    def run():
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except Exception:
-            pass
-        fn()
-
-    threading.Thread(target=run, daemon=True).start()

@@ -11,7 +11,7 @@ import os
 import time
 
 import pytest
-from backend import IS_RAY, exceptions, ray, wait_until
+from backend import IS_RAY, exceptions, ray, run_example, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -425,3 +425,28 @@ def test_list_named_actors(ray_start):
     assert {"name": "listed-2", "namespace": "another"} in everywhere
     ray.kill(a)
     ray.kill(b)
+
+
+def test_gpu_actor_and_env_vars(ray_fresh):
+    ray_fresh(num_cpus=2, num_gpus=2)
+
+    @ray.remote(num_gpus=1, runtime_env={"env_vars": {"ZRAY_ACTOR_TEST": "yes"}})
+    class G:
+        def info(self):
+            return (ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    os.environ.get("ZRAY_ACTOR_TEST"))
+
+    a, b = G.remote(), G.remote()
+    (ga, ca, ea), (gb, cb, eb) = ray.get([a.info.remote(), b.info.remote()])
+    assert len(ga) == 1 and len(gb) == 1 and set(map(int, ga + gb)) == {0, 1}
+    assert ca == str(ga[0]) and cb == str(gb[0])
+    assert ea == eb == "yes"
+    assert wait_until(lambda: ray.available_resources().get("GPU", 0) == 0, 10)
+
+
+def test_actors_example(tmp_path):
+    proc = run_example("actors.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [x for x in proc.stdout.splitlines() if not x.startswith("(")]
+    assert lines == ["[11, 12, 13]", "13 26", "113", "1", str(list(range(10))), "ok",
+                     "the call failed with the actor's process", "restarted", "killed"]

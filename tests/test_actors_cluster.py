@@ -188,6 +188,8 @@ def test_actor_scheduling_strategies(cluster):
     spread = [Where.options(scheduling_strategy="SPREAD", num_cpus=1).remote()
               for _ in range(3)]
     assert len(set(zray.get([a.node.remote() for a in spread]))) == 3
+    for a in spread:  # they hold every CPU: a default actor needs one free to be placed
+        zray.kill(a)
     # Hard affinity to a node that is not there: the actor cannot be scheduled.
     ghost = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         "ab" * 16, soft=False)).remote()
@@ -196,3 +198,28 @@ def test_actor_scheduling_strategies(cluster):
     soft = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         "ab" * 16, soft=True)).remote()
     assert zray.get(soft.node.remote(), timeout=60)
+
+
+def test_large_values_to_and_from_an_actor_on_a_peer(cluster):
+    np = pytest.importorskip("numpy")
+    cluster.add_node(num_cpus=1, resources={"far": 1})
+    cluster.wait_for_nodes()
+    zray.init(address=cluster.address)
+
+    @zray.remote(resources={"far": 1})
+    class Big:
+        def __init__(self, arr):
+            self.arr = arr
+
+        def total(self, other):
+            return float(self.arr.sum() + other.sum())
+
+        def make(self, n):
+            return np.arange(n, dtype=np.int64)
+
+    a = np.ones(2_000_000, dtype=np.float64)
+    big = Big.remote(a)
+    ref = zray.put(np.full(1_000_000, 2.0))
+    assert zray.get(big.total.remote(ref)) == 2_000_000 + 2_000_000
+    out = zray.get(big.make.remote(3_000_000))
+    assert out.shape == (3_000_000,) and int(out[-1]) == 2_999_999

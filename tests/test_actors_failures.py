@@ -275,3 +275,44 @@ def _run(source: str, directory, env: dict, name: str):
     e.update(env)
     return subprocess.run([sys.executable, str(path)], cwd=str(directory), env=e,
                           capture_output=True, text=True, timeout=120)
+
+
+_LEAK_DRIVER = """
+import asyncio, os, sys
+import psutil
+import zray as ray
+ray.init(num_cpus=2)
+
+@ray.remote
+class Sync:
+    def pid(self):
+        return os.getpid()
+
+@ray.remote
+class Async:
+    async def pid(self):
+        await asyncio.sleep(0)
+        return os.getpid()
+
+@ray.remote(max_concurrency=3)
+class Threaded:
+    def pid(self):
+        return os.getpid()
+
+actors = [Sync.remote(), Async.remote(), Threaded.remote(), Sync.options(num_cpus=1).remote()]
+pids = ray.get([a.pid.remote() for a in actors])
+busy = actors[0].pid.remote()  # a call in flight at shutdown
+print("PIDS", *pids, flush=True)
+if sys.argv[1] == "shutdown":
+    ray.shutdown()
+    print("DOWN", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["shutdown", "exit"])
+def test_actor_processes_end_with_the_driver(tmp_path, how):
+    proc = run_driver(_LEAK_DRIVER, tmp_path, args=[how], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pids = [int(p) for p in proc.stdout.split("PIDS")[1].split()[:4]]
+    assert wait_until(lambda: not any(_alive(p) for p in pids), 20), \
+        [p for p in pids if _alive(p)]

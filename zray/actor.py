@@ -259,7 +259,7 @@ class ActorHandle:
         return (_rebuild_handle, (self._zray_aid, self._zray_meta))
 
     def __del__(self):
-        cw = self._zray_cw
+        cw = self.__dict__.get("_zray_cw")
         if cw is not None:
             s = getattr(cw, "actor_submitter", None)
             if s is not None:

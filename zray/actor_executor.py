@@ -150,10 +150,13 @@ class ActorRuntime:
             except exc.RaySerializationError:
                 frames, _ = serialization.serialize(exc.RayTaskError(
                     f"{self.cls_name}.__init__", err.traceback_str, None, pid=self.pid))
-            self.cw.conns.send(self.gcs, {"t": protocol.ACTOR_CREATED, "aid": self.aid,
-                                          "inc": self.inc, "wid": cw.worker_id, "ok": False,
-                                          "msg": str(err)}, frames)
-            _flush_and_exit(0, 0.2)
+            try:  # wait for the GCS to have the cause before the raylet reports our exit
+                cw.request(self.gcs, {"t": protocol.ACTOR_CREATED, "aid": self.aid,
+                                      "inc": self.inc, "wid": cw.worker_id, "ok": False,
+                                      "msg": str(err)}, frames, timeout=EXIT_ACK_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - exit anyway
+                pass
+            _flush_and_exit(0, 0.02)
         finally:
             cw.current_task_id = None
             _flush_std()

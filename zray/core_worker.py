@@ -69,7 +69,7 @@ class Task:
                  "attempt", "warned", "env", "actor")
 
     def __init__(self):
-        self.actor = None  # an actor call: its actor_submitter.ActorState
+        self.actor = None  # an actor call: its actor_submitter.Call
         self.deps = 0
         self.state = "waiting"  # waiting -> queued -> running -> done
         self.worker = None

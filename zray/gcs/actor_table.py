@@ -266,14 +266,17 @@ class ActorTable:
 
     def actor_created(self, h: dict, payload: list) -> list:
         rec = self.actors.get(h["aid"])
+        # A failed constructor asks (rid): its worker exits only once we know the cause.
+        acts = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})
+                ] if "rid" in h else []
         if (rec is None or rec.state == DEAD or rec.wid != h.get("wid")
                 or h.get("inc") != rec.num_restarts):
-            return []  # stale: an earlier incarnation, or killed meanwhile
+            return acts  # stale: an earlier incarnation, or killed meanwhile
         if not h.get("ok"):
             # Ray: an exception in __init__ is not retried; the actor is dead.
-            return self._set_dead(rec, CREATION_ERROR,
-                                  h.get("msg") or "the actor's constructor raised",
-                                  [bytes(f) for f in payload], kill_worker=False)
+            return acts + self._set_dead(rec, CREATION_ERROR,
+                                         h.get("msg") or "the actor's constructor raised",
+                                         [bytes(f) for f in payload], kill_worker=False)
         rec.state = ALIVE
         rec.pid = int(h.get("pid", 0))
         return self._publish(rec)

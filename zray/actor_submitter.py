@@ -25,7 +25,7 @@ from typing import Any
 
 from zray import config, ids, protocol, serialization
 from zray import exceptions as exc
-from zray.core_worker import INLINE, READY, STORED, CoreWorker, Entry, Task
+from zray.core_worker import INLINE, READY, STORED, CoreWorker, Task
 from zray.gcs import actor_table as at
 from zray.object_ref import ObjectRef, ObjectRefGenerator
 
@@ -241,13 +241,7 @@ class ActorSubmitter:
                     f"(max_pending_calls={limit}).")
             t.actor = Call(st, h, payload)
             t.parent = cw.current_task_id
-            cw.tasks[t.tid] = t
-            if t.parent is not None:
-                cw.children.setdefault(t.parent, set()).add(t.tid)
-            for oid in t.oids:
-                e = Entry(True)
-                e.task_id = t.tid
-                cw.objects[oid] = e
+            cw._register_task(t)
             if nret == 0:
                 out = None
             elif t.gen:

@@ -563,13 +563,7 @@ class CoreWorker:
         key = (tuple(sorted(t.res.items())), _strategy_key(t.strategy))
         refs_out = []
         with self.lock:
-            self.tasks[t.tid] = t
-            if t.parent is not None:
-                self.children.setdefault(t.parent, set()).add(t.tid)
-            for oid in t.oids:
-                e = Entry(True)
-                e.task_id = t.tid
-                self.objects[oid] = e
+            self._register_task(t)
             if t.gen:
                 t.gen_count = 0
             # Pin what the task needs until it is done.
@@ -605,6 +599,16 @@ class CoreWorker:
         if t.gen:
             return refs_out
         return refs_out[0] if nret == 1 else refs_out
+
+    def _register_task(self, t: Task) -> None:
+        """Own a new task and its (pending) return objects. Lock held."""
+        self.tasks[t.tid] = t
+        if t.parent is not None:
+            self.children.setdefault(t.parent, set()).add(t.tid)
+        for oid in t.oids:
+            e = Entry(True)
+            e.task_id = t.tid
+            self.objects[oid] = e
 
     def put_frames(self, frames: list, size: int, refs: list) -> ObjectRef:
         oid = ids.new_put_id()

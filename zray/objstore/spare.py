@@ -17,18 +17,32 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from zray.objstore import shm
 
 SPARE_MIN = 8 << 20  # objects smaller than this gain little from a spare
 TAG = "spare-"
+# Spares are made only after the node's transfers and large writes have been quiet
+# this long (SpareFiller.busy): allocating 100 MB of pages costs 10-20 ms of a
+# core, which a transfer running at the same time would pay for on a small machine.
+QUIET_S = 0.2
 
 
 def size_class(n: int) -> int:
-    """Round up to a power of two (at least SPARE_MIN), so spares fit many sizes."""
+    """Round up to a size class (at least SPARE_MIN): 4 steps per power of two.
+
+    A claimed spare is shrunk to the object's size; the finer the classes, the
+    fewer of its pages that costs (a 100 MB object takes a 96 MiB spare, not 128).
+    """
     c = SPARE_MIN
     while c < n:
         c <<= 1
+    if c > SPARE_MIN:
+        step = c // 8
+        for q in (5, 6, 7):  # c/2 < n <= c: the smallest of 5/8, 6/8, 7/8, 8/8 of c that fits
+            if q * step >= n:
+                return q * step
     return c
 
 
@@ -66,6 +80,7 @@ class SpareFiller:
         self.per_class = per_class
         self.wanted: dict[int, int] = {}  # size class -> last time it was needed (a counter)
         self._tick = 0
+        self._busy_at = 0.0  # the last large write or transfer (monotonic)
         self._ev = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="zray-spares", daemon=True)
@@ -77,7 +92,21 @@ class SpareFiller:
             return
         self._tick += 1
         self.wanted[size_class(size)] = self._tick
+        self._busy_at = time.monotonic()
         self._ev.set()
+
+    def busy(self) -> None:
+        """Memory bandwidth is in use now (a transfer): make no spare for QUIET_S."""
+        self._busy_at = time.monotonic()
+
+    def _wait_quiet(self) -> bool:
+        """Sleep until nothing was busy for QUIET_S; False if stopped meanwhile."""
+        while not self._stop:
+            left = self._busy_at + QUIET_S - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(left)
+        return False
 
     def stop(self) -> None:
         self._stop = True
@@ -112,7 +141,7 @@ class SpareFiller:
                 keep = min(self.per_class, budget // cls)
                 budget -= keep * cls
                 for _ in range(keep - have.get(cls, 0)):
-                    if self._stop or not self._make(cls):
+                    if not self._wait_quiet() or not self._make(cls):
                         break
 
     def _make(self, cls: int) -> bool:
@@ -123,7 +152,9 @@ class SpareFiller:
                 return False  # never crowd out real objects
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             try:
-                os.posix_fallocate(fd, 0, cls)  # the slow part, off the critical path
+                # The slow part, off the critical path. tmpfs zeroes these pages only at
+                # their first fault through a mapping; pwrite (the puller) never does.
+                os.posix_fallocate(fd, 0, cls)
             finally:
                 os.close(fd)
             os.rename(tmp, shm.segment_path(f"{self.prefix}{TAG}{cls}-{os.urandom(6).hex()}"))

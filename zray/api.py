@@ -399,7 +399,7 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
     if not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of zray.ObjectRef, got {type(object_refs)}")
     for r in object_refs:
-        if not isinstance(r, ObjectRef):
+        if type(r) is not ObjectRef and not isinstance(r, ObjectRef):
             raise TypeError(f"wait() expected a list of zray.ObjectRef, got list containing "
                             f"{type(r)}")
     if timeout is not None and timeout < 0:
@@ -410,7 +410,7 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
         raise TypeError(f"num_returns must be an int, got {num_returns!r}")
     if num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
-    if len(set(object_refs)) != len(object_refs):
+    if len({r._id for r in object_refs}) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided "

@@ -398,6 +398,13 @@ class CoreWorker:
         Each pending entry gets a callback, so a waiter wakes once per object
         instead of rescanning every entry on every wake-up. False on timeout.
         """
+        done = failed = 0
+        for e in entries:
+            if e.state != PENDING:
+                done += 1
+                failed += e.state == FAILED
+        if done >= need or (stop_on_fail and failed):
+            return True  # no callbacks to set up: wait() in a loop stays O(n)
         st = [0, False]  # resolved count, any failed
         cond = threading.Condition(self.lock)
         mine = []
@@ -443,12 +450,17 @@ class CoreWorker:
                         pass
 
     def _entries(self, refs: list) -> list:
+        # Hot in wait() loops over long lists: inline lookups, fetch only what must be.
+        objs = self.objects
         entries = []
+        append = entries.append
         for r in refs:
-            e = self._entry_for(r)
-            if e.state == PENDING:
+            e = objs.get(r._id)
+            if e is None:
+                e = self._entry_for(r)
+            if e.state == PENDING and not e.owned and not e.fetching:
                 self._ensure_fetch(r._id, e)
-            entries.append(e)
+            append(e)
         return entries
 
     def get(self, refs: list, timeout: float | None) -> list:

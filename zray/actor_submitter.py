@@ -27,7 +27,7 @@ from zray import config, ids, protocol, serialization
 from zray import exceptions as exc
 from zray.core_worker import INLINE, READY, STORED, CoreWorker, Task
 from zray.gcs import actor_table as at
-from zray.object_ref import ObjectRef, ObjectRefGenerator
+from zray.object_ref import ObjectRef
 
 log = logging.getLogger("zray.actor")
 
@@ -242,13 +242,7 @@ class ActorSubmitter:
             t.actor = Call(st, h, payload)
             t.parent = cw.current_task_id
             cw._register_task(t)
-            if nret == 0:
-                out = None
-            elif t.gen:
-                out = ObjectRefGenerator(t.tid, cw)
-            else:
-                refs = [ObjectRef(oid, cw.address_packed) for oid in t.oids]
-                out = refs[0] if nret == 1 else refs
+            out = cw._returns_of(t, nret)
             if st.state == at.DEAD:
                 cw._finish_with_error(t, st.error or exc.ActorDiedError())
             elif st.state == at.ALIVE and not st.queue:

@@ -573,7 +573,6 @@ class CoreWorker:
         n_oids = t.nret if t.nret > 0 else (1 if t.nret == 0 else 0)
         t.oids = [ids.object_id_for(t.tid, i + 1) for i in range(max(n_oids, 0))]
         key = (tuple(sorted(t.res.items())), _strategy_key(t.strategy))
-        refs_out = []
         with self.lock:
             self._register_task(t)
             if t.gen:
@@ -595,22 +594,23 @@ class CoreWorker:
             if key not in self.keys:
                 self.keys[key] = KeyState(t.res, t.strategy)
             self._resolve_deps(t)
-            if nret == 0:
-                refs_out = None
-            elif t.gen:
-                refs_out = ObjectRefGenerator(t.tid, self)
-            else:
-                refs_out = [ObjectRef(oid, self.address_packed) for oid in t.oids]
+            refs_out = self._returns_of(t, nret)
         if nret == 0:
             # The task still runs; its (hidden) return object is dropped unused.
             with self.lock:
                 e = self.objects.get(t.oids[0])
                 if e is not None:
                     self._maybe_release(t.oids[0], e)
+        return refs_out
+
+    def _returns_of(self, t: Task, nret: Any) -> Any:
+        """What .remote() hands back: None, an ObjectRefGenerator, a ref or a list."""
+        if nret == 0:
             return None
         if t.gen:
-            return refs_out
-        return refs_out[0] if nret == 1 else refs_out
+            return ObjectRefGenerator(t.tid, self)
+        refs = [ObjectRef(oid, self.address_packed) for oid in t.oids]
+        return refs[0] if nret == 1 else refs
 
     def _register_task(self, t: Task) -> None:
         """Own a new task and its (pending) return objects. Lock held."""

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 
+from zray.node import shm_prefix_for
 from zray.process import run_until_stopped
 from zray.raylet.raylet import Raylet
 from zray.raylet.worker_pool import Zygote
@@ -27,7 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if os.environ.get("ZRAY_DEBUG") else logging.INFO,
                         format="%(asctime)s raylet %(levelname)s %(message)s")
     # Fork the worker zygote before this process creates any ZeroMQ context.
-    zygote = None if os.environ.get("ZRAY_NO_ZYGOTE") else Zygote()
+    node_hex = a.node_id
+    leftovers = (os.path.join(a.session_dir, "spill", node_hex[:12]),
+                 os.path.join(a.session_dir, "sockets", "raylet-" + node_hex[:12]))
+    zygote = None if os.environ.get("ZRAY_NO_ZYGOTE") else Zygote(
+        shm_prefix_for(a.session_dir, bytes.fromhex(node_hex)), leftovers)
     with open(os.path.join(a.session_dir, "secret"), "rb") as f:
         secret = f.read()
     r = Raylet(session_dir=a.session_dir, node_id=bytes.fromhex(a.node_id), gcs_addr=a.gcs,

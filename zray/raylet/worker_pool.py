@@ -41,13 +41,18 @@ def set_title(title: str) -> None:
 class Zygote:
     """The raylet's handle on its zygote process."""
 
-    def __init__(self) -> None:
+    def __init__(self, shm_prefix: str = "", leftovers: tuple = ()) -> None:
+        """``shm_prefix``/``leftovers`` (paths): what the zygote removes if the raylet dies.
+
+        A SIGKILLed raylet cannot clean up; its zygote gets SIGTERM from the kernel
+        (PR_SET_PDEATHSIG), kills the workers, then removes the node's segments.
+        """
         parent, child = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # the zygote
             parent.close()
             try:
-                _zygote_main(child)
+                _zygote_main(child, shm_prefix, leftovers)
             finally:
                 os._exit(0)
         child.close()
@@ -120,13 +125,60 @@ class ForkedProc:
         return self.returncode or 0
 
 
-def _zygote_main(sock: socket.socket) -> None:
-    _pdeathsig(signal.SIGKILL)
+def _zygote_main(sock: socket.socket, shm_prefix: str, leftovers: tuple) -> None:
     set_title("zray::zygote")
     # Children are reaped automatically; the raylet learns of exits via pidfds.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def on_term(*_):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    _pdeathsig(signal.SIGTERM)  # after the handler: the raylet may already be gone
+    children: list[int] = []
+    try:
+        if os.getppid() == 1:
+            return
+        _serve(sock, children)
+    finally:
+        _cleanup(children, shm_prefix, leftovers)
+
+
+def _cleanup(children: list, shm_prefix: str, leftovers: tuple) -> None:
+    """The raylet is gone: no worker may write a segment after we sweep them."""
+    import shutil
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for pid, _ in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 2
+    for pid, _ in children:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+    if shm_prefix:
+        from zray.objstore import shm
+
+        shm.remove_all(shm_prefix)
+    for path in [*leftovers, *(sock for _, sock in children if sock)]:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _serve(sock: socket.socket, children: list) -> None:
     import zray.worker_main  # noqa: F401  (the point: import once, fork many)
 
     rfile = sock.makefile("rb")
@@ -151,7 +203,27 @@ def _zygote_main(sock: socket.socket) -> None:
             rfile.close()
             sock.close()
             _worker_child(req)
+        children[:] = [c for c in children if _alive(c[0])]
+        children.append((pid, _socket_of(req["argv"])))
         sock.sendall(f"{pid}\n".encode())
+
+
+def _socket_of(argv: list[str]) -> str | None:
+    """The ipc socket file a worker with these arguments binds (see CoreWorker)."""
+    try:
+        session = argv[argv.index("--session-dir") + 1]
+        wid = argv[argv.index("--worker-id") + 1]
+    except (ValueError, IndexError):
+        return None
+    return os.path.join(session, "sockets", "w-" + wid[:12])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def _warm_extras() -> None:
@@ -170,6 +242,7 @@ def _warm_extras() -> None:
 def _worker_child(req: dict) -> None:
     code = 1
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         set_title("zray::IDLE")
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -160,6 +160,7 @@ class CoreWorker:
         self.on_cancel_task = None
         self.log_sink = None  # driver prints LOG_LINES through this
         self._liveness: dict[str, list] = {}  # addr -> [last ping sent, outstanding rid]
+        self._fetching: dict[bytes, Entry] = {}  # borrowed objects asked of their owners
         self._ping_rids: dict[int, str] = {}
         self._last_liveness = time.monotonic()
         self._running = True
@@ -367,6 +368,7 @@ class CoreWorker:
         if e.owned or e.fetching or e.state != PENDING:
             return
         e.fetching = True
+        self._fetching[oid] = e
         owner = e.owner
         try:
             dest = self.addr_of(owner)
@@ -1214,8 +1216,11 @@ class CoreWorker:
         wait forever: there is no connection to break in one-way messaging.
         """
         watch = {self.raylet_ipc}
-        for e in self.objects.values():
-            if e.fetching and e.state == PENDING and not e.owned and e.owner:
+        # Only borrowed objects being fetched: not a scan of every object we own.
+        for oid, e in list(self._fetching.items()):
+            if e.state != PENDING or self.objects.get(oid) is not e:
+                del self._fetching[oid]
+            elif e.owner:
                 try:
                     watch.add(self.addr_of(e.owner))
                 except ConnectionError:

@@ -48,7 +48,7 @@ class Entry:
         self.size = 0
         self.local = 0  # ObjectRef instances in this process
         self.pins = 0  # task args, containing objects, generators
-        self.borrowers: set[str] = set()
+        self.borrowers: set[str] | None = None  # made on first borrower: most never get one
         self.owned = owned
         self.owner = owner
         self.contained: list | None = None  # (oid, owner) nested in the value
@@ -58,6 +58,11 @@ class Entry:
         self.task_id: bytes | None = None
         self.is_error = False
         self.locs: set | None = None  # other nodes with a copy (recovery.py)
+
+    def add_borrower(self, addr: str) -> None:
+        if self.borrowers is None:
+            self.borrowers = set()
+        self.borrowers.add(addr)
 
 
 class Task:
@@ -1054,14 +1059,15 @@ class CoreWorker:
         with self.lock:
             e = self.objects.get(h["oid"])
             if e is not None and e.owned:
-                e.borrowers.add(Address.unpack(h["b"]).for_node(self.node_id))
+                e.add_borrower(Address.unpack(h["b"]).for_node(self.node_id))
 
     def _h_remove_borrower(self, h: dict, payload: list) -> None:
         with self.lock:
             oid = h["oid"]
             e = self.objects.get(oid)
             if e is not None and e.owned:
-                e.borrowers.discard(Address.unpack(h["b"]).for_node(self.node_id))
+                if e.borrowers:
+                    e.borrowers.discard(Address.unpack(h["b"]).for_node(self.node_id))
                 self._maybe_release(oid, e)
 
     def _h_log_lines(self, h: dict, payload: list) -> None:

@@ -296,7 +296,7 @@ class Executor:
             for oid, owner in contained:
                 e = cw.objects.get(oid)
                 if e is not None and e.owned:
-                    e.borrowers.add(protocol.Address.unpack(caller).for_node(cw.node_id))
+                    e.add_borrower(protocol.Address.unpack(caller).for_node(cw.node_id))
                 elif owner is not None:
                     cw._send_owner(owner, {"t": protocol.ADD_BORROWER, "oid": oid, "b": caller})
 

@@ -4,6 +4,7 @@ import os
 import time
 
 import pytest
+from backend import wait_until
 
 import zray
 
@@ -46,12 +47,7 @@ def _segments() -> int:
 
 
 def _wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+    return wait_until(pred, timeout)
 
 
 def test_refs_nested_in_a_return_value_live_as_long_as_it(cluster):

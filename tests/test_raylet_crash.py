@@ -2,11 +2,11 @@
 
 import os
 import signal
-import time
 
 import numpy as np
 import psutil
 import pytest
+from backend import wait_until
 
 import zray
 
@@ -19,12 +19,7 @@ def driver():
 
 
 def _wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+    return wait_until(pred, timeout)
 
 
 def test_sigkilled_raylet_leaves_no_segment_or_worker_socket(driver):

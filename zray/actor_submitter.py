@@ -251,10 +251,7 @@ class ActorSubmitter:
                 t.state = "queued"
                 st.queue.append(t)
         if nret == 0:
-            with cw.lock:
-                e = cw.objects.get(t.oids[0])
-                if e is not None:
-                    cw._maybe_release(t.oids[0], e)
+            cw.drop_hidden_return(t)
         return out
 
     def _send(self, st: ActorState, t: Task) -> None:

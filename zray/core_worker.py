@@ -603,12 +603,15 @@ class CoreWorker:
             self._resolve_deps(t)
             refs_out = self._returns_of(t, nret)
         if nret == 0:
-            # The task still runs; its (hidden) return object is dropped unused.
-            with self.lock:
-                e = self.objects.get(t.oids[0])
-                if e is not None:
-                    self._maybe_release(t.oids[0], e)
+            self.drop_hidden_return(t)
         return refs_out
+
+    def drop_hidden_return(self, t: Task) -> None:
+        """num_returns=0: the task still runs; its hidden return object is dropped unused."""
+        with self.lock:
+            e = self.objects.get(t.oids[0])
+            if e is not None:
+                self._maybe_release(t.oids[0], e)
 
     def _returns_of(self, t: Task, nret: Any) -> Any:
         """What .remote() hands back: None, an ObjectRefGenerator, a ref or a list."""

@@ -271,12 +271,7 @@ class ActorSubmitter:
         cw = self.cw
         st = t.actor.st
         st.inflight.pop(t.tid, None)
-        cw._store_returns(t, h["rets"], payload, h.get("contained"))
-        if t.gen:
-            t.gen_count = h.get("gen_n", t.gen_count)
-            t.gen_done = True
-            cw.cv.notify_all()
-        cw._task_done(t)
+        cw.complete_task(t, h, payload)
         if st.state == at.DEAD and not st.inflight:
             self._forget(st)
 

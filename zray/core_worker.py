@@ -847,13 +847,17 @@ class CoreWorker:
             if t.cancelled and h.get("err"):
                 self._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
             else:
-                self._store_returns(t, h["rets"], payload, h.get("contained"))
-                if t.gen:
-                    t.gen_count = h.get("gen_n", t.gen_count)
-                    t.gen_done = True
-                    self.cv.notify_all()
-                self._task_done(t)
+                self.complete_task(t, h, payload)
             self._dispatch(self.keys[t.key])
+
+    def complete_task(self, t: Task, h: dict, payload: list) -> None:
+        """A successful TASK_REPLY (task or actor call): store returns, end the task."""
+        self._store_returns(t, h["rets"], payload, h.get("contained"))
+        if t.gen:
+            t.gen_count = h.get("gen_n", t.gen_count)
+            t.gen_done = True
+            self.cv.notify_all()
+        self._task_done(t)
 
     def _should_retry_exception(self, t: Task, payload: list) -> bool:
         if not t.retry_exc or t.retries == 0:

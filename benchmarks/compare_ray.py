@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         default="zray",
         help="module the zray side imports (default zray; 'ray' for a dry run of the harness)",
     )
-    p.add_argument("--filter", default=None, help="only cases whose name contains SUBSTR")
+    p.add_argument("--filter", default=None, help="only cases whose name contains SUBSTR (several: A|B)")
     p.add_argument("--repeat", type=int, default=1, help="runs per case and backend (default 1)")
     p.add_argument("--json", metavar="OUT.json", help="also write all results as JSON here")
     p.add_argument(
@@ -595,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     args = p.parse_args(argv)
 
-    cases = [c for c in all_cases() if not args.filter or args.filter in c]
+    wanted = args.filter.split("|") if args.filter else None
+    cases = [c for c in all_cases() if not wanted or any(w in c for w in wanted)]
     if args.list:
         print("\n".join(cases))
         return 0

@@ -16,8 +16,15 @@ INLINE_MAX = int(_env("INLINE_MAX", 100 * 1024))
 LEASE_IDLE_S = _env("LEASE_IDLE_S", 0.2)
 # Lease requests one scheduling key may have outstanding at once.
 MAX_PENDING_LEASES = int(_env("MAX_PENDING_LEASES", 10))
-# Tasks in flight to one leased worker (1 = Ray's behaviour).
-MAX_TASKS_IN_FLIGHT = int(_env("MAX_TASKS_IN_FLIGHT", 1))
+# Tasks in flight to one leased worker. Above 1, a task may be pushed to a busy
+# worker to start the moment the one before it ends (pipelining); only done for a
+# scheduling key whose recent tasks ran shorter than PIPELINE_MAX_TASK_S, and only
+# for the part of the queue that pending lease requests cannot take. 1 = Ray's way.
+MAX_TASKS_IN_FLIGHT = int(_env("MAX_TASKS_IN_FLIGHT", 2))
+PIPELINE_MAX_TASK_S = _env("PIPELINE_MAX_TASK_S", 0.002)
+# A worker whose running task has run this long (or blocks in get/wait) hands the
+# tasks queued behind it back to their owners, which run them elsewhere.
+RETURN_QUEUED_AFTER_S = _env("RETURN_QUEUED_AFTER_S", 0.01)
 # Delay before telling an owner a borrow ended (covers in-flight hand-offs).
 BORROW_RELEASE_DELAY_S = _env("BORROW_RELEASE_DELAY_S", 1.0)
 # How long a raylet/GCS request may take before it is an error.

@@ -88,7 +88,7 @@ class Task:
 
 class LeasedWorker:
     __slots__ = ("wid", "addr", "lease", "node", "inflight", "idle_since", "res", "raylet",
-                 "dead")
+                 "dead", "long")
 
     def __init__(self, wid, addr, lease, node, res, raylet):
         self.wid = wid
@@ -100,10 +100,11 @@ class LeasedWorker:
         self.res = res
         self.raylet = raylet
         self.dead = False
+        self.long = False  # handed tasks back: its running task is long or blocked
 
 
 class KeyState:
-    __slots__ = ("queue", "workers", "pending_leases", "res", "strategy")
+    __slots__ = ("queue", "workers", "pending_leases", "res", "strategy", "task_s", "no_pipe")
 
     def __init__(self, res: dict, strategy: Any):
         self.queue: collections.deque[Task] = collections.deque()
@@ -111,6 +112,21 @@ class KeyState:
         self.pending_leases: dict[int, float] = {}
         self.res = res
         self.strategy = strategy
+        # Recent run time of this key's tasks (workers report it): pipelining is
+        # only for keys whose tasks are known to be short.
+        self.task_s: float | None = None
+        self.no_pipe = False  # a max_calls task was seen: its worker may exit after it
+
+    def ran(self, dt: float) -> None:
+        if dt > config.PIPELINE_MAX_TASK_S or self.task_s is None:
+            self.task_s = dt  # one long task stops pipelining at once
+        else:
+            self.task_s = 0.7 * self.task_s + 0.3 * dt
+
+    def depth(self) -> int:
+        if self.no_pipe or self.task_s is None or self.task_s > config.PIPELINE_MAX_TASK_S:
+            return 1
+        return config.MAX_TASKS_IN_FLIGHT
 
 
 class CoreWorker:
@@ -162,6 +178,8 @@ class CoreWorker:
         self.raylet = self.conns.get(raylet_ipc)
         self.gcs = ""  # set from the raylet's registration reply
         self.on_push_task = None  # set by the worker's executor
+        self.on_blocked = None  # executor: the running task blocks in get/wait
+        self.on_tick = None  # executor: called by the I/O thread every tick
         self.on_cancel_task = None
         self.log_sink = None  # driver prints LOG_LINES through this
         self._liveness: dict[str, list] = {}  # addr -> [last ping sent, outstanding rid]
@@ -488,6 +506,8 @@ class CoreWorker:
             return
         self.raylet.send({"t": protocol.WORKER_BLOCKED if blocked else protocol.WORKER_UNBLOCKED,
                           "wid": self.worker_id})
+        if blocked and self.on_blocked is not None:
+            self.on_blocked()  # what waits behind this task may be what it waits for
 
     def wait(self, refs: list, num_returns: int, timeout: float | None,
              fetch_local: bool) -> tuple[list, list]:
@@ -600,6 +620,8 @@ class CoreWorker:
             t.key = key
             if key not in self.keys:
                 self.keys[key] = KeyState(t.res, t.strategy)
+            if t.max_calls:
+                self.keys[key].no_pipe = True
             self._resolve_deps(t)
             refs_out = self._returns_of(t, nret)
         if nret == 0:
@@ -677,21 +699,27 @@ class CoreWorker:
 
     def _dispatch(self, ks: KeyState) -> None:
         q = ks.queue
-        while q:
-            best = None
-            for w in ks.workers.values():
-                if not w.dead and len(w.inflight) < config.MAX_TASKS_IN_FLIGHT:
-                    if best is None or len(w.inflight) < len(best.inflight):
-                        best = w
-                        if not w.inflight:
-                            break
-            if best is None:
-                break
-            t = q.popleft()
-            self._push(t, best)
+        if not q:
+            return
+        for w in ks.workers.values():  # idle workers first
+            if not w.inflight and not w.dead:
+                self._push(q.popleft(), w)
+                if not q:
+                    return
         want = min(len(q), config.MAX_PENDING_LEASES) - len(ks.pending_leases)
         for _ in range(want):
             self._request_lease(ks)
+        depth = ks.depth()
+        if depth < 2:
+            return
+        # Pipelining: what the pending lease requests cannot take queues on busy
+        # workers of a key whose tasks are short (workers hand it back otherwise).
+        for n in range(1, depth):
+            for w in ks.workers.values():
+                if len(q) <= len(ks.pending_leases):
+                    return
+                if len(w.inflight) == n and not w.dead and not w.long:
+                    self._push(q.popleft(), w)
 
     def _request_lease(self, ks: KeyState, dest: str | None = None) -> None:
         self._lease_rid += 1
@@ -801,9 +829,41 @@ class CoreWorker:
                 if w is None:
                     continue
                 w.dead = True
-                for t in list(w.inflight.values()):
-                    self._task_lost(t, h.get("reason", "worker died"))
+                # The worker runs its tasks in push order: only the first can have
+                # started; those queued behind it go back to the queue as they are.
+                tasks = list(w.inflight.values())
                 w.inflight.clear()
+                self._requeue_unstarted(ks, tasks[1:])
+                if tasks:
+                    self._task_lost(tasks[0], h.get("reason", "worker died"))
+                self._dispatch(ks)
+
+    def _requeue_unstarted(self, ks: KeyState, tasks: list) -> None:
+        """Tasks pushed to a worker that never started them: queue them again, in order."""
+        for t in reversed(tasks):
+            t.worker = None
+            t.attempt -= 1
+            if t.cancelled:
+                self._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
+            else:
+                t.state = "queued"
+                ks.queue.appendleft(t)
+
+    def _h_tasks_returned(self, h: dict, payload: list) -> None:
+        """A worker hands back pipelined tasks it did not start (its task runs long)."""
+        with self.lock:
+            by_key: dict = {}
+            for tid in h["tids"]:
+                t = self.tasks.get(tid)
+                w = t.worker if t is not None else None
+                if w is None or w.inflight.pop(tid, None) is None:
+                    continue
+                w.long = True
+                by_key.setdefault(t.key, []).append(t)
+            for k, tasks in by_key.items():
+                ks = self.keys[k]
+                ks.task_s = max(ks.task_s or 0.0, config.PIPELINE_MAX_TASK_S * 2)
+                self._requeue_unstarted(ks, tasks)
                 self._dispatch(ks)
 
     def _task_lost(self, t: Task, reason: str) -> None:
@@ -828,14 +888,19 @@ class CoreWorker:
                 self.actor_submitter.on_task_reply(t, h, payload)
                 return
             w = t.worker
+            ks = self.keys[t.key]
+            if "dt" in h:
+                ks.ran(h["dt"])
             if w is not None:
                 w.inflight.pop(t.tid, None)
                 w.idle_since = time.monotonic()
+                w.long = False
                 if h.get("exiting"):
-                    ks = self.keys[t.key]
                     ks.workers.pop(w.wid, None)
                     w.dead = True
                     self._return_lease(w.raylet, w.lease, True)
+                    self._requeue_unstarted(ks, list(w.inflight.values()))
+                    w.inflight.clear()
             t.worker = None
             if h.get("err") and not t.cancelled and self._should_retry_exception(t, payload):
                 if t.retries > 0:
@@ -1136,6 +1201,7 @@ class CoreWorker:
         protocol.LEASE_FAILED: _h_lease_failed,
         protocol.WORKER_DIED: _h_worker_died,
         protocol.TASK_REPLY: _h_task_reply,
+        protocol.TASKS_RETURNED: _h_tasks_returned,
         protocol.GENERATOR_ITEM: _h_generator_item,
         protocol.GET_OBJECT: _h_get_object,
         protocol.OBJECT_VALUE: _h_object_value,
@@ -1272,6 +1338,8 @@ class CoreWorker:
                 self._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), addr))
 
     def _tick(self, now: float) -> None:
+        if self.on_tick is not None:
+            self.on_tick(now)
         if now - self._last_liveness >= 1.0:
             self._last_liveness = now
             with self.lock:

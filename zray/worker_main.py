@@ -11,6 +11,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -92,10 +93,46 @@ class Executor:
         self.pid = os.getpid()
         self.log_prefix = ""
         self.title = ""
-        cw.on_push_task = lambda h, p: self.q.put((h, p))
+        # Tasks pushed but not started (owner address by task id), and those
+        # handed back to their owners, which this worker must then skip.
+        self.queued: dict[bytes, list] = {}
+        self.returned: set[bytes] = set()
+        self.started = 0.0
+        cw.on_push_task = self.on_push
         cw.on_cancel_task = self.on_cancel
+        cw.on_blocked = self.return_queued
+        cw.on_tick = self.on_tick
 
     # -- called on the I/O thread
+    def on_push(self, h: dict, payload: list) -> None:
+        if h["t"] == protocol.PUSH_TASK:
+            with self.state_lock:
+                self.queued[h["tid"]] = h["own"]
+        self.q.put((h, payload))
+
+    def on_tick(self, now: float) -> None:
+        if self.queued and self.running is not None and \
+                now - self.started > config.RETURN_QUEUED_AFTER_S:
+            self.return_queued()
+
+    def return_queued(self) -> None:
+        """Hand the tasks queued behind the running one back to their owners.
+
+        Called when the running task turns out long or blocks in get/wait (the
+        tasks behind it could be what it waits for). Any thread may call it.
+        """
+        with self.state_lock:
+            if not self.queued:
+                return
+            by_owner: dict[str, list] = {}
+            for tid, own in self.queued.items():
+                by_owner.setdefault(self.cw.addr_of(own), []).append(tid)
+                self.returned.add(tid)
+                self.cancelled.discard(tid)
+            self.queued.clear()
+        for addr, tids in by_owner.items():
+            self.cw.conns.send(addr, {"t": protocol.TASKS_RETURNED, "tids": tids})
+
     def on_cancel(self, h: dict) -> None:
         tid = h["tid"]
         if h.get("rec", True):
@@ -178,11 +215,16 @@ class Executor:
         owner = cw.addr_of(h["own"])
         name = h.get("name", "")
         with self.state_lock:
+            if tid in self.returned:
+                self.returned.discard(tid)  # its owner runs it elsewhere
+                return
+            self.queued.pop(tid, None)
             if tid in self.cancelled:
                 self.cancelled.discard(tid)
                 self.reply_error(h, owner, exc.TaskCancelledError(TaskID(tid)))
                 return
             self.running = tid
+            self.started = h["_t0"] = time.monotonic()
         cw.current_task_id = tid
         cw.current_task_name = name
         cw.assigned_resources = h.get("res") or {}
@@ -321,6 +363,9 @@ class Executor:
         exiting = self.exiting_after(h)
         if exiting:
             rh["exiting"] = True
+        t0 = h.get("_t0")
+        if t0 is not None:  # the owner pipelines a key's tasks only if they are short
+            rh["dt"] = round(time.monotonic() - t0, 6)
         self.cw.conns.send(owner, rh, payload)
         if exiting:
             # The owner returns the lease with exit=True and the raylet then ends

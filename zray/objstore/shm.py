@@ -12,10 +12,20 @@ Frame 0 is the pickle stream, the others its out-of-band buffers. A reader
 maps the segment read-only and gets memoryviews into it: a numpy array in it is
 read without a copy. Unlinking a segment that a reader still maps is safe: the
 memory lives until the last mapping is gone.
+
+Every mapping of a segment holds a shared ``flock`` on it (``open_shared``), and
+so does its writer while it writes: the lock belongs to the open file
+description, which Python's ``mmap`` keeps (a dup of the fd) until the mapping
+itself is gone, i.e. until the last memoryview or numpy array into it is freed
+or the process dies. The raylet recycles a freed segment's pages as a spare
+(``spare.SpareFiller.recycle``) only if it gets an exclusive lock at once:
+nobody maps it, so no reader ever sees an object's memory change.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import mmap
 import os
 import struct
@@ -35,6 +45,33 @@ def segment_path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
+def open_shared(path: str, flags: int = os.O_RDONLY) -> int:
+    """Open a segment and take a shared lock on it (see the module docstring).
+
+    FileNotFoundError if it is gone, also if it was freed (recycled or
+    unlinked) between our open and our lock: the fd would be another file then.
+    """
+    fd = os.open(path, flags)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while the raylet checks it
+        st = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+            raise FileNotFoundError(errno.ENOENT, "segment freed meanwhile", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def layout_size(frames: list) -> int:
+    """The size of the segment that holds ``frames``."""
+    return _layout([memoryview(f).nbytes for f in frames])[1]
+
+
 def _layout(sizes: list[int]) -> tuple[list[int], int]:
     pos = _HDR.size + _ENT.size * len(sizes)
     offsets = []
@@ -48,42 +85,95 @@ def _layout(sizes: list[int]) -> tuple[list[int], int]:
 def write_frames(fd: int, frames: list, path: str = "", allocated: bool = False) -> int:
     """Write frames into the file ``fd`` (already opened for writing) in segment layout.
 
-    ``allocated``: the file's pages exist already (a spare): just size it.
+    ``allocated``: the file's pages exist already (a spare): size it, map it with
+    its page table filled in (MAP_POPULATE) and copy. Otherwise ``pwrite``: a
+    mapping would have tmpfs zero every fresh page at its first fault before we
+    overwrite it; a write of whole pages allocates them without that (2-3x faster
+    here), and a full /dev/shm is an ENOSPC error rather than a SIGBUS.
     """
     views = [memoryview(f).cast("B") if not isinstance(f, bytes) else memoryview(f) for f in frames]
     sizes = [v.nbytes for v in views]
     offsets, total = _layout(sizes)
+    header = _HDR.pack(MAGIC, len(views), total) + b"".join(
+        _ENT.pack(off, n) for off, n in zip(offsets, sizes, strict=True))
     if allocated:
         os.ftruncate(fd, total)
-    elif total < BIG:
+        key, w = _writer_maps.get(fd, total)
         try:
-            os.posix_fallocate(fd, 0, total)
-        except OSError as e:
-            raise SegmentError(f"no room for {total} bytes in {path or 'segment'}: {e}") from e
-    else:
-        # fallocate zeroes every page before we overwrite it: for big objects
-        # check the room, then let the copy itself allocate the pages.
+            m = w.m
+            m[: len(header)] = header
+            for off, v in zip(offsets, views, strict=True):
+                if v.nbytes >= BIG:
+                    _parallel_copy(m, off, v)
+                else:
+                    m[off: off + v.nbytes] = v
+        finally:
+            _writer_maps.put_back(key, w)
+        return total
+    if total >= BIG:  # leave some room for everyone else
         st = os.fstatvfs(fd)
         if st.f_bavail * st.f_frsize < total + (16 << 20):
             raise SegmentError(f"no room for {total} bytes in {path or 'segment'}: "
                                f"{st.f_bavail * st.f_frsize} bytes free")
+    try:
         os.ftruncate(fd, total)
-    # Pages that exist already are mapped in one go rather than faulted one by one.
-    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if allocated else 0)
-    with mmap.mmap(fd, total, flags=flags) as m:
-        _HDR.pack_into(m, 0, MAGIC, len(views), total)
-        for i, (off, n) in enumerate(zip(offsets, sizes, strict=True)):
-            _ENT.pack_into(m, _HDR.size + _ENT.size * i, off, n)
+        _pwrite_all(fd, header, 0)
         for off, v in zip(offsets, views, strict=True):
             if v.nbytes >= BIG:
-                _parallel_copy(m, off, v)
-            else:
-                m[off: off + v.nbytes] = v
+                _parallel_pwrite(fd, off, v)
+            elif v.nbytes:
+                _pwrite_all(fd, v, off)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+            raise SegmentError(f"no room for {total} bytes in {path or 'segment'}: {e}") from e
+        raise
     return total
 
 
 BIG = 64 << 20  # frames this large are copied by several threads
 OID_HEX = 40  # segment names end with the object id in hex
+
+
+def _threads() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def _pwrite_all(fd: int, v, pos: int) -> None:
+    v = memoryview(v)
+    while v.nbytes:
+        k = os.pwrite(fd, v, pos)
+        if k <= 0:
+            raise OSError(errno.EIO, "short write")
+        v = v[k:]
+        pos += k
+
+
+def _parallel_pwrite(fd: int, off: int, v: memoryview) -> None:
+    """pwrite in slices on threads (os.pwrite releases the GIL): page allocations overlap."""
+    import threading
+
+    n = v.nbytes
+    k = _threads()
+    step = (n // k + 4095) // 4096 * 4096
+    errors: list[BaseException] = []
+
+    def part(a: int, b: int) -> None:
+        try:
+            while a < b:  # at most 64 MiB per call: the kernel caps one write near 2 GiB
+                c = min(b, a + (64 << 20))
+                _pwrite_all(fd, v[a:c], off + a)
+                a = c
+        except BaseException as e:  # re-raised by the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=part, args=(a, min(n, a + step)))
+               for a in range(0, n, step)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def _address(v: memoryview) -> int | None:
@@ -110,7 +200,7 @@ def _parallel_copy(m: mmap.mmap, off: int, v: memoryview) -> None:
     if src is None:  # no address to be had: copy through Python (holds the GIL)
         m[off: off + n] = v
         return
-    k = min(4, os.cpu_count() or 1)
+    k = _threads()
     step = (n // k + 4095) // 4096 * 4096
     threads = []
     for i in range(k):
@@ -124,14 +214,164 @@ def _parallel_copy(m: mmap.mmap, off: int, v: memoryview) -> None:
         t.join()
 
 
+class _Mapping:
+    __slots__ = ("m", "fd", "length", "used")
+
+    def __init__(self, m: mmap.mmap, fd: int, length: int):
+        self.m, self.fd, self.length, self.used = m, fd, length, 0.0
+
+    def close(self) -> None:
+        try:
+            self.m.close()
+        finally:
+            if self.fd >= 0:
+                os.close(self.fd)
+
+
+class _WriterMaps:
+    """Writable mappings of the spares this process wrote into last, kept for a while.
+
+    A put/free loop gets the same recycled segment back again and again
+    (spare.take prefers the inodes kept here): writing it through the mapping
+    made last time skips setting up and tearing down its page table, which
+    for 800 MB costs as much as the copy itself. A kept mapping holds no lock
+    (it is made from a file description of its own, not the writer's locked
+    one), so it never keeps the raylet from recycling; this process writes
+    through it only after it claimed the segment again by renaming a spare,
+    and nobody maps a spare. Kept for at most KEEP_S after the last write, and
+    dropped within REAP_S once the raylet unlinked the file (so the pages
+    are not held after a trim or a shutdown).
+    """
+
+    KEEP_S = 2.0
+    REAP_S = 0.25
+    MAX = 4
+
+    def __init__(self) -> None:
+        import threading
+
+        self._threading = threading
+        self.lock = threading.Lock()
+        self.maps: dict[tuple[int, int], _Mapping] = {}
+        self.reaper = None
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def inodes(self) -> set[int]:
+        with self.lock:
+            return {ino for _, ino in self.maps}
+
+    def get(self, fd: int, total: int) -> tuple[tuple[int, int] | None, _Mapping]:
+        """A writable mapping of ``total`` bytes of the file ``fd`` (populated)."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with self.lock:
+            w = self.maps.pop(key, None)
+        if w is not None:
+            if w.length >= total:
+                return key, w
+            w.close()
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        try:
+            own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)  # a new, unlocked file description
+        except OSError:
+            return None, _Mapping(mmap.mmap(fd, total, flags=flags), -1, total)  # not kept
+        try:
+            return key, _Mapping(mmap.mmap(own, total, flags=flags), own, total)
+        except BaseException:
+            os.close(own)
+            raise
+
+    def put_back(self, key: tuple[int, int] | None, w: _Mapping) -> None:
+        if key is None or w.length < SPARE_KEEP_MIN:
+            w.close()
+            return
+        import time
+
+        w.used = time.monotonic()
+        with self.lock:
+            self.maps[key] = w
+            drop = sorted(self.maps.items(), key=lambda kv: kv[1].used)[: max(0, len(self.maps) - self.MAX)]
+            for k, _ in drop:
+                del self.maps[k]
+            if self.reaper is None:
+                self.reaper = self._threading.Thread(target=self._reap, name="zray-shm-maps",
+                                                     daemon=True)
+                self.reaper.start()
+        for _, old in drop:
+            old.close()
+
+    def _reap(self) -> None:
+        import time
+
+        while True:
+            time.sleep(self.REAP_S)
+            now = time.monotonic()
+            with self.lock:
+                drop = []
+                for k, w in list(self.maps.items()):
+                    try:
+                        gone = os.fstat(w.fd).st_nlink == 0
+                    except OSError:
+                        gone = True
+                    if gone or now - w.used > self.KEEP_S:
+                        drop.append(self.maps.pop(k))
+                done = not self.maps
+                if done:
+                    self.reaper = None
+            for w in drop:
+                w.close()
+            if done:
+                return
+
+    def _after_fork(self) -> None:
+        # The child has the mappings but not the reaper: drop them.
+        self.lock = self._threading.Lock()
+        self.reaper = None
+        drop = list(self.maps.values())
+        self.maps.clear()
+        for w in drop:
+            try:
+                w.close()
+            except (OSError, BufferError):
+                pass
+
+
+SPARE_KEEP_MIN = 8 << 20  # smaller mappings are cheap to make again: not kept
+_writer_maps = _WriterMaps()
+
+
 def create(name: str, frames: list) -> int:
     """Create segment ``name`` holding ``frames``; returns its size in bytes."""
+    try:
+        return _create(name, frames)
+    except SegmentError:
+        # /dev/shm is full: the node's spares (memory kept for later writes) go
+        # first. Nobody maps a spare, so any process may unlink them.
+        from zray.objstore import spare
+
+        if not sum(unlink(n) for _, n in spare.spares(name[:-OID_HEX])):
+            raise
+    return _create(name, frames)
+
+
+def _create(name: str, frames: list) -> int:
     path = segment_path(name)
     from zray.objstore import spare
 
-    size = sum(memoryview(f).nbytes for f in frames)
-    allocated = size >= spare.SPARE_MIN and spare.take(name[:-OID_HEX], size + 4096, path)
-    fd = os.open(path, os.O_RDWR if allocated else os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    total = layout_size(frames)
+    allocated = total >= spare.SPARE_MIN and spare.take(name[:-OID_HEX], total, path,
+                                                        prefer=_writer_maps.inodes())
+    fd = -1
+    if allocated:
+        try:
+            # Locked like a reader's mapping: the raylet never recycles it mid-write.
+            fd = open_shared(path, os.O_RDWR)
+        except FileNotFoundError:  # freed before it was even written: start afresh
+            allocated = False
+    if fd < 0:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # empty, so no raylet recycles it before this
     try:
         return write_frames(fd, frames, path, allocated)
     except BaseException:
@@ -145,8 +385,12 @@ def create(name: str, frames: list) -> int:
 
 
 def read_file(path: str) -> list[memoryview]:
-    """Map a segment (or spilled file) read-only; return its frames as memoryviews."""
-    fd = os.open(path, os.O_RDONLY)
+    """Map a segment (or spilled file) read-only; return its frames as memoryviews.
+
+    The mapping holds a shared lock on the file for as long as any of the
+    frames (or a view into one) lives: see the module docstring.
+    """
+    fd = open_shared(path)
     try:
         size = os.fstat(fd).st_size
         if size < _HDR.size:

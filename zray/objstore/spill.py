@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from . import shm
 from .store import (
@@ -69,6 +69,9 @@ class StoreExecutor:
             raise ValueError(f"bad shm prefix {shm_prefix!r}")
         self.shm_prefix = shm_prefix
         self.spill_dir = spill_dir
+        # Freed segments (Unlink) are offered here first: True means it kept the
+        # segment's pages as a spare (spare.SpareFiller.recycle) instead.
+        self.recycle: Callable[[str], bool] | None = None
         # Spilled objects may hold user data: only the session's owner reads them.
         os.makedirs(spill_dir, mode=0o700, exist_ok=True)
 
@@ -181,7 +184,8 @@ class StoreExecutor:
             self.unlink(oid)
             return Evicted(oid)
         if isinstance(action, Unlink):
-            self.unlink(oid)
+            if self.recycle is None or not self.recycle(self.segment_name(oid)):
+                self.unlink(oid)
         elif isinstance(action, DeleteSpilled):
             self.delete_spilled(oid)
         return None

@@ -62,9 +62,15 @@ class Raylet:
         self.running = True
         self.capacity = object_store_memory or default_capacity()
         self.store = ostore.ObjectStoreState(self.capacity)
-        self.spares = SpareFiller(self.shm_prefix, min(self.capacity // 4, 1 << 30))
+        # Spares (objstore/spare.py) live in the room the objects leave free.
+        # Recycled ones cost nothing to make: up to half the capacity; the
+        # background filler makes at most 1 GiB of them.
+        self.spares = SpareFiller(self.shm_prefix, self.capacity // 2,
+                                  fill_bytes=min(self.capacity // 4, 1 << 30),
+                                  room=lambda: self.capacity - self.store._used)
         self.store_exec = StoreExecutor(
             self.shm_prefix, os.path.join(session_dir, "spill", node_id.hex()[:12]))
+        self.store_exec.recycle = self.spares.recycle  # freed segments become spares
         self.gcs_address = ""  # set when the GCS has registered this node
         self._early_clients: list[dict] = []
         self._dirty = True
@@ -210,6 +216,9 @@ class Raylet:
     def store_apply(self, acts: list) -> list:
         """Carry out the object store's actions inline; return Ready/Missing/StoreFull."""
         out = run_sync(self.store, self.store_exec, acts)
+        room = self.capacity - self.store._used
+        if self.spares.held_max > room:  # objects grew into the spares' room: drop some
+            self.spares.trim(room)
         for a in out:
             if isinstance(a, ostore.StoreFull):
                 log.warning("object store over capacity: %d of %d bytes used", a.used, a.capacity)
@@ -252,7 +261,7 @@ class Raylet:
             for oid in h["oids"]:
                 if self.store.contains(oid):
                     self.store_apply(self.store.delete(oid))
-                else:
+                elif not self.spares.recycle(self.shm_prefix + oid.hex()):
                     shm.unlink(self.shm_prefix + oid.hex())
         elif t == protocol.PULL_OBJECT:
             node = h.get("node")
@@ -370,6 +379,7 @@ class Raylet:
         for wid in self.procs:
             self._remove_worker_socket(wid)
         self.spares.stop()
+        log.debug("spares: %s", self.spares.stats)
         self.store_exec.cleanup()
         self.om.close()
         if self.zygote is not None:

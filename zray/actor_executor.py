@@ -37,7 +37,7 @@ from typing import Any
 from zray import exceptions as exc
 from zray import protocol, serialization
 from zray.actor_submitter import REF
-from zray.core_worker import INLINE, STORED, CoreWorker
+from zray.core_worker import INLINE, STORED, CoreWorker, Waiter
 from zray.ids import ActorID, TaskID, new_task_id
 from zray.object_ref import ObjectRef
 
@@ -102,11 +102,13 @@ class ActorRuntime:
         self.lock = threading.Lock()
         self.order = CallOrder()
         self.cancelled: set[bytes] = set()
-        self.running: set[bytes] = set()
         self.local = threading.local()  # .tid: the call this thread runs
         self.exiting = False  # ending now: calls not started yet are answered "dead"
         self.closing = False  # __ray_terminate__ delivered: later calls are refused
         self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.waiter: Waiter | None = None  # the main thread, waiting for a sync call
+        self._idle: Waiter | None = None
+        self._has_call = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.atasks: dict[bytes, asyncio.Task] = {}
@@ -175,10 +177,29 @@ class ActorRuntime:
         else:
             while True:
                 try:
-                    h, payload = self.q.get()
+                    h, payload = self.next_call()
                     self.run_call(h, payload)
                 except KeyboardInterrupt:
                     continue  # a stray SIGINT: the actor goes on
+
+    def next_call(self) -> tuple[dict, list]:
+        """The next call of a sync actor. While there is none, the main thread polls the
+        inbound sockets itself (CoreWorker._wait_until): a call that arrives is handed
+        over without a thread switch."""
+        q = self.q
+        if q.empty():
+            cw = self.cw
+            w = self._idle
+            if w is None:
+                w = self._idle = Waiter(cw, sticky=True)
+                self._has_call = lambda: not q.empty()
+            with cw.lock:
+                self.waiter = w
+                try:
+                    cw._wait_until(w, self._has_call, None)
+                finally:
+                    self.waiter = None
+        return q.get()
 
     # ---------------------------------------------------- I/O thread side
     def on_call(self, h: dict, payload: list) -> None:
@@ -206,6 +227,11 @@ class ActorRuntime:
             return
         if self.mode == "sync":
             self.q.put((h, payload))
+            w = self.waiter
+            if w is not None and w.ident != threading.get_ident():
+                with self.cw.lock:
+                    if self.waiter is not None:
+                        self.waiter.notify()
         elif self.mode == "threaded":
             self.pool.submit(self._run_threaded, h, payload)
         else:
@@ -238,14 +264,9 @@ class ActorRuntime:
     def run_call(self, h: dict, payload: list) -> None:
         cw, ex = self.cw, self.ex
         tid = h["tid"]
-        with self.lock:
-            if tid in self.cancelled:
+        if self.cancelled and tid in self.cancelled:  # cancelled before it started
+            with self.lock:
                 self.cancelled.discard(tid)
-                cancelled = True
-            else:
-                cancelled = False
-                self.running.add(tid)
-        if cancelled:
             self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
             return
         if self.exiting:
@@ -281,16 +302,25 @@ class ActorRuntime:
             except Exception as e:
                 self.reply_error(h, self.error(h.get("name", meth), e))
                 return
-            ex.reply_values(h, owner, values)
+            self.reply_values(h, owner, values)
         finally:
-            with self.lock:
-                self.running.discard(tid)
-                self.cancelled.discard(tid)
+            if self.cancelled:
+                with self.lock:
+                    self.cancelled.discard(tid)
             self.local.tid = None
             cw.current_task_id = None
             _flush_std()
             if exit_after:
                 self.exit_gracefully()
+
+    def reply_values(self, h: dict, owner: str, values: list) -> None:
+        if len(values) == 1:
+            data = serialization.dumps_small(values[0])
+            if data is not None:  # a small builtin value: no refs, no store, one frame
+                self.cw.conns.send(owner, {"t": protocol.TASK_REPLY, "tid": h["tid"],
+                                           "rets": [[INLINE, 1, False]]}, [data])
+                return
+        self.ex.reply_values(h, owner, values)
 
     def method(self, meth: str) -> Any:
         if meth == "__ray_ready__":
@@ -384,6 +414,8 @@ class ActorRuntime:
 
     # ------------------------------------------------------------ helpers
     def decode_args(self, h: dict, payload: list) -> tuple[list, dict]:
+        if not h["args"]:
+            return [], {}
         cw = self.cw
         vals = []
         pos = 0
@@ -487,10 +519,11 @@ def _split(result: Any, nret: int) -> list:
 
 def _flush_std() -> None:
     for s in (sys.stdout, sys.stderr):
-        try:
-            s.flush()
-        except Exception:  # noqa: BLE001
-            pass
+        if getattr(s, "dirty", True):  # worker_main.LogStream: written since last flush
+            try:
+                s.flush()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def _flush_and_exit(code: int, settle: float) -> None:

@@ -34,6 +34,7 @@ log = logging.getLogger("zray.actor")
 REF = 2  # argument descriptor kind: [2, oid, owner] — the actor resolves it (get)
 # After an actor's intended exit, replies it sent may still be on their way.
 EXIT_GRACE_S = 0.5
+_RET1 = ids.object_id_for(b"", 1)  # the suffix of a call's first return object
 
 
 class Call:
@@ -209,47 +210,64 @@ class ActorSubmitter:
     def submit(self, aid: bytes, meta: dict, method: str, args: tuple, kwargs: dict,
                nret: Any, retries: int, name: str | None = None) -> Any:
         cw = self.cw
-        t = Task()
-        t.tid = ids.new_task_id()
-        t.fname = name or f"{meta.get('cls', 'Actor')}.{method}"
-        t.fn_id = None
-        t.gen = nret == "streaming"
-        t.nret = -1 if t.gen else nret
-        t.retries = retries
-        t.retry_exc = False
-        t.max_calls = 0
-        t.res = {}
-        t.strategy = None
-        t.env = None
-        t.key = None
-        t.kwnames = list(kwargs)
-        t.arg_pins = []
-        argd, payload, keep = self.encode_args(args, kwargs, t.fname)
-        t.args = keep  # held until the call is done (Task.args is dropped then)
-        n_oids = t.nret if t.nret > 0 else (1 if t.nret == 0 else 0)
-        t.oids = [ids.object_id_for(t.tid, i + 1) for i in range(n_oids)]
-        h = {"t": protocol.PUSH_TASK, "tid": t.tid, "aid": aid, "meth": method,
-             "name": t.fname, "nret": t.nret, "args": argd, "kw": t.kwnames,
+        tid = ids.new_task_id()
+        fname = name or f"{meta.get('cls', 'Actor')}.{method}"
+        gen = nret == "streaming"
+        wnret = -1 if gen else nret
+        if args or kwargs:
+            argd, payload, keep = self.encode_args(args, kwargs, fname)
+            kwnames = list(kwargs)
+        else:
+            argd, payload, keep, kwnames = [], [], [], []
+        h = {"t": protocol.PUSH_TASK, "tid": tid, "aid": aid, "meth": method,
+             "name": fname, "nret": wnret, "args": argd, "kw": kwnames,
              "own": cw.address_packed, "drv": cw.driver_addr, "job": cw.job_id,
              "cid": cw.worker_id}
+        t = Task()
+        t.tid = tid
         with cw.lock:
-            st = self.state(aid, meta)
+            st = self.actors.get(aid)
+            if st is None or not st.subscribed or (meta and not st.meta):
+                st = self.state(aid, meta)
             limit = meta.get("max_pending_calls") or -1
             if limit > 0 and len(st.queue) + len(st.inflight) >= limit:
                 raise exc.PendingCallsLimitExceeded(
                     f"The actor {aid.hex()} has {limit} pending calls from this process "
                     f"(max_pending_calls={limit}).")
             t.actor = Call(st, h, payload)
+            now = st.state == at.ALIVE and not st.queue
+            if now:
+                # Sent first, so that the actor starts while we do the bookkeeping: its
+                # reply cannot be handled before we release the lock.
+                self._send(st, t)
+            t.fname = fname
+            t.fn_id = None
+            t.gen = gen
+            t.nret = wnret
+            t.retries = retries
+            t.retry_exc = False
+            t.max_calls = 0
+            t.res = {}
+            t.strategy = None
+            t.env = None
+            t.key = None
+            t.kwnames = kwnames
+            t.arg_pins = []
+            t.args = keep  # held until the call is done (Task.args is dropped then)
+            if wnret == 1:
+                t.oids = [tid + _RET1]
+            else:
+                n_oids = wnret if wnret > 0 else (1 if wnret == 0 else 0)
+                t.oids = [ids.object_id_for(tid, i + 1) for i in range(n_oids)]
             t.parent = cw.current_task_id
             cw._register_task(t)
             out = cw._returns_of(t, nret)
-            if st.state == at.DEAD:
-                cw._finish_with_error(t, st.error or exc.ActorDiedError())
-            elif st.state == at.ALIVE and not st.queue:
-                self._send(st, t)
-            else:
-                t.state = "queued"
-                st.queue.append(t)
+            if not now:
+                if st.state == at.DEAD:
+                    cw._finish_with_error(t, st.error or exc.ActorDiedError())
+                else:
+                    t.state = "queued"
+                    st.queue.append(t)
         if nret == 0:
             cw.drop_hidden_return(t)
         return out

@@ -3,14 +3,18 @@
 It submits tasks straight to leased workers, owns the objects it creates
 (reference counts, values, locations) and resolves the values it needs.
 
-Threads: the user's threads call submit/get/put/wait; one I/O thread receives
-every inbound message and runs timers. Both touch the tables below under one
+Threads: the user's threads call submit/get/put/wait; inbound messages are
+received by whichever thread holds the polling role (leader/follower, see
+``_wait_until``): a thread blocked in get/wait/request polls the inbound sockets
+itself, so the reply it waits for costs no thread hand-off; the I/O thread polls
+when no such thread does, and runs timers. All touch the tables below under one
 lock. Sends go out directly from the calling thread (protocol.Conn has its own
-lock), so a task submission costs no thread hand-off.
+lock), so a task submission costs no thread hand-off either.
 """
 
 from __future__ import annotations
 
+import _signal
 import collections
 import logging
 import os
@@ -32,6 +36,41 @@ log = logging.getLogger("zray.core_worker")
 PENDING, READY, FAILED = 0, 1, 2
 # Return/arg descriptor kinds on the wire
 INLINE, STORED = 0, 1
+# CoreWorker._leader when the I/O thread polls (otherwise a thread ident, or None).
+IO = -1
+# The polling role left free by a user thread goes back to the I/O thread once no
+# thread has taken it for this long (messages wait at most about twice this then).
+LEAD_IDLE_S = 0.002
+# The I/O thread's period (timers, liveness, lease returns).
+TICK_S = 0.05
+
+
+class Waiter:
+    """A thread blocked in ``CoreWorker._wait_until``, and how to wake it (lock held).
+
+    A follower sleeps on its Condition. The leader sleeps in zmq poll: another
+    thread wakes it through the wake pipe; its own handlers need no wake-up (it
+    checks again after every batch of messages).
+    """
+
+    __slots__ = ("cw", "ident", "cond", "leading", "sticky")
+
+    def __init__(self, cw: CoreWorker, sticky: bool | None = None):
+        self.cw = cw
+        self.ident = threading.get_ident()
+        self.cond: threading.Condition | None = None
+        self.leading = False
+        # Sticky: the thread is expected to wait again soon (a driver's loop of gets, an
+        # actor's main thread between calls), so the role stays free for it when it
+        # returns. Otherwise (a task's get in a worker) the I/O thread takes it at once.
+        self.sticky = cw.mode == "driver" if sticky is None else sticky
+
+    def notify(self) -> None:
+        if self.leading:
+            if threading.get_ident() != self.ident:
+                self.cw._poke()
+        elif self.cond is not None:
+            self.cond.notify()
 
 
 class Entry:
@@ -144,7 +183,8 @@ class CoreWorker:
         self.namespace = namespace
         self.shm_prefix = shm_prefix
         self.lock = threading.RLock()
-        self.cv = threading.Condition(self.lock)
+        self.cv = threading.Condition(self.lock)  # generator items (next_generator_ref)
+        self._cv_waiters = 0
         self.objects: dict[bytes, Entry] = {}
         self.tasks: dict[bytes, Task] = {}
         self.keys: dict[Any, KeyState] = {}
@@ -167,6 +207,7 @@ class CoreWorker:
         self.assigned_resources: dict = {}
         self.blocked_depth = 0
         self.conns = protocol.Connections(secret)
+        self._addr_cache: dict[tuple, str] = {}  # addr_of: packed address -> this node's way
         sock_dir = os.path.join(session_dir, "sockets")
         self.inbound = protocol.Inbound(
             os.path.join(sock_dir, "w-" + self.worker_id.hex()[:12]),
@@ -187,7 +228,23 @@ class CoreWorker:
         self._ping_rids: dict[int, str] = {}
         self._last_liveness = time.monotonic()
         self._running = True
-        self._wake = self.conns.get(self.inbound.ipc_addr)
+        # The polling role (leader/follower, see _wait_until), all under self.lock.
+        self._leader: int | None = None  # IO, the ident of a user thread, or None (free)
+        self._lead_gen = 0  # counts user threads taking the role (the I/O thread's clock)
+        self._followers: list[Waiter] = []  # threads waiting while another one polls
+        self._yield_asked = False  # a follower wants the role the I/O thread holds
+        self._io_cond = threading.Condition(self.lock)  # the I/O thread, when not polling
+        self._io_parked_long = False
+        self._io_take = False  # the I/O thread should take the free role now
+        self._wake_r, self._wake_w = os.pipe()  # wakes whichever thread polls
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller = zmq.Poller()
+        self.inbound.register(self._poller)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._poll_items = self._poller.sockets
+        self._main = threading.main_thread().ident  # where SIGINT raises
+        self._sock_keys = dict(self.inbound.socks)
         self.io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self.io_thread.start()
 
@@ -196,7 +253,14 @@ class CoreWorker:
         return self.address.ipc if dest.startswith("ipc://") else self.address.tcp
 
     def addr_of(self, packed: list) -> str:
-        return Address.unpack(packed).for_node(self.node_id)
+        key = tuple(packed)
+        a = self._addr_cache.get(key)
+        if a is None:
+            a = Address.unpack(packed).for_node(self.node_id)
+            if len(self._addr_cache) >= 4096:
+                self._addr_cache.clear()
+            self._addr_cache[key] = a
+        return a
 
     def request(self, dest: str, header: dict, payload: list | tuple = (),
                 timeout: float | None = None, alive=None) -> tuple[dict, list]:
@@ -205,39 +269,43 @@ class CoreWorker:
         ``alive``, if given, is polled while waiting: when it returns a message,
         the peer is known dead and that message is raised as RuntimeError.
         """
-        ev = threading.Event()
+        w = Waiter(self)
         with self.lock:
             self._rid += 1
             rid = self._rid
-            slot = [ev, None, None]
+            slot = [w, None, None]
             self.requests[rid] = slot
         header["rid"] = rid
         header["ra"] = self.my_addr_for(dest)
         self.conns.send(dest, header, payload)
         limit = config.RPC_TIMEOUT_S if timeout is None else timeout
-        if alive is not None:
-            deadline = time.monotonic() + limit
-            while not ev.wait(0.1):
-                dead = alive()
-                if dead or time.monotonic() > deadline:
-                    with self.lock:
-                        self.requests.pop(rid, None)
-                    if dead:
-                        raise RuntimeError(dead)
-                    break
-        if not ev.wait(0 if alive is not None else limit):
+        deadline = time.monotonic() + limit
+
+        def answered() -> bool:
+            return slot[1] is not None
+
+        while True:
+            step = deadline if alive is None else min(deadline, time.monotonic() + 0.1)
             with self.lock:
-                self.requests.pop(rid, None)
-            raise TimeoutError(
-                f"no reply from {dest} to {protocol.NAMES.get(header['t'])} within "
-                f"{config.RPC_TIMEOUT_S if timeout is None else timeout} s")
-        return slot[1], slot[2]
+                if self._wait_until(w, answered, step):
+                    return slot[1], slot[2]
+                if time.monotonic() >= deadline:
+                    self.requests.pop(rid, None)
+                    raise TimeoutError(
+                        f"no reply from {dest} to {protocol.NAMES.get(header['t'])} within "
+                        f"{limit} s")
+            dead = alive() if alive is not None else None
+            if dead:
+                with self.lock:
+                    self.requests.pop(rid, None)
+                raise RuntimeError(dead)
 
     def _complete(self, h: dict, payload: list) -> None:
+        """A reply to request() (lock held)."""
         slot = self.requests.pop(h.get("rid"), None)
         if slot is not None:
             slot[1], slot[2] = h, payload
-            slot[0].set()
+            slot[0].notify()
 
     # ------------------------------------------------------------- references
     def add_local_ref(self, oid: bytes, owner: list | None) -> None:
@@ -430,8 +498,15 @@ class CoreWorker:
                 failed += e.state == FAILED
         if done >= need or (stop_on_fail and failed):
             return True  # no callbacks to set up: wait() in a loop stays O(n)
+        w = Waiter(self)
+        if len(entries) == 1:  # the common get(ref): the waiter is the callback
+            e1 = entries[0]
+            if e1.callbacks is None:
+                e1.callbacks = []
+            e1.callbacks.append(w.notify)
+            return self._await_blocked(w, lambda: e1.state != PENDING, deadline,
+                                       [(e1, w.notify)])
         st = [0, False]  # resolved count, any failed
-        cond = threading.Condition(self.lock)
         mine = []
         for e in entries:
             if e.state == PENDING:
@@ -440,7 +515,7 @@ class CoreWorker:
                     if e.state == FAILED:
                         st[1] = True
                     if st[0] >= need or (stop_on_fail and st[1]):
-                        cond.notify()
+                        w.notify()
                 if e.callbacks is None:
                     e.callbacks = []
                 e.callbacks.append(cb)
@@ -453,17 +528,20 @@ class CoreWorker:
             for e, cb in mine:
                 e.callbacks.remove(cb)
             return True
+        def done() -> bool:
+            return st[0] >= need or (stop_on_fail and st[1])
+
+        return self._await_blocked(w, done, deadline, mine)
+
+    def _await_blocked(self, w: Waiter, done, deadline: float | None, mine: list) -> bool:
+        """_await's wait (lock held); removes the callbacks in ``mine`` at the end."""
         blocked = False
         try:
-            while not (st[0] >= need or (stop_on_fail and st[1])):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                if not blocked and (left is None or left > 0.01):
-                    blocked = True
-                    self._notify_blocked(True)
-                cond.wait(1.0 if left is None else min(left, 1.0))
-            return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is None or left > 0.01:
+                blocked = True
+                self._notify_blocked(True)
+            return self._wait_until(w, done, deadline)
         finally:
             if blocked:
                 self._notify_blocked(False)
@@ -536,7 +614,8 @@ class CoreWorker:
 
     def _on_ready(self, oid: bytes, e: Entry) -> None:
         """An object became ready or failed: wake getters, dependents and borrowers."""
-        self.cv.notify_all()
+        if self._cv_waiters:
+            self.cv.notify_all()
         if e.callbacks:
             cbs, e.callbacks = e.callbacks, None
             for cb in cbs:
@@ -641,7 +720,15 @@ class CoreWorker:
             return None
         if t.gen:
             return ObjectRefGenerator(t.tid, self)
-        refs = [ObjectRef(oid, self.address_packed) for oid in t.oids]
+        # The refs count at their entries here (lock held), as add_local_ref would.
+        objs = self.objects
+        me = self.address_packed
+        refs = []
+        for oid in t.oids:
+            r = ObjectRef(oid, me, _register=False)
+            r._cw = self
+            objs[oid].local += 1
+            refs.append(r)
         return refs[0] if nret == 1 else refs
 
     def _register_task(self, t: Task) -> None:
@@ -1068,7 +1155,12 @@ class CoreWorker:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise exc.GetTimeoutError("no generator item within the timeout")
-                self.cv.wait(1.0 if left is None else min(left, 1.0))
+                self._ensure_poller()
+                self._cv_waiters += 1
+                try:
+                    self.cv.wait(1.0 if left is None else min(left, 1.0))
+                finally:
+                    self._cv_waiters -= 1
 
     def generator_finished(self, tid: bytes, i: int) -> bool:
         with self.lock:
@@ -1255,24 +1347,179 @@ class CoreWorker:
                     self._cancel_task(t, force, True)
 
     # ----------------------------------------------------------------- loop
+    # The polling role (leader/follower). Exactly one thread at a time may use the
+    # inbound sockets: the "leader", named by self._leader (changed under self.lock,
+    # which also orders the socket's use between threads). A thread that blocks in
+    # get/wait/request takes the role if it is free and handles every message that
+    # comes (its own reply included) until it may return: no thread hand-off. Other
+    # waiting threads are followers: the leader's handlers wake them as before. The
+    # I/O thread polls when no user thread does: it takes the role once nobody has
+    # taken it for one to two LEAD_IDLE_S periods (so a loop of short gets keeps it),
+    # at once after a non-sticky wait (Waiter.sticky), and gives it up when a follower
+    # asks (a byte in the wake pipe), at the next message boundary.
+    def _wait_until(self, w: Waiter, ready, deadline: float | None) -> bool:
+        """Block (lock held, possibly re-entrantly) until ready(); False at the deadline."""
+        me = w.ident
+        try:
+            while not ready():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                prev = self._leader
+                if (prev is None or prev == me) and self._running:
+                    self._leader = me
+                    self._lead_gen += 1
+                    self._io_take = False
+                    w.leading = True
+                    saved = self.lock._release_save()
+                    try:
+                        self._lead_poll(1000 if left is None else min(1000, int(left * 1000) + 1))
+                    finally:
+                        self.lock._acquire_restore(saved)
+                        w.leading = False
+                        self._leader = prev
+                else:
+                    if prev == IO and not self._yield_asked:
+                        self._yield_asked = True
+                        self._poke()
+                    if w.cond is None:
+                        w.cond = threading.Condition(self.lock)
+                    self._followers.append(w)
+                    try:
+                        w.cond.wait(1.0 if left is None else min(left, 1.0))
+                    finally:
+                        self._followers.remove(w)
+            return True
+        finally:
+            if self._leader is None:
+                if self._followers:
+                    self._followers[0].notify()  # the role passes to a waiting thread
+                elif not w.sticky:
+                    self._ensure_poller()
+                elif self._io_parked_long:
+                    self._io_cond.notify()  # the I/O thread takes it if nobody comes back
+
+    def _ensure_poller(self) -> None:
+        """(lock held) Before a wait that does not poll itself: have the I/O thread poll."""
+        if self._leader is None:
+            self._io_take = True
+            self._io_cond.notify()
+
+    def _lead_poll(self, timeout_ms: int) -> None:
+        """One poll by a leading user thread (lock not held): one message per socket."""
+        if self._decrefs:  # bookkeeping while what we wait for is on its way
+            self._guarded(self._process_decrefs)
+        ready = _zmq_poll(self._poll_items, timeout_ms)
+        if ready:
+            self._guarded(self._handle_ready, ready)
+
+    def _guarded(self, fn, *args) -> None:
+        """Run runtime code (handlers, ref counting) on a user thread: on the main thread,
+        Ctrl-C (or a task cancel's SIGINT) must not cut it in half, so it is held back
+        until ``fn`` is done, then raised."""
+        if threading.get_ident() != self._main or \
+                _signal.getsignal(_signal.SIGINT) is not _signal.default_int_handler:
+            fn(*args)
+            return
+        self._sigint = False
+        _signal.signal(_signal.SIGINT, self._hold_sigint)
+        try:
+            fn(*args)
+        finally:
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        if self._sigint:
+            raise KeyboardInterrupt
+
+    def _handle_ready(self, ready: list) -> None:
+        keys = self._sock_keys
+        for s, _ in ready:
+            key = keys.get(s, _PIPE)
+            if key is _PIPE:
+                self._drain_pipe()
+            else:
+                self.inbound.recv_one(s, key, self._handle)
+
+    def _hold_sigint(self, signum, frame) -> None:
+        self._sigint = True
+
+    def _poke(self) -> None:
+        """Wake the thread polling the inbound sockets."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed (shut down)
+
+    def _drain_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except OSError:
+            pass
+
     def _io_loop(self) -> None:
-        poller = zmq.Poller()
-        self.inbound.register(poller)
-        next_tick = time.monotonic() + 0.05
+        next_tick = time.monotonic() + TICK_S
+        seen = self._lead_gen
+        lock = self.lock
         while self._running:
-            try:
-                ready = dict(poller.poll(50))
-            except zmq.ZMQError:
-                if not self._running:
-                    break
-                raise
-            if ready:
-                self.inbound.drain(ready, self._handle)
-            self._process_decrefs()
+            with lock:
+                lead = self._leader is None and (self._lead_gen == seen or self._io_take)
+                if lead:
+                    self._leader = IO
+                    self._io_take = False
+                else:
+                    # Taken or left free recently: check again soon. Held by one thread
+                    # for a whole period (a long wait): sleep to the next tick; that
+                    # thread wakes us when it leaves the role (_wait_until).
+                    self._io_parked_long = self._lead_gen == seen and self._leader is not None
+                    seen = self._lead_gen
+                    wait = TICK_S if self._io_parked_long else LEAD_IDLE_S
+                    if self._leader is not None:
+                        self._io_take = False  # someone polls: nothing to take over
+                    if self._running and not self._io_take:
+                        self._io_cond.wait(max(0.0, min(wait, next_tick - time.monotonic())))
+                    self._io_parked_long = False
+            if lead:
+                next_tick = self._io_lead(next_tick)
+                seen = -1  # handed to a follower: not back before a whole quiet period
+            else:
+                self._process_decrefs()
             now = time.monotonic()
             if now >= next_tick:
-                next_tick = now + 0.05
+                next_tick = now + TICK_S
                 self._tick(now)
+
+    def _io_lead(self, next_tick: float) -> float:
+        """The I/O thread polls until a follower asks for the role (or shutdown)."""
+        poll = self._poller.poll
+        try:
+            while self._running:
+                try:
+                    ready = dict(poll(max(1, int((next_tick - time.monotonic()) * 1000) + 1)))
+                except zmq.ZMQError:
+                    if not self._running:
+                        break
+                    raise
+                if ready:
+                    if self._wake_r in ready:
+                        self._drain_pipe()
+                    self.inbound.drain(ready, self._handle)
+                self._process_decrefs()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_S
+                    self._tick(now)
+                if self._yield_asked:
+                    with self.lock:
+                        self._yield_asked = False
+                        if self._followers:
+                            self._leader = None
+                            self._followers[0].notify()
+                            break
+        finally:
+            with self.lock:
+                if self._leader == IO:
+                    self._leader = None
+        return next_tick
 
     def _h_ping(self, h: dict) -> None:
         if "ra" in h:
@@ -1356,8 +1603,14 @@ class CoreWorker:
 
     def shutdown(self) -> None:
         self._running = False
-        self._wake.send({"t": protocol.PING})
+        with self.lock:
+            self._io_cond.notify_all()
+        self._poke()
         self.io_thread.join(timeout=2)
+        deadline = time.monotonic() + 2
+        while self._leader is not None and time.monotonic() < deadline:
+            self._poke()  # a user thread still polls: it stops at its next wake-up
+            time.sleep(0.005)
         with self.lock:
             for ks in self.keys.values():
                 for w in ks.workers.values():
@@ -1365,6 +1618,15 @@ class CoreWorker:
                 ks.workers.clear()
         self.conns.close()
         self.inbound.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_zmq_poll = zmq.zmq_poll
+_PIPE = object()
 
 
 def pack_contained(items: list) -> list:

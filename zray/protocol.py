@@ -199,13 +199,11 @@ _os.register_at_fork(after_in_child=_reset_ctx_after_fork)
 SEND_TIMEOUT_MS = 30_000
 COPY_MAX = 65536  # frames above this are sent without a copy
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 # pyzmq's Python-level send/recv wrappers cost ~5 us per frame in flag and type
 # handling; the hot path calls the Cython methods underneath directly.
 _raw_send = zmq.Socket.__mro__[1].send
 _raw_recv = zmq.Socket.__mro__[1].recv
-_raw_get = zmq.Socket.__mro__[1].get
 
 
 def send_frames(sock: zmq.Socket, frames: list) -> None:
@@ -217,10 +215,22 @@ def send_frames(sock: zmq.Socket, frames: list) -> None:
 
 
 def recv_frames(sock: zmq.Socket, copy: bool) -> list:
-    """One multipart message (raises zmq.Again if none is waiting)."""
-    parts = [_raw_recv(sock, _NOBLOCK, copy, False)]
-    while _raw_get(sock, _RCVMORE):
-        parts.append(_raw_recv(sock, 0, copy, False))
+    """One multipart message (raises zmq.Again if none is waiting).
+
+    Frames are received as ``zmq.Frame``s even for ``copy``: a Frame knows if more
+    follow, where asking the socket (RCVMORE) costs an enum lookup per frame.
+    """
+    f = _raw_recv(sock, _NOBLOCK, False, False)
+    if copy:
+        parts = [f.bytes]
+        while f.more:
+            f = _raw_recv(sock, 0, False, False)
+            parts.append(f.bytes)
+        return parts
+    parts = [f]
+    while f.more:
+        f = _raw_recv(sock, 0, False, False)
+        parts.append(f)
     return parts
 
 
@@ -333,6 +343,28 @@ class Inbound:
                     log.exception("handler failed on %s; message dropped",
                                   NAMES.get(header.get("t"), header.get("t")))
         return n
+
+    def recv_one(self, sock: zmq.Socket, key: bytes | None, handler) -> bool:
+        """Receive and handle one message from ``sock`` (False: none was waiting).
+
+        For a thread that polls between messages (CoreWorker's leader): poll says
+        whether more wait, cheaper than the zmq.Again that ends drain()'s loop.
+        """
+        try:
+            frames = recv_frames(sock, self.copy)
+        except zmq.Again:
+            return False
+        try:
+            header, payload = decode(frames[1:], key)
+        except ProtocolError as e:
+            log.warning("dropped a malformed message: %s", e)
+            return True
+        try:
+            handler(header, payload)
+        except Exception:
+            log.exception("handler failed on %s; message dropped",
+                          NAMES.get(header.get("t"), header.get("t")))
+        return True
 
     def close(self) -> None:
         for s, _ in self.socks:

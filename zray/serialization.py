@@ -16,6 +16,7 @@ from typing import Any
 
 import cloudpickle
 
+from zray import config
 from zray.exceptions import RaySerializationError
 
 OOB_MIN = 4096
@@ -91,6 +92,15 @@ def serialize(value: Any, what: str = "value") -> tuple[list, list]:
     return [meta, *buffers], refs
 
 
+def dumps_small(value: Any) -> bytes | None:
+    """The one frame of a small builtin value (as serialize makes it), or None if it
+    is not one: other types, or a pickle above INLINE_MAX."""
+    if not _plain(value):
+        return None
+    data = pickle.dumps(value, protocol=5)
+    return data if len(data) <= config.INLINE_MAX else None
+
+
 def note_ref(ref: Any) -> None:
     """Called by ObjectRef.__reduce__: remember refs nested in the value being pickled."""
     refs = getattr(_ctx, "refs", None)
@@ -100,6 +110,8 @@ def note_ref(ref: Any) -> None:
 
 def deserialize(frames: list) -> Any:
     """Inverse of serialize; buffers are used in place (zero-copy)."""
+    if len(frames) == 1:
+        return pickle.loads(frames[0])
     return pickle.loads(frames[0], buffers=frames[1:])
 
 

@@ -42,8 +42,10 @@ class LogStream:
         self.raw = raw
         self.buf = ""
         self.lock = threading.Lock()
+        self.dirty = False  # written to since the last flush
 
     def write(self, s: str) -> int:
+        self.dirty = True
         with self.lock:
             self.buf += s
             if "\n" in self.buf:
@@ -57,6 +59,7 @@ class LogStream:
         return len(s)
 
     def flush(self) -> None:
+        self.dirty = False
         with self.lock:
             if self.buf:
                 lines, self.buf = [self.buf], ""

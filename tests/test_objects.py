@@ -156,6 +156,54 @@ def test_wait_timeout_and_fetch_local(ray_start, tmp_path):
     assert ready == refs and not_ready == []
 
 
+def test_blocked_wait_wakes_for_the_last_ref_and_counts_failures(ray_start, tmp_path):
+    go = str(tmp_path / "go")
+    refs = [wait_then.remote(i, go) for i in range(2)]
+    last = fail.remote("boom")  # the cluster has 4 CPUs: this runs beside the two waiting
+    ready, not_ready = ray.wait([*refs, last], timeout=60)  # blocks until the failure
+    assert ready == [last] and not_ready == refs
+    touch(go)
+
+
+def test_wait_loop_drains_every_ref_once(ray_start):
+    # The shape of ray_perf's "wait 1k refs": wait on what the last call left.
+    import random
+
+    rng = random.Random(7)
+    refs = [sleep_then.remote(i, rng.choice([0, 0, 0.001, 0.02])) for i in range(300)]
+    seen = []
+    not_ready = refs
+    while not_ready:
+        ready, rest = ray.wait(not_ready, num_returns=min(3, len(not_ready)), timeout=60)
+        assert ready, "wait timed out"
+        assert len(ready) + len(rest) == len(not_ready)
+        assert [r for r in not_ready if r not in ready] == rest  # input order kept
+        seen.extend(ready)
+        not_ready = rest
+    assert sorted(ray.get(seen)) == list(range(300))
+
+
+def test_wait_on_a_returned_list_changed_in_place(ray_start, tmp_path):
+    # zray reuses the ids of the list wait() returned last (the wait-loop idiom);
+    # a list changed in place afterwards must still be answered right.
+    go = str(tmp_path / "go")
+    refs = [ray.put(0), wait_then.remote(1, go), wait_then.remote(2, go)]
+    _, not_ready = ray.wait(refs, timeout=60)
+    assert not_ready == refs[1:]
+    not_ready[0] = 5
+    with pytest.raises(TypeError):
+        ray.wait(not_ready, timeout=0)
+    done = ray.put("x")
+    not_ready[0] = done  # same length, another ref: found although its id is new
+    ready, rest = ray.wait(not_ready, timeout=30)
+    assert ready == [done] and rest == [refs[2]]
+    late = sleep_then.remote("late", 0.2)
+    rest[0] = late  # ... and waited for, when it becomes ready later
+    ready, rest = ray.wait(rest, timeout=30)
+    assert ready == [late] and rest == []
+    touch(go)
+
+
 def test_wait_validation_errors(ray_start):
     ref = ray.put(1)
     # Ray's messages, for the record:

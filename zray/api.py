@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import logging
+import operator
 import os
 import sys
 import threading
@@ -398,10 +399,6 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
         raise TypeError("wait() expected a list of zray.ObjectRef, got a single zray.ObjectRef")
     if not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of zray.ObjectRef, got {type(object_refs)}")
-    for r in object_refs:
-        if type(r) is not ObjectRef and not isinstance(r, ObjectRef):
-            raise TypeError(f"wait() expected a list of zray.ObjectRef, got list containing "
-                            f"{type(r)}")
     if timeout is not None and timeout < 0:
         raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
     if not object_refs:
@@ -410,12 +407,33 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
         raise TypeError(f"num_returns must be an int, got {num_returns!r}")
     if num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
-    if len({r._id for r in object_refs}) != len(object_refs):
-        raise ValueError("Wait requires a list of unique object refs.")
+    # `ready, not_ready = wait(not_ready)` in a loop is the idiom: the list the last
+    # call returned was checked when it was made, so its ids are reused rather than
+    # checked again (O(1) instead of O(n) a call; a list changed to another length is
+    # checked as new).
+    memo = cw.wait_memo
+    if memo is not None and memo[0] is object_refs and len(memo[1]) == len(object_refs):
+        ids_ = memo[1]
+    else:
+        for t in set(map(type, object_refs)):  # C-speed
+            if t is not ObjectRef and not issubclass(t, ObjectRef):
+                raise TypeError(f"wait() expected a list of zray.ObjectRef, got list "
+                                f"containing {t}")
+        ids_ = set(map(_ref_id, object_refs))
+        if len(ids_) != len(object_refs):
+            raise ValueError("Wait requires a list of unique object refs.")
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided "
                          f"to zray.wait ({num_returns} > {len(object_refs)}).")
-    return cw.wait(list(object_refs), num_returns, timeout, fetch_local)
+    cw.wait_memo = None
+    ready, not_ready = cw.wait(object_refs, num_returns, timeout, fetch_local, ids_)
+    if not_ready and len(ready) < 64:
+        ids_.difference_update(map(_ref_id, ready))  # ids_ is ours: a fresh set or the memo's
+        cw.wait_memo = (not_ready, ids_, time.monotonic())
+    return ready, not_ready
+
+
+_ref_id = operator.attrgetter("_id")
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

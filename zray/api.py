@@ -412,8 +412,9 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
     # checked again (O(1) instead of O(n) a call; a list changed to another length is
     # checked as new).
     memo = cw.wait_memo
+    known = None
     if memo is not None and memo[0] is object_refs and len(memo[1]) == len(object_refs):
-        ids_ = memo[1]
+        ids_, known = memo[1], memo[3]
     else:
         for t in set(map(type, object_refs)):  # C-speed
             if t is not ObjectRef and not issubclass(t, ObjectRef):
@@ -426,10 +427,11 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
         raise ValueError("num_returns cannot be greater than the number of objects provided "
                          f"to zray.wait ({num_returns} > {len(object_refs)}).")
     cw.wait_memo = None
-    ready, not_ready = cw.wait(object_refs, num_returns, timeout, fetch_local, ids_)
+    ready, not_ready, known = cw.wait(object_refs, num_returns, timeout, fetch_local, ids_,
+                                      known)
     if not_ready and len(ready) < 64:
         ids_.difference_update(map(_ref_id, ready))  # ids_ is ours: a fresh set or the memo's
-        cw.wait_memo = (not_ready, ids_, time.monotonic())
+        cw.wait_memo = (not_ready, ids_, time.monotonic(), known)
     return ready, not_ready
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import _signal
 import collections
+import itertools
 import logging
 import os
 import sys
@@ -76,12 +77,13 @@ class Waiter:
 class _AnyWaiter:
     """A thread blocked in wait(): woken once ``need`` of ``ids`` became ready."""
 
-    __slots__ = ("ids", "need", "hits", "waiter")
+    __slots__ = ("ids", "need", "hits", "hit_ids", "waiter")
 
     def __init__(self, ids_: set, need: int, waiter: Waiter):
         self.ids = ids_
         self.need = need
         self.hits = 0
+        self.hit_ids: list = []
         self.waiter = waiter
 
 
@@ -197,6 +199,8 @@ class CoreWorker:
         self.lock = threading.RLock()
         self.cv = threading.Condition(self.lock)  # generator items (next_generator_ref)
         self._any_waiters: list[_AnyWaiter] = []  # threads blocked in wait()
+        self._ready_log: collections.deque = collections.deque(maxlen=4096)  # _on_ready's oids
+        self._ready_seq = 0  # objects readied so far (the log's end)
         # api.wait: (the not_ready list it returned last, that list's ids, when); the I/O
         # thread drops it after a second so the refs in it are not kept alive long.
         self.wait_memo: tuple | None = None
@@ -603,19 +607,40 @@ class CoreWorker:
         if blocked and self.on_blocked is not None:
             self.on_blocked()  # what waits behind this task may be what it waits for
 
-    def wait(self, refs: list, num_returns: int, timeout: float | None,
-             fetch_local: bool, ids_: set | None = None) -> tuple[list, list]:
+    def wait(self, refs: list, num_returns: int, timeout: float | None, fetch_local: bool,
+             ids_: set | None = None, known: tuple | None = None) -> tuple[list, list, Any]:
         """Ray's wait: the first ``num_returns`` ready refs in input order, and the rest.
 
         Made for a loop that waits on what the last call left (``ray_perf``'s wait
-        1k refs): a scan from the front stops at the ``num_returns``-th ready ref,
-        and a blocked call registers one waiter for the whole list (a set of its
-        ids) instead of a callback per object. ``ids_``: the set of the refs' ids,
-        if the caller built it already.
+        1k refs), so that a call costs O(1) Python steps, not O(len(refs)):
+
+        - a scan from the front stops at the ``num_returns``-th ready ref;
+        - a blocked call registers one waiter for the whole list (the set of its ids,
+          ``ids_``) instead of a callback per object, and learns which became ready;
+        - ``known``, from the previous call on this very list: ``(seq, ready_ids)``,
+          meaning every ref of it was pending except ``ready_ids`` when
+          ``_ready_seq`` was ``seq``; the objects readied since are in ``_ready_log``.
+          Then nothing needs scanning. Returned for the not-ready part (or None).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
-            ready = self._scan_ready(refs, num_returns)
+            log = self._ready_log
+            if known is not None and self._ready_seq - known[0] <= len(log):
+                cand = set(known[1])
+                since = self._ready_seq - known[0]
+                if since:
+                    for oid in itertools.islice(log, len(log) - since, None):
+                        if oid in ids_:
+                            cand.add(oid)
+                objs = self.objects
+                # (an object lost with its node is pending again while it is rebuilt)
+                cand = {o for o in cand if (e := objs.get(o)) is not None and e.state != PENDING}
+                ready = self._add_hits(refs, [], cand, num_returns) if cand else []
+                full = True  # every ready ref of the list is in cand
+            else:
+                ready = self._scan_ready(refs, num_returns)
+                full = len(ready) < num_returns  # scanned to the end
+                cand = None
             if len(ready) < num_returns and (timeout is None or timeout > 0):
                 aw = _AnyWaiter(ids_ if ids_ is not None else {r._id for r in refs},
                                 num_returns - len(ready), Waiter(self))
@@ -643,33 +668,64 @@ class CoreWorker:
                     self._any_waiters.remove(aw)
                     if blocked:
                         self._notify_blocked(False)
-                ready = self._scan_ready(refs, num_returns)
+                if aw.hits >= aw.need:
+                    ready = self._add_hits(refs, ready, aw.hit_ids, num_returns)
+                    cand = set(aw.hit_ids)
+                else:  # deadline, or found by a rescan
+                    ready = self._scan_ready(refs, num_returns)
+                    full = len(ready) < num_returns
+                    cand = set()
+            nxt = None
+            if full:
+                picked = {refs[i]._id for i in ready}
+                nxt = (self._ready_seq, (cand or set()) - picked)
         if len(ready) == 1:
             i = ready[0]
-            return [refs[i]], refs[:i] + refs[i + 1:]
+            return [refs[i]], refs[:i] + refs[i + 1:], nxt
         if not ready:
-            return [], list(refs)
+            return [], list(refs), nxt
         mark = set(ready)
-        return [refs[i] for i in ready], [r for i, r in enumerate(refs) if i not in mark]
+        return ([refs[i] for i in ready], [r for i, r in enumerate(refs) if i not in mark],
+                nxt)
 
     def _scan_ready(self, refs: list, need: int) -> list:
         """Indices of the first ``need`` ready refs (lock held); fetches what must be."""
         objs = self.objects
         ready: list = []
-        for i, r in enumerate(refs):
-            if type(r) is not ObjectRef and not isinstance(r, ObjectRef):
-                raise TypeError(f"wait() expected a list of zray.ObjectRef, got list "
-                                f"containing {type(r)}")
-            e = objs.get(r._id)
-            if e is None:
-                e = self._entry_for(r)
-            if e.state != PENDING:
-                ready.append(i)
-                if len(ready) == need:
-                    break
-            elif not e.owned and not e.fetching:
-                self._ensure_fetch(r._id, e)
+        i = -1
+        try:
+            for r in refs:
+                i += 1
+                e = objs.get(r._id)
+                if e is None:
+                    e = self._entry_for(r)
+                if e.state != PENDING:
+                    ready.append(i)
+                    if len(ready) == need:
+                        break
+                elif not e.owned and not e.fetching:
+                    self._ensure_fetch(r._id, e)
+        except AttributeError:
+            raise TypeError(f"wait() expected a list of zray.ObjectRef, got list containing "
+                            f"{type(refs[i])}") from None
         return ready
+
+    @staticmethod
+    def _add_hits(refs: list, ready: list, hit_ids: list, need: int) -> list:
+        """``ready`` plus the indices of ``hit_ids`` (became ready while blocked), first ``need``.
+
+        Looks from the front only as far as the hits are: in a wait loop they are near it.
+        """
+        want = set(hit_ids)
+        idx = list(ready)
+        for i, r in enumerate(refs):
+            if r._id in want:
+                idx.append(i)
+                want.discard(r._id)
+                if not want:
+                    break
+        idx.sort()
+        return idx[:need]
 
     def run_when_ready(self, oid: bytes, fn) -> None:
         with self.lock:
@@ -690,8 +746,11 @@ class CoreWorker:
             for aw in self._any_waiters:
                 if oid in aw.ids:
                     aw.hits += 1
+                    aw.hit_ids.append(oid)
                     if aw.hits == aw.need:
                         aw.waiter.notify()
+        self._ready_log.append(oid)  # for wait(): what became ready since its last call
+        self._ready_seq += 1
         if e.callbacks:
             cbs, e.callbacks = e.callbacks, None
             for cb in cbs:

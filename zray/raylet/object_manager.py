@@ -4,20 +4,24 @@ A reader whose object lives on another node asks its own raylet (PULL_OBJECT);
 that raylet pulls the bytes of the holder's shared-memory segment from the
 holder's raylet over tcp and writes them into a segment of its own::
 
-    puller raylet                                   holder raylet
-    CHUNK_REQUEST {oid, off, n, ra, z, bw}  ──────►  reads its segment (mmap)
-                                            ◄──────  CHUNK {oid, node, off, n, total, sens,
-                                                            parts: [[len, codec], ...], bulk}
-                                                     + one frame per part
-                                            ◄──────  CHUNK {oid, node, off, missing: true}
+    puller raylet                                     holder raylet
+    CHUNK_REQUEST {oid, off, n, ra, bw, tok}  ──────►  reads its segment (mmap, fd)
+                                              ◄──────  CHUNK {oid, node, off, n, total, sens,
+                                                              parts: [[len, codec], ...], bulk,
+                                                              tok, via}  + a frame per part
+                                              ◄──────  CHUNK {oid, node, off, missing: true}
+    bulk plane (raylet/bulk.py), for a last part of codec BULK:
+    "ZRB1" + tok  ─────────────────────────────────►  sendfile(len bytes of the segment)
 
-- Chunks are ``CHUNK_BYTES`` (4 MiB) of the segment; up to ``WINDOW`` per pull and
-  ``MAX_INFLIGHT`` in all are requested at once. The size is not known before the
-  first answer, so a pull starts with a small speculative window (the holder
-  answers ``n: 0`` past the end). Requests are idempotent: a chunk that does not
-  come back within ``CHUNK_TIMEOUT_S`` is asked for again, then from the next
-  holder; when no holder is left the raylet asks the object's owner where copies
-  are (GET_OBJECT_LOCATIONS; the owner answers once a lost object is rebuilt).
+- Chunks are ``CHUNK_BYTES`` (4 MiB) of the segment, ``BULK_CHUNK_BYTES`` (16
+  MiB) between raylets of one machine that use the bulk plane; up to a window
+  per pull (8 or 4) and ``MAX_INFLIGHT`` x 4 MiB in all are requested at once.
+  The size is not known before the first answer, so a pull starts with a small
+  speculative window (the holder answers ``n: 0`` past the end). Requests are
+  idempotent: a chunk that does not come back within ``CHUNK_TIMEOUT_S`` is
+  asked for again, then from the next holder; when no holder is left the raylet
+  asks the object's owner where copies are (GET_OBJECT_LOCATIONS; the owner
+  answers once a lost object is rebuilt).
 - Each chunk is sent raw or LZ4-compressed, decided per chunk by the holder from
   a 64 KiB sample: compression is used when the puller allows it for that link
   (not on loopback, where the wire is faster than LZ4), the sample shrinks to at
@@ -28,18 +32,30 @@ holder's raylet over tcp and writes them into a segment of its own::
   frames. The bytes that are ever unpickled (the segment's header, frame table
   and pickle stream: everything before ``sens``) always travel in signed frames;
   raw out-of-band buffer bytes after ``sens`` travel as ``bulk`` frames outside
-  the MAC (see docs/PROTOCOL.md, "Bulk frames"). The puller checks that no
-  bulk part starts before ``sens``.
+  the MAC (see docs/PROTOCOL.md, "Bulk frames") or, when the puller sent a token
+  and the holder has a bulk plane, over that plane (raylet/bulk.py). The puller
+  checks that no bulk part starts before ``sens`` and that a bulk-plane part
+  comes with a token it issued for that chunk and holder.
+- A bulk fetch that fails (refused, reset, stalled ``bulk.IO_TIMEOUT_S``) makes
+  the chunk be asked for again plainly, over ZeroMQ (``Pulls.chunk_failed``),
+  and keeps that holder off the plane for ``BULK_BACKOFF_S`` (doubling while it
+  keeps failing). A chunk counts as written only once all its bytes landed.
 
-Where the time goes (100 MB over loopback, 2 cores): three copies of the bytes,
-one by the holder's socket, one by the puller's socket into ZeroMQ's buffer, one
-from that buffer into shared memory, which this raylet's loop does itself with
-pwrite as each raw chunk arrives (after asking for the next ones): cheaper than
-a hand-off to a thread. Compressed chunks are decoded and written on a thread
-pool. The copy goes into a spare (objstore/spare.py: pages allocated ahead,
-made only while no transfer runs); the holder fills in each chunk's page table
-before sending it (MADV_POPULATE_READ); glibc is told to keep freed chunk
-buffers (_tune_malloc). What is left of the Python is per chunk, hence 4 MiB.
+Where the time goes (100 MB over loopback, 2 cores, bulk plane): the holder
+spends ~15 ms of CPU (sendfile: the socket references the segment's pages, the
+kernel looks each one up), the puller ~40 ms: its one copy (~20 ms: the
+destination is not in the cache), filling in and later dropping the copy's page
+table (~6 ms), the kernel's checks on copies to user memory (~4 ms) and its
+loop's Python (~8 ms, per chunk: hence 16 MiB chunks). Raw ZeroMQ, for
+comparison, costs each side ~15 ms: its receiver copies into the same warm 4
+MiB buffer again and again. The copy goes into a spare where it can
+(objstore/spare.py: pages that exist, recycled or made while idle), through a
+writable mapping; into a fresh file with splice (page allocation without the
+zeroing a fault would do). Without the bulk plane (compressed chunks, holders
+without one) the loop pwrites raw frames straight from ZeroMQ's buffers after
+asking for the next chunks, and compressed chunks are decoded and written on a
+thread pool; the holder fills in each chunk's page table before ZeroMQ sends it
+(MADV_POPULATE_READ), and glibc keeps freed chunk buffers (_tune_malloc).
 
 The pulled copy is written to ``<prefix><oid>.part``, renamed into place when
 complete, sealed in the local store as a secondary copy and reported to the
@@ -49,10 +65,12 @@ owner (OBJECT_LOCATION_ADD), which records it as a second location.
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
 import mmap
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -60,6 +78,7 @@ import lz4.block
 
 from zray import protocol
 from zray.objstore import shm, spare
+from zray.raylet import bulk as bulkplane
 
 log = logging.getLogger("zray.object_manager")
 
@@ -78,11 +97,22 @@ MAX_CHUNK_RETRIES = 2  # per holder, then the next holder
 OWNER_TIMEOUT_S = 60.0
 SERVE_IDLE_S = 5.0  # a served object's mapping is dropped after this long unused
 MAX_OWNER_ASKS = 3
+OWNER_AGAIN_S = 0.5  # an owner that names only dead nodes may not know of the death yet
 # "auto": compress where the link is slower than LZ4; "always"; "never".
 COMPRESSION = os.environ.get("ZRAY_TRANSFER_COMPRESSION", "auto")
 DEFAULT_LINK_BPS = 125e6  # assumed for a non-loopback link until measured (1 Gbit/s)
+# Raw bytes after the pickle stream go over the bulk plane (raylet/bulk.py) unless "0".
+BULK_PLANE = os.environ.get("ZRAY_TRANSFER_BULK", "1") != "0"
+BULK_CONNS = _env_int("TRANSFER_BULK_CONNS", 3)  # bulk connections per holder
+BULK_CHUNK_BYTES = _env_int("TRANSFER_BULK_CHUNK_BYTES", 16 << 20)  # same-machine bulk pulls
+BULK_WINDOW = _env_int("TRANSFER_BULK_WINDOW", 4)
+BULK_MAP = os.environ.get("ZRAY_TRANSFER_BULK_MAP", "1") != "0"  # receive into spares' mappings
+# After a failed bulk fetch from a node its chunks go over ZeroMQ for a while: 5 s,
+# doubled at each further failure up to 5 min, reset by a fetch that works.
+BULK_BACKOFF_S = 5.0
+BULK_BACKOFF_MAX_S = 300.0
 
-RAW, LZ4, SHUF8_LZ4 = 0, 1, 2
+RAW, LZ4, SHUF8_LZ4, BULK = 0, 1, 2, 3  # BULK: raw, on the bulk plane (no payload frame)
 SAMPLE = 64 << 10
 MAX_RATIO = 0.8
 _HDR = struct.Struct("<4sIQ")
@@ -230,6 +260,7 @@ class Request:
     oid: bytes
     off: int
     n: int
+    plain: bool = False  # over ZeroMQ only (a bulk fetch of this chunk failed)
 
 
 @dataclass
@@ -267,7 +298,11 @@ class _Pull:
     retries: int = 0
     asks: int = 0
     asked_at: float | None = None
+    ask_again_at: float | None = None  # the owner named only dead nodes: ask once more then
+    chunk: int = CHUNK_BYTES  # bytes per chunk (fixed for the pull)
+    window: int = WINDOW  # chunks in flight at most
     wire: int = 0
+    bulk: int = 0  # of which over the bulk plane
     compressed: bool = False
     source_used: bytes | None = None
 
@@ -280,18 +315,22 @@ class Pulls:
         self.node_id = node_id
         self.chunk_bytes = chunk
         self.window = window
-        self.max_inflight = max_inflight
+        self.max_inflight_bytes = max_inflight * chunk  # requested, not arrived, in all
         self.pulls: dict[bytes, _Pull] = {}
 
     def _inflight(self) -> int:
-        return sum(len(p.pending) for p in self.pulls.values())
+        return sum(len(p.pending) * p.chunk for p in self.pulls.values())
 
     # -- events
-    def start(self, oid: bytes, sources: list, owner: list | None, now: float) -> list:
+    def start(self, oid: bytes, sources: list, owner: list | None, now: float,
+              chunk: int | None = None, window: int | None = None) -> list:
+        """A new pull, in chunks of ``chunk`` bytes, ``window`` of them in flight (defaults:
+        the Pulls'); both stay for the pull's life (offsets are multiples of the chunk)."""
         if oid in self.pulls:
             return []
         srcs = [s for s in dict.fromkeys(sources) if s and s != self.node_id]
-        p = _Pull(oid, srcs, owner, now)
+        p = _Pull(oid, srcs, owner, now, chunk=chunk or self.chunk_bytes,
+                  window=window or self.window)
         self.pulls[oid] = p
         return self._begin(p, now)
 
@@ -299,20 +338,20 @@ class Pulls:
               now: float) -> tuple[bool, list]:
         """A chunk arrived; (write it?, actions). Report the write with ``written``."""
         p = self.pulls.get(oid)
-        if p is None or total <= 0 or not 0 <= sens <= total or off < 0 or off % self.chunk_bytes:
+        if p is None or total <= 0 or not 0 <= sens <= total or off < 0 or off % p.chunk:
             return False, []
         if p.total < 0:
             p.total, p.sens = total, sens
-            p.nchunks = -(-total // self.chunk_bytes)
+            p.nchunks = -(-total // p.chunk)
             for i in [i for i in p.pending if i >= p.nchunks]:
                 del p.pending[i]
         elif (p.total, p.sens) != (total, sens):
             return False, []
-        i = off // self.chunk_bytes
+        i = off // p.chunk
         if off >= total:
             p.pending.pop(i, None)  # a speculative request past the end
             return False, self._fill_all(now)
-        if n != min(self.chunk_bytes, total - off) or i in p.got:
+        if n != min(p.chunk, total - off) or i in p.got:
             return False, []
         p.pending.pop(i, None)
         p.got.add(i)
@@ -324,10 +363,22 @@ class Pulls:
         p = self.pulls.get(oid)
         if p is None:
             return []
-        p.written.add(off // self.chunk_bytes)
+        p.written.add(off // p.chunk)
         if len(p.written) == p.nchunks:
             return self._finish(p, True)
         return []
+
+    def chunk_failed(self, oid: bytes, off: int, now: float) -> list:
+        """An accepted chunk did not land (its bulk fetch failed): ask for it again, plainly."""
+        p = self.pulls.get(oid)
+        if p is None or off // p.chunk not in p.got or off // p.chunk in p.written:
+            return []
+        i = off // p.chunk
+        p.got.discard(i)
+        if not p.sources or p.asked_at is not None:
+            return []  # asked again when the pull (re)starts from a holder
+        p.pending[i] = now
+        return [Request(p.sources[0], oid, i * p.chunk, p.chunk, plain=True)]
 
     def missing(self, oid: bytes, node: bytes, now: float) -> list:
         """``node`` has no copy (or cannot be reached): go on with the next holder."""
@@ -348,8 +399,14 @@ class Pulls:
                 p.sources = [s for s in p.sources if s != node]
         return acts
 
-    def locations(self, oid: bytes, nodes: list, now: float, have_local: bool) -> list:
-        """The owner said where copies are (empty: none left, the object is lost)."""
+    def locations(self, oid: bytes, nodes: list, now: float, have_local: bool,
+                  dead: int = 0) -> list:
+        """The owner said where copies are (empty: none left, the object is lost).
+
+        ``dead``: how many nodes it named that we know are dead (left out of ``nodes``).
+        Naming only dead ones, it may not have heard of the death yet: ask it again
+        a little later (it answers for an object it rebuilds once that is done).
+        """
         p = self.pulls.get(oid)
         if p is None or p.asked_at is None:
             return []
@@ -358,6 +415,9 @@ class Pulls:
             return self._finish(p, True, local=True)
         p.sources = [s for s in dict.fromkeys(nodes) if s and s != self.node_id]
         if not p.sources:
+            if dead and p.asks < MAX_OWNER_ASKS:
+                p.ask_again_at = now + OWNER_AGAIN_S
+                return []
             return self._finish(p, False, "the owner knows no copy of the object")
         return self._begin(p, now)
 
@@ -372,6 +432,11 @@ class Pulls:
                 if now - p.asked_at > OWNER_TIMEOUT_S:
                     acts += self._finish(p, False, "the owner did not answer")
                 continue
+            if p.ask_again_at is not None:
+                if now >= p.ask_again_at and not p.sources:
+                    p.ask_again_at = None
+                    acts += self._ask_owner(p, now)
+                continue
             stale = [i for i, t in p.pending.items() if now - t > CHUNK_TIMEOUT_S]
             if not stale:
                 continue
@@ -381,7 +446,7 @@ class Pulls:
                 continue
             for i in stale:
                 p.pending[i] = now
-                acts.append(Request(p.sources[0], p.oid, i * self.chunk_bytes, self.chunk_bytes))
+                acts.append(Request(p.sources[0], p.oid, i * p.chunk, p.chunk))
         return acts
 
     # -- decisions
@@ -392,30 +457,31 @@ class Pulls:
             return self._ask_owner(p, now)
         p.retries = 0
         p.next_idx = 0
-        return self._fill(p, now, self.max_inflight - self._inflight())
+        return self._fill(p, now, self.max_inflight_bytes - self._inflight())
 
     def _fill(self, p: _Pull, now: float, budget: int) -> list:
+        """Requests for the pull's next chunks, within ``budget`` bytes (in all) and its window."""
         acts: list = []
         limit = p.nchunks if p.nchunks >= 0 else INITIAL_WINDOW
-        while budget > 0 and len(p.pending) < self.window and p.next_idx < limit:
+        while budget > 0 and len(p.pending) < p.window and p.next_idx < limit:
             i = p.next_idx
             p.next_idx += 1
             if i in p.got or i in p.pending:
                 continue
             p.pending[i] = now
-            budget -= 1
-            acts.append(Request(p.sources[0], p.oid, i * self.chunk_bytes, self.chunk_bytes))
+            budget -= p.chunk
+            acts.append(Request(p.sources[0], p.oid, i * p.chunk, p.chunk))
         return acts
 
     def _fill_all(self, now: float) -> list:
         acts: list = []
-        budget = self.max_inflight - self._inflight()
+        budget = self.max_inflight_bytes - self._inflight()
         for p in self.pulls.values():
             if budget <= 0:
                 break
             if p.sources and p.asked_at is None:
                 new = self._fill(p, now, budget)
-                budget -= len(new)
+                budget -= sum(r.n for r in new)
                 acts += new
         return acts
 
@@ -460,6 +526,62 @@ def _tune_malloc() -> None:
     mallopt(m_trim_threshold, 128 << 20)  # a window of chunks stays mapped between pulls
 
 
+class _Part:
+    """The .part file a pull writes into, and the writes still running into it."""
+
+    __slots__ = ("fd", "mm", "jobs", "ended")
+
+    def __init__(self, fd: int, mm=None):
+        self.fd = fd
+        self.mm = mm  # a writable mapping, if the file's pages exist (a spare)
+        self.jobs = 0  # pool writes and bulk fetches in flight
+        self.ended = False  # the pull is over: close when jobs reaches 0
+
+    def release(self) -> None:
+        self.jobs -= 1
+        if self.ended and not self.jobs:
+            self.close()
+
+    def end(self) -> None:
+        self.ended = True
+        if not self.jobs:
+            self.close()
+
+    def close(self) -> None:
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:  # a view into it still lives: the GC unmaps it
+                pass
+            self.mm = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _Served:
+    """A local segment being served: read-only mapping (signed parts), fd (bulk plane)."""
+
+    __slots__ = ("mm", "total", "sens", "fd")
+
+    def __init__(self, mm, total: int, sens: int, fd: int):
+        self.mm, self.total, self.sens, self.fd = mm, total, sens, fd
+
+    def close(self) -> None:
+        # The mapping lives on while sends use it; the fd (and its shared lock) goes
+        # now: the bulk plane holds duplicates of it for offers still open.
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _host(tcp_addr: str | None) -> str | None:
+    """The host of a ``tcp://host:port`` address."""
+    if not tcp_addr or not tcp_addr.startswith("tcp://"):
+        return None
+    return tcp_addr[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+
+
 class ObjectManager:
     """The raylet's transfer shell: serves chunks of local objects, runs pulls.
 
@@ -472,8 +594,8 @@ class ObjectManager:
         _tune_malloc()
         self.pulls = Pulls(raylet.node_id)
         self.waiters: dict[bytes, list] = {}  # oid -> [(ra, rid)] of PULL_OBJECT
-        self.files: dict[bytes, int] = {}  # oid -> fd of the .part file being written
-        self.serving: collections.OrderedDict = collections.OrderedDict()  # oid -> seg
+        self.files: dict[bytes, _Part] = {}  # oid -> the .part file being written
+        self.serving: collections.OrderedDict = collections.OrderedDict()  # oid -> _Served
         self.bw: dict[bytes, float] = {}  # holder node -> measured bytes/s (raw pulls)
         self.deferred: list = []  # PULL_OBJECTs that arrived before the peer view
         self.asks: dict[int, bytes] = {}  # rid of GET_OBJECT_LOCATIONS -> oid
@@ -481,12 +603,26 @@ class ObjectManager:
         self.copies: dict[bytes, list] = {}  # secondary copies made here -> owner
         self._executor = None
         self._served_at: dict[bytes, float] = {}
-        self.writing: dict[bytes, int] = {}  # oid -> chunk writes in flight on the pool
-        self._closing: dict[bytes, int] = {}  # fds to close once their writes are done
-        self._written: collections.deque = collections.deque()  # (oid, off, error) from pool
+        # (oid, off, error, part, holder node of a bulk fetch or None) from pool threads
+        # and bulk fetches
+        self._written: collections.deque = collections.deque()
         self._wake_sent = False
         self._wake_conn: protocol.Conn | None = None
+        self._wake_lock = threading.Lock()
         self.stats = collections.Counter()
+        # The bulk plane (raylet/bulk.py): a listener for holders' sends, fetchers for pulls.
+        self.bulk_server: bulkplane.BulkServer | None = None
+        self.bulk_clients: bulkplane.BulkClients | None = None
+        self._toks: dict[bytes, tuple[bytes, int, bytes, float]] = {}  # tok -> oid, off, node, at
+        self._bulk_off: dict[bytes, float] = {}  # node -> no bulk fetches from it until then
+        self._bulk_fails: dict[bytes, int] = {}  # node -> failed fetches in a row
+        host = _host(getattr(raylet.address, "tcp", None))
+        if BULK_PLANE and host:
+            try:
+                self.bulk_server = bulkplane.BulkServer(host)
+            except OSError as e:
+                log.warning("no bulk plane (chunks go over ZeroMQ): %s", e)
+            self.bulk_clients = bulkplane.BulkClients(self._fetched, BULK_CONNS)
 
     # ------------------------------------------------------------ puller
     def pull(self, h: dict) -> None:
@@ -497,18 +633,29 @@ class ObjectManager:
         if not self.r.view.ready:
             self.deferred.append(h)
             return
-        node = h.get("node")
-        self.apply(self.pulls.start(oid, [node] if node else [], h.get("own"), time.monotonic()))
+        self._start(h, time.monotonic())
 
     def view_ready(self) -> None:
         pending, self.deferred = self.deferred, []
         now = time.monotonic()
         for h in pending:
-            node = h.get("node")
-            self.apply(self.pulls.start(h["oid"], [node] if node else [], h.get("own"), now))
+            self._start(h, now)
+
+    def _start(self, h: dict, now: float) -> None:
+        node = h.get("node")
+        chunk = window = None
+        if node and self.bulk_clients is not None and self._bulk_off.get(node, 0) <= now \
+                and self._link_bps(node) is None:
+            # Same machine, over the bulk plane: bytes go straight into the copy, so a
+            # chunk's size costs no buffer; bigger chunks cost fewer messages.
+            chunk, window = BULK_CHUNK_BYTES, BULK_WINDOW
+        self.apply(self.pulls.start(h["oid"], [node] if node else [], h.get("own"), now,
+                                    chunk, window))
 
     def node_dead(self, node: bytes) -> None:
         self.bw.pop(node, None)
+        self._bulk_off.pop(node, None)
+        self._bulk_fails.pop(node, None)
         self.apply(self.pulls.node_dead(node, time.monotonic()))
 
     def tick(self, now: float) -> None:
@@ -518,7 +665,13 @@ class ObjectManager:
         for oid, t in list(self._served_at.items()):
             if now - t > SERVE_IDLE_S:  # let go of the memory of objects freed meanwhile
                 self._served_at.pop(oid, None)
-                self.serving.pop(oid, None)
+                seg = self.serving.pop(oid, None)
+                if seg is not None:
+                    seg.close()
+        if self.bulk_server is not None:
+            self.bulk_server.purge(now)
+        for tok in [t for t, v in self._toks.items() if now - v[3] > bulkplane.TOKEN_TTL_S]:
+            del self._toks[tok]
 
     def on_chunk(self, h: dict, payload: list) -> None:
         oid = h["oid"]
@@ -529,75 +682,109 @@ class ObjectManager:
         parts = h.get("parts") or []
         off, n, total, sens = h.get("off", -1), h.get("n", -1), h.get("total", -1), h.get("sens", -1)
         bulk = h.get("bulk", 0)
-        if len(parts) != len(payload) or sum(p[0] for p in parts) != n:
+        # A last part of codec BULK has no frame: it comes over the bulk plane.
+        via = 1 if parts and parts[-1][1] == BULK else 0
+        if len(parts) != len(payload) + via or sum(p[0] for p in parts) != n \
+                or any(c == BULK for _, c in parts[:len(parts) - 1]):
             log.warning("dropped a malformed CHUNK of %s", oid.hex())
             return
-        signed_end = off + sum(p[0] for p in parts[: len(parts) - bulk])
-        if bulk and signed_end < sens:
+        signed_end = off + sum(p[0] for p in parts[: len(parts) - via - bulk])
+        if (bulk or via) and signed_end < sens:
             log.warning("dropped a CHUNK of %s: unauthenticated bytes before offset %d",
                         oid.hex(), sens)
             return
+        fetch = None
+        if via:
+            tok, port = h.get("tok"), h.get("via")
+            mine = self._toks.pop(tok, None) if isinstance(tok, bytes) else None
+            host = _host(self.r.view.tcp(h.get("node")))
+            if mine is None or mine[:3] != (oid, off, h.get("node")) or host is None \
+                    or not isinstance(port, int) or not 0 < port < 65536 \
+                    or self.bulk_clients is None:
+                log.warning("dropped a CHUNK of %s: bulk part without a valid token", oid.hex())
+                return
+            fetch = (host, port, tok, off + sum(p[0] for p in parts[:-1]), parts[-1][0])
         accept, acts = self.pulls.chunk(oid, h.get("node"), off, n, total, sens, now)
         if not accept:
             self.apply(acts)
             return
         self._busy()
         p = self.pulls.pulls[oid]
-        p.wire += sum(len(f) for f in payload)
-        raw = all(c == RAW for _, c in parts)
+        p.wire += sum(len(f) for f in payload) + (fetch[4] if fetch else 0)
+        p.bulk += fetch[4] if fetch else 0
+        raw = all(c in (RAW, BULK) for _, c in parts)
         p.compressed = p.compressed or not raw
         try:
-            fd = self._file(oid, total)
+            part = self._file(oid, total)
         except OSError as e:
             self.apply(acts + self.pulls.abort(oid, f"cannot make the copy: {e}"))
             return
-        if not raw:
+        if not raw and fetch is None:
             # Decode and write on the pool (LZ4 releases the GIL), so that several
             # chunks decode at once and this loop keeps the window full.
-            self.writing[oid] = self.writing.get(oid, 0) + 1
-            self._pool().submit(self._write, oid, fd, off, parts, payload)
+            part.jobs += 1
+            self._pool().submit(self._write, oid, part, off, parts, payload)
             self.apply(acts)
             return
-        # Raw bytes: ask for the next chunks first, then copy the frames straight
-        # from ZeroMQ's buffers into the copy, here: a chunk's copy costs less than
+        # Frames: ask for the next chunks first, then copy them straight from
+        # ZeroMQ's buffers into the copy, here: a chunk's copy costs less than
         # handing it to a thread and hearing back, and the socket keeps receiving.
+        # (With a bulk part these are only the small signed bytes before it.)
         self.apply(acts)
-        if self.files.get(oid) != fd:
+        if self.files.get(oid) is not part:
             return  # the pull ended meanwhile (aborted)
         err = None
         try:
             pos = off
-            for (rawlen, _), frame in zip(parts, payload):
-                if len(frame) != rawlen:
-                    raise ValueError(f"raw part of {len(frame)} bytes, {rawlen} announced")
-                _pwrite_all(fd, frame, pos)
+            for (rawlen, codec), frame in zip(parts, payload):
+                _pwrite_all(part.fd, decode_part(codec, rawlen, frame), pos)
                 pos += rawlen
         except (OSError, ValueError) as e:
             err = str(e)
         if err:
             self.apply(self.pulls.abort(oid, f"cannot write the copy: {err}"))
-        else:
+            return
+        if fetch is None:
             self.apply(self.pulls.written(oid, off))
+            return
+        host, port, tok, pos, ln = fetch
+        part.jobs += 1
+        try:
+            self.bulk_clients.fetch(host, port, tok, part.fd, pos, ln,
+                                    (oid, off, part, h.get("node")), part.mm)
+        except OSError as e:
+            part.release()
+            self.apply(self.pulls.chunk_failed(oid, off, now))
+            log.warning("bulk fetch of %s not started: %s", oid.hex(), e)
 
     def _busy(self) -> None:
         spares = getattr(self.r, "spares", None)
         if spares is not None:
             spares.busy()
 
-    def _write(self, oid: bytes, fd: int, off: int, parts: list, payload: list) -> None:
+    def _write(self, oid: bytes, part: _Part, off: int, parts: list, payload: list) -> None:
         """On a pool thread: one chunk into the .part file."""
         err = None
         try:
             pos = off
             for (rawlen, codec), frame in zip(parts, payload):
-                _pwrite_all(fd, decode_part(codec, rawlen, frame), pos)
+                _pwrite_all(part.fd, decode_part(codec, rawlen, frame), pos)
                 pos += rawlen
         except (OSError, ValueError) as e:
             err = str(e)
         except Exception as e:  # never lose a completion
             log.exception("writing a chunk of %s failed", oid.hex())
             err = repr(e)
-        self._written.append((oid, off, err))
+        self._report(oid, off, err, part, None)
+
+    def _fetched(self, tag, err: str | None) -> None:
+        """On a bulk fetch thread: a chunk's bulk part landed (or did not)."""
+        oid, off, part, node = tag
+        self._report(oid, off, err, part, node)
+
+    def _report(self, oid: bytes, off: int, err: str | None, part: _Part,
+                node: bytes | None) -> None:
+        self._written.append((oid, off, err, part, node))
         if not self._wake_sent:  # one wake-up until the loop has drained the deque
             self._wake_sent = True
             self._wake().send({"t": protocol.CHUNKS_WRITTEN})
@@ -606,34 +793,45 @@ class ObjectManager:
         # Its own connection: one from the raylet's cache could be evicted meanwhile.
         c = self._wake_conn
         if c is None:
-            c = self._wake_conn = protocol.Conn(self.r.address.ipc, None)
+            with self._wake_lock:  # pool threads and bulk fetchers may race to make it
+                c = self._wake_conn
+                if c is None:
+                    c = self._wake_conn = protocol.Conn(self.r.address.ipc, None)
         return c
 
     def on_written(self) -> None:
-        """CHUNKS_WRITTEN from the pool: account the writes that finished."""
+        """CHUNKS_WRITTEN from the pool or the bulk plane: account the writes that finished."""
         self._wake_sent = False  # before draining: a later write sends a new wake-up
+        now = time.monotonic()
         while self._written:
-            oid, off, err = self._written.popleft()
-            left = self.writing.get(oid, 1) - 1
-            if left:
-                self.writing[oid] = left
-            else:
-                self.writing.pop(oid, None)
-                fd = self._closing.pop(oid, None)
-                if fd is not None:
-                    os.close(fd)
-            if err:
+            oid, off, err, part, node = self._written.popleft()
+            part.release()
+            if self.files.get(oid) is not part:
+                continue  # that pull is over (a new one may have started since)
+            if err and node is not None:
+                # Ask for the chunk again over ZeroMQ; give the plane a rest with that node.
+                log.warning("bulk fetch of %s failed (%s): chunk at %d asked again over ZeroMQ",
+                            oid.hex()[:12], err, off)
+                self.stats["bulk_failed"] += 1
+                k = self._bulk_fails[node] = self._bulk_fails.get(node, 0) + 1
+                self._bulk_off[node] = now + min(BULK_BACKOFF_S * 2 ** (k - 1), BULK_BACKOFF_MAX_S)
+                self.apply(self.pulls.chunk_failed(oid, off, now))
+            elif err:
                 self.apply(self.pulls.abort(oid, f"cannot write the copy: {err}"))
             else:
+                if node is not None:
+                    self._bulk_fails.pop(node, None)
                 self.apply(self.pulls.written(oid, off))
 
     def on_locations(self, h: dict) -> None:
         oid = self.asks.pop(h.get("rid"), None)
         if oid is None:
             return
-        nodes = [n for n in h.get("nodes") or [] if n not in self.r.view.dead]
+        named = h.get("nodes") or []
+        nodes = [n for n in named if n not in self.r.view.dead]
         have = shm.exists(self.r.shm_prefix + oid.hex())
-        self.apply(self.pulls.locations(oid, nodes, time.monotonic(), have))
+        self.apply(self.pulls.locations(oid, nodes, time.monotonic(), have,
+                                        len(named) - len(nodes)))
 
     def apply(self, acts: list) -> None:
         for a in acts:
@@ -647,6 +845,11 @@ class ObjectManager:
                 bps = self._link_bps(a.node)
                 if bps is not None:
                     h["bw"] = int(bps)
+                if not a.plain and self.bulk_clients is not None and \
+                        self._bulk_off.get(a.node, 0) <= time.monotonic():
+                    tok = os.urandom(bulkplane.TOKEN_BYTES)
+                    self._toks[tok] = (a.oid, a.off, a.node, time.monotonic())
+                    h["tok"] = tok
                 self.r.conns.send(addr, h)
             elif isinstance(a, AskOwner):
                 try:
@@ -665,12 +868,10 @@ class ObjectManager:
     def _done(self, d: Done) -> None:
         oid = d.oid
         name = self.r.shm_prefix + oid.hex()
-        fd = self.files.pop(oid, None)
-        if fd is not None:
-            if self.writing.get(oid):
-                self._closing[oid] = fd  # a write of an aborted pull is still running
-            else:
-                os.close(fd)
+        part = self.files.pop(oid, None)
+        into = "a spare's mapping" if part is not None and part.mm is not None else "a new file"
+        if part is not None:
+            part.end()  # closed now, or by the last write or fetch still running into it
         ok = d.ok
         if ok and d.local:
             ok = shm.exists(name)
@@ -685,8 +886,9 @@ class ObjectManager:
                 log.warning("cannot install the copy of %s: %s", oid.hex(), e)
                 ok = False
             if ok:
-                log.debug("pulled %s: %d bytes (%d on the wire) in %.1f ms", oid.hex()[:12],
-                          p.total, p.wire, (time.monotonic() - p.started) * 1e3)
+                log.debug("pulled %s: %d bytes (%d on the wire, %d on the bulk plane) into %s"
+                          " in %.1f ms", oid.hex()[:12], p.total, p.wire, p.bulk, into,
+                          (time.monotonic() - p.started) * 1e3)
                 self.stats["pulled"] += 1
                 self.stats["pulled_bytes"] += p.total
                 self.stats["wire_bytes"] += p.wire
@@ -731,9 +933,9 @@ class ObjectManager:
             return None  # same machine: memory speed, LZ4 would only slow it down
         return self.bw.get(node, DEFAULT_LINK_BPS)
 
-    def _file(self, oid: bytes, total: int) -> int:
-        fd = self.files.get(oid)
-        if fd is None:
+    def _file(self, oid: bytes, total: int) -> _Part:
+        part = self.files.get(oid)
+        if part is None:
             path = shm.segment_path(self.r.shm_prefix + oid.hex() + ".part")
             try:
                 os.unlink(path)  # a leftover of an earlier, failed pull
@@ -743,20 +945,25 @@ class ObjectManager:
             if spares is not None:
                 spares.note(total)
             # A spare's pages exist already (tmpfs would otherwise allocate each one
-            # as the copy reaches it). Chunks go in with pwrite, not through a
-            # mapping: as fast as memcpy into a populated mapping here, and it
-            # never zeroes a page first (a fault on a fresh page would).
+            # as the copy reaches it): bulk bytes go into a mapping of it, the
+            # cheapest way in. A fresh file gets pwrite and splice only: they
+            # allocate its pages without zeroing them first (a fault would), and a
+            # full /dev/shm is an error, not a SIGBUS.
             claimed = spare.take(self.r.shm_prefix, total, path)
             fd = os.open(path, os.O_RDWR if claimed else os.O_CREAT | os.O_EXCL | os.O_RDWR,
                          0o600)
+            mm = None
             try:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # a writer's lock, as shm.create takes
                 os.ftruncate(fd, total)
+                if claimed and BULK_MAP:
+                    mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
             except OSError:
                 os.close(fd)
                 os.unlink(path)
                 raise
-            self.files[oid] = fd
-        return fd
+            part = self.files[oid] = _Part(fd, mm)
+        return part
 
     # ------------------------------------------------------------ holder
     def serve(self, h: dict) -> None:
@@ -770,40 +977,60 @@ class ObjectManager:
             reply["missing"] = True
             self.r.conns.send(ra, reply)
             return
-        mm, total, sens = seg
+        total, sens = seg.total, seg.sens
         reply["total"], reply["sens"] = total, sens
         if off >= total or n <= 0:
             reply["n"], reply["parts"] = 0, []
             self.r.conns.send(ra, reply)
             return
         end = min(total, off + n)
-        if _MADV_POPULATE_READ and end - off >= (1 << 20):
-            # Fill in the chunk's page table here (a few pages per microsecond),
-            # not fault by fault in ZeroMQ's I/O thread as the socket copies it out;
-            # chunk by chunk, so that the first goes out at once.
+        cut = min(max(sens - off, 0), end - off)
+        tok = h.get("tok")
+        if not (isinstance(tok, bytes) and len(tok) == bulkplane.TOKEN_BYTES
+                and self.bulk_server is not None and not self.bulk_server.dead
+                and seg.fd >= 0 and cut < end - off):
+            tok = None
+        mapped_end = end if tok is None else off + cut  # what goes out of the mapping
+        if _MADV_POPULATE_READ and mapped_end - off >= (1 << 20):
+            # Fill in the page table of what goes out of the mapping here (a few pages
+            # per microsecond), not fault by fault in ZeroMQ's I/O thread as the socket
+            # copies it out; chunk by chunk, so that the first goes out at once.
             try:
                 a = off & ~(mmap.PAGESIZE - 1)
-                mm.madvise(_MADV_POPULATE_READ, a, end - a)
+                seg.mm.madvise(_MADV_POPULATE_READ, a, mapped_end - a)
             except OSError:
                 pass
-        view = memoryview(mm)[off:end]
-        cut = min(max(sens - off, 0), end - off)
-        pieces = [(p, b) for p, b in ((view[:cut], False), (view[cut:], True)) if len(p)]
+        # The bulk plane gets its own fd (the cached one may be closed by a free meanwhile).
+        bulk_fd = os.dup(seg.fd) if tok is not None else -1
+        view = memoryview(seg.mm)[off:end]
+        # (piece, offset in the segment, is after the pickle stream)
+        pieces = [(p, o, b) for p, o, b in ((view[:cut], off, False),
+                                            (view[cut:], off + cut, True)) if len(p)]
         reply["n"] = end - off
         self.stats["served_bytes"] += end - off
         bps = h.get("bw")
         if bps is not None and bps <= CODEC_BPS and end - off >= 2 * SAMPLE:
             # Compression may pay: encode on the pool's threads (LZ4 and numpy release
             # the GIL), so that several chunks compress at once and this loop goes on.
-            self._pool().submit(self._encode_send, ra, reply, pieces, bps)
+            self._pool().submit(self._encode_send, ra, reply, pieces, bps, tok, bulk_fd)
         else:
-            self._encode_send(ra, reply, pieces, None)
+            self._encode_send(ra, reply, pieces, None, tok, bulk_fd)
 
-    def _encode_send(self, ra: str, reply: dict, pieces: list, bps: float | None) -> None:
+    def _encode_send(self, ra: str, reply: dict, pieces: list, bps: float | None,
+                     tok: bytes | None, bulk_fd: int) -> None:
         try:
             parts, frames, bulk = [], [], 0
-            for piece, is_bulk in pieces:
+            for piece, pos, is_bulk in pieces:
                 codec, data = encode_part(piece, bps)
+                if is_bulk and codec == RAW and bulk_fd >= 0:
+                    # Raw bytes after the pickle stream: the puller fetches them over
+                    # the bulk plane with its token (sendfile from the segment's file).
+                    self.bulk_server.offer(tok, bulk_fd, pos, len(piece))
+                    bulk_fd = -1  # the offer owns it now
+                    parts.append([len(piece), BULK])
+                    reply["tok"], reply["via"] = tok, self.bulk_server.port
+                    self.stats["bulk_offered_bytes"] += len(piece)
+                    continue
                 parts.append([len(piece), codec])
                 frames.append(data)
                 bulk += is_bulk
@@ -811,6 +1038,9 @@ class ObjectManager:
             self.r.conns.send(ra, reply, frames, bulk=bulk)  # Conn.send is thread-safe
         except Exception:
             log.exception("cannot send a chunk of %s", reply["oid"].hex())
+        finally:
+            if bulk_fd >= 0:
+                os.close(bulk_fd)
 
     def _pool(self):
         if self._executor is None:
@@ -820,7 +1050,7 @@ class ObjectManager:
                                                 thread_name_prefix="zray-encode")
         return self._executor
 
-    def _segment(self, oid: bytes):
+    def _segment(self, oid: bytes) -> _Served | None:
         seg = self.serving.get(oid)
         if seg is not None:
             self.serving.move_to_end(oid)
@@ -828,31 +1058,34 @@ class ObjectManager:
             return seg
         path = shm.segment_path(self.r.shm_prefix + oid.hex())
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = shm.open_shared(path)  # locked while mapped: never recycled under a send
         except OSError:
             if not self._restore(oid):
                 return None
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = shm.open_shared(path)
             except OSError:
                 return None
         try:
             size = os.fstat(fd).st_size
             if size < _HDR.size:
+                os.close(fd)
                 return None
             mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
             total, sens = segment_signed_end(mm)
         except (OSError, ValueError, shm.SegmentError) as e:
             log.warning("cannot serve %s: %s", oid.hex(), e)
-            return None
-        finally:
             os.close(fd)
-        seg = (mm, total, sens)
+            return None
+        # The fd stays open (with its shared lock) while the segment is served: the
+        # bulk plane sends from it.
+        seg = _Served(mm, total, sens, fd)
         self.serving[oid] = seg
         self._served_at[oid] = time.monotonic()
         while len(self.serving) > 8:
-            old, _ = self.serving.popitem(last=False)  # mappings live on while sends use them
+            old, oseg = self.serving.popitem(last=False)  # mappings live on while sends use them
             self._served_at.pop(old, None)
+            oseg.close()
         return seg
 
     def _restore(self, oid: bytes) -> bool:
@@ -869,22 +1102,26 @@ class ObjectManager:
     # ------------------------------------------------------------ frees
     def freed(self, oids: list) -> None:
         for oid in oids:
-            self.serving.pop(oid, None)
+            seg = self.serving.pop(oid, None)
+            if seg is not None:
+                seg.close()
             self._served_at.pop(oid, None)
             self.copies.pop(oid, None)
 
     def close(self) -> None:
+        if self.bulk_server is not None:
+            self.bulk_server.close()
+        if self.bulk_clients is not None:
+            self.bulk_clients.close()  # waits a little for fetches to stop writing
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
         if self._wake_conn is not None:
             self._wake_conn.close()
-        for fd in [*self.files.values(), *self._closing.values()]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for part in self.files.values():
+            part.end()
         self.files.clear()
-        self._closing.clear()
+        for seg in self.serving.values():
+            seg.close()
         self.serving.clear()
 
 

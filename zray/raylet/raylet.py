@@ -198,14 +198,16 @@ class Raylet:
         changed, died = self.view.update(h)
         for node, addr in died:
             log.warning("node %s died", node.hex()[:12])
-            self.om.node_dead(node)
             # Owners on this node retry what ran there and rebuild what was stored there.
+            # Told before the pulls from that node move on: a pull that asks an owner
+            # here where copies are must reach it after the news (same connection).
             note = {"t": protocol.PUBLISH, "ch": "node", "ev": "dead", "node": node,
                     "raylet": addr}
             for ra in list(self.drivers.values()):
                 self.conns.send(ra, dict(note))
             for waddr in list(self.workers_addr.values()):
                 self.conns.send(waddr[1], dict(note))
+            self.om.node_dead(node)
             if addr and addr[2]:
                 self.conns.drop(addr[2])
         if self.view.ready and not was_ready:

@@ -327,21 +327,9 @@ class Inbound:
             if s not in ready:
                 continue
             for _ in range(max_batch):
-                try:
-                    frames = recv_frames(s, self.copy)
-                except zmq.Again:
+                if not self.recv_one(s, key, handler):
                     break
                 n += 1
-                try:
-                    header, payload = decode(frames[1:], key)
-                except ProtocolError as e:
-                    log.warning("dropped a malformed message: %s", e)
-                    continue
-                try:
-                    handler(header, payload)
-                except Exception:
-                    log.exception("handler failed on %s; message dropped",
-                                  NAMES.get(header.get("t"), header.get("t")))
         return n
 
     def recv_one(self, sock: zmq.Socket, key: bytes | None, handler) -> bool:

@@ -77,13 +77,12 @@ class Waiter:
 class _AnyWaiter:
     """A thread blocked in wait(): woken once ``need`` of ``ids`` became ready."""
 
-    __slots__ = ("ids", "need", "hits", "hit_ids", "waiter")
+    __slots__ = ("ids", "need", "hit_ids", "waiter")
 
     def __init__(self, ids_: set, need: int, waiter: Waiter):
         self.ids = ids_
         self.need = need
-        self.hits = 0
-        self.hit_ids: list = []
+        self.hit_ids: list = []  # those of ids that became ready, in that order
         self.waiter = waiter
 
 
@@ -647,7 +646,7 @@ class CoreWorker:
                 last_scan = [time.monotonic()]
 
                 def done() -> bool:
-                    if aw.hits >= aw.need:
+                    if len(aw.hit_ids) >= aw.need:
                         return True
                     now = time.monotonic()
                     if now - last_scan[0] < 1.0:
@@ -668,7 +667,7 @@ class CoreWorker:
                     self._any_waiters.remove(aw)
                     if blocked:
                         self._notify_blocked(False)
-                if aw.hits >= aw.need:
+                if len(aw.hit_ids) >= aw.need:
                     ready = self._add_hits(refs, ready, aw.hit_ids, num_returns)
                     cand = set(aw.hit_ids)
                 else:  # deadline, or found by a rescan
@@ -745,9 +744,8 @@ class CoreWorker:
         if self._any_waiters:
             for aw in self._any_waiters:
                 if oid in aw.ids:
-                    aw.hits += 1
                     aw.hit_ids.append(oid)
-                    if aw.hits == aw.need:
+                    if len(aw.hit_ids) == aw.need:
                         aw.waiter.notify()
         self._ready_log.append(oid)  # for wait(): what became ready since its last call
         self._ready_seq += 1
@@ -1128,14 +1126,14 @@ class CoreWorker:
                 if t.retries > 0:
                     t.retries -= 1
                 t.state = "queued"
-                self.keys[t.key].queue.appendleft(t)
-                self._dispatch(self.keys[t.key])
+                ks.queue.appendleft(t)
+                self._dispatch(ks)
                 return
             if t.cancelled and h.get("err"):
                 self._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
             else:
                 self.complete_task(t, h, payload)
-            self._dispatch(self.keys[t.key])
+            self._dispatch(ks)
 
     def complete_task(self, t: Task, h: dict, payload: list) -> None:
         """A successful TASK_REPLY (task or actor call): store returns, end the task."""

@@ -733,14 +733,7 @@ class ObjectManager:
         self.apply(acts)
         if self.files.get(oid) is not part:
             return  # the pull ended meanwhile (aborted)
-        err = None
-        try:
-            pos = off
-            for (rawlen, codec), frame in zip(parts, payload):
-                _pwrite_all(part.fd, decode_part(codec, rawlen, frame), pos)
-                pos += rawlen
-        except (OSError, ValueError) as e:
-            err = str(e)
+        err = _write_parts(part.fd, off, parts, payload)
         if err:
             self.apply(self.pulls.abort(oid, f"cannot write the copy: {err}"))
             return
@@ -764,14 +757,8 @@ class ObjectManager:
 
     def _write(self, oid: bytes, part: _Part, off: int, parts: list, payload: list) -> None:
         """On a pool thread: one chunk into the .part file."""
-        err = None
         try:
-            pos = off
-            for (rawlen, codec), frame in zip(parts, payload):
-                _pwrite_all(part.fd, decode_part(codec, rawlen, frame), pos)
-                pos += rawlen
-        except (OSError, ValueError) as e:
-            err = str(e)
+            err = _write_parts(part.fd, off, parts, payload)
         except Exception as e:  # never lose a completion
             log.exception("writing a chunk of %s failed", oid.hex())
             err = repr(e)
@@ -1123,6 +1110,18 @@ class ObjectManager:
         for seg in self.serving.values():
             seg.close()
         self.serving.clear()
+
+
+def _write_parts(fd: int, off: int, parts: list, payload: list) -> str | None:
+    """Decode a chunk's parts into the file at ``off``; the error, or None."""
+    try:
+        pos = off
+        for (rawlen, codec), frame in zip(parts, payload):
+            _pwrite_all(fd, decode_part(codec, rawlen, frame), pos)
+            pos += rawlen
+    except (OSError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def _pwrite_all(fd: int, data, pos: int) -> None:

@@ -28,13 +28,13 @@ from zray import exceptions as exc
 from zray.core_worker import INLINE, READY, STORED, CoreWorker, Task
 from zray.gcs import actor_table as at
 from zray.object_ref import ObjectRef
+from zray.owner import events as ev
 
 log = logging.getLogger("zray.actor")
 
 REF = 2  # argument descriptor kind: [2, oid, owner] — the actor resolves it (get)
 # After an actor's intended exit, replies it sent may still be on their way.
 EXIT_GRACE_S = 0.5
-_RET1 = ids.object_id_for(b"", 1)  # the suffix of a call's first return object
 
 
 class Call:
@@ -212,8 +212,7 @@ class ActorSubmitter:
         cw = self.cw
         tid = ids.new_task_id()
         fname = name or f"{meta.get('cls', 'Actor')}.{method}"
-        gen = nret == "streaming"
-        wnret = -1 if gen else nret
+        wnret = -1 if nret == "streaming" else nret
         if args or kwargs:
             argd, payload, keep = self.encode_args(args, kwargs, fname)
             kwnames = list(kwargs)
@@ -223,8 +222,7 @@ class ActorSubmitter:
              "name": fname, "nret": wnret, "args": argd, "kw": kwnames,
              "own": cw.address_packed, "drv": cw.driver_addr, "job": cw.job_id,
              "cid": cw.worker_id}
-        t = Task()
-        t.tid = tid
+        t = Task(tid, fname, nret, keep, kwnames, retries=retries, parent=cw.current_task_id)
         with cw.lock:
             st = self.actors.get(aid)
             if st is None or not st.subscribed or (meta and not st.meta):
@@ -240,36 +238,15 @@ class ActorSubmitter:
                 # Sent first, so that the actor starts while we do the bookkeeping: its
                 # reply cannot be handled before we release the lock.
                 self._send(st, t)
-            t.fname = fname
-            t.fn_id = None
-            t.gen = gen
-            t.nret = wnret
-            t.retries = retries
-            t.retry_exc = False
-            t.max_calls = 0
-            t.res = {}
-            t.strategy = None
-            t.env = None
-            t.key = None
-            t.kwnames = kwnames
-            t.arg_pins = []
-            t.args = keep  # held until the call is done (Task.args is dropped then)
-            if wnret == 1:
-                t.oids = [tid + _RET1]
-            else:
-                n_oids = wnret if wnret > 0 else (1 if wnret == 0 else 0)
-                t.oids = [ids.object_id_for(tid, i + 1) for i in range(n_oids)]
-            t.parent = cw.current_task_id
-            cw._register_task(t)
-            out = cw._returns_of(t, nret)
+            # t.args (the refs kept) are held until the call is done (then dropped).
+            cw._do(ev.Submit(t))
+            out = cw.returns_of(t)
             if not now:
                 if st.state == at.DEAD:
-                    cw._finish_with_error(t, st.error or exc.ActorDiedError())
+                    cw._do(ev.FailTask(tid, st.error or exc.ActorDiedError()))
                 else:
                     t.state = "queued"
                     st.queue.append(t)
-        if nret == 0:
-            cw.drop_hidden_return(t)
         return out
 
     def _send(self, st: ActorState, t: Task) -> None:
@@ -284,12 +261,10 @@ class ActorSubmitter:
         st.inflight[t.tid] = t
         self.cw.conns.send(st.addr, h, call.payload)
 
-    def on_task_reply(self, t: Task, h: dict, payload: list) -> None:
-        """TASK_REPLY of an actor call (called by the CoreWorker, lock held)."""
-        cw = self.cw
+    def on_call_done(self, t: Task) -> None:
+        """A call's TASK_REPLY was handled by the owner (lock held)."""
         st = t.actor.st
         st.inflight.pop(t.tid, None)
-        cw.complete_task(t, h, payload)
         if st.state == at.DEAD and not st.inflight:
             self._forget(st)
 
@@ -301,11 +276,14 @@ class ActorSubmitter:
                 st.queue.remove(t)
             except ValueError:
                 pass
-            self.cw._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
+            self._fail(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
         elif t.state == "running" and st.addr:
             # The actor drops it if not started yet, interrupts it if it can.
             self.cw.conns.send(st.addr, {"t": protocol.CANCEL_TASK, "tid": t.tid,
                                          "force": False, "rec": recursive})
+
+    def _fail(self, t: Task, err: BaseException) -> None:
+        self.cw._do(ev.FailTask(t.tid, err))
 
     # --------------------------------------------------------- lifecycle
     def on_actor_state(self, h: dict, payload: list) -> None:
@@ -349,14 +327,14 @@ class ActorSubmitter:
         retry = []
         for t in list(st.inflight.values()):
             if t.cancelled:
-                self.cw._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
+                self._fail(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
             elif t.retries != 0 and not t.gen_count:
                 if t.retries > 0:
                     t.retries -= 1
                 t.state = "queued"
                 retry.append(t)
             else:
-                self.cw._finish_with_error(t, exc.ActorUnavailableError(
+                self._fail(t, exc.ActorUnavailableError(
                     None, f"The actor {st.aid.hex()} ({st.cls_name}) is unavailable: its "
                     "process died while running this call, and the actor is restarting. "
                     "The call may or may not have been executed (max_task_retries=0).",
@@ -370,7 +348,7 @@ class ActorSubmitter:
         st.error = death_error(st, h, payload)
         st.pins = None
         while st.queue:
-            self.cw._finish_with_error(st.queue.popleft(), st.error)
+            self._fail(st.queue.popleft(), st.error)
         if st.inflight and h.get("kind") == at.EXITED:
             # Replies sent before the exit may still be on their way.
             self._after(EXIT_GRACE_S, lambda: self._fail_inflight(st))
@@ -379,7 +357,7 @@ class ActorSubmitter:
 
     def _fail_inflight(self, st: ActorState) -> None:
         for t in list(st.inflight.values()):
-            self.cw._finish_with_error(t, st.error)
+            self._fail(t, st.error)
         st.inflight.clear()
         self._forget(st)
 

@@ -336,14 +336,7 @@ class Executor:
 
     def _lend_contained(self, contained: list, caller: list) -> None:
         # Refs inside a return value: the caller borrows them from now on.
-        cw = self.cw
-        with cw.lock:
-            for oid, owner in contained:
-                e = cw.objects.get(oid)
-                if e is not None and e.owned:
-                    e.add_borrower(protocol.Address.unpack(caller).for_node(cw.node_id))
-                elif owner is not None:
-                    cw._send_owner(owner, {"t": protocol.ADD_BORROWER, "oid": oid, "b": caller})
+        self.cw.lend(contained, caller)
 
     def reply_values(self, h: dict, owner: str, values: list) -> None:
         rets, payload, contained = [], [], []

@@ -251,6 +251,8 @@ class CoreWorker:
         self.raylet_ipc = raylet_ipc
         self.raylet = self.conns.get(raylet_ipc)
         self.gcs = ""  # set from the raylet's registration reply
+        # Set while our raylet says the GCS is unreachable: GCS-bound calls fail fast with it.
+        self.gcs_down = ""
         self.on_push_task = None  # set by the worker's executor
         self.on_blocked = None  # executor: the running task blocks in get/wait
         self.on_tick = None  # executor: called by the I/O thread every tick
@@ -303,7 +305,12 @@ class CoreWorker:
 
         ``alive``, if given, is polled while waiting: when it returns a message,
         the peer is known dead and that message is raised as RuntimeError.
+        A request to the GCS fails with RpcError as soon as the raylet reports it down.
         """
+        if dest == self.gcs and alive is None:
+            if self.gcs_down:
+                raise exc.RpcError(self.gcs_down, rpc_code=exc.RpcError.UNAVAILABLE)
+            alive = self._gcs_alive
         w = Waiter(self)
         with self.lock:
             self._rid += 1
@@ -333,7 +340,11 @@ class CoreWorker:
             if dead:
                 with self.lock:
                     self.requests.pop(rid, None)
-                raise RuntimeError(dead)
+                raise dead if isinstance(dead, Exception) else RuntimeError(dead)
+
+    def _gcs_alive(self) -> Exception | None:
+        down = self.gcs_down
+        return exc.RpcError(down, rpc_code=exc.RpcError.UNAVAILABLE) if down else None
 
     def _complete(self, h: dict, payload: list) -> None:
         """A reply to request() (lock held)."""
@@ -1399,7 +1410,10 @@ class CoreWorker:
             self.on_cancel_task(h)
 
     def _h_publish(self, h: dict, payload: list) -> None:
-        if h.get("ch") == "node" and h.get("ev") == "dead":
+        if h.get("ch") == "gcs":  # our raylet: the GCS went away / came back
+            down = h.get("ev") == "down"
+            self.gcs_down = (h.get("msg") or "The GCS is unreachable.") if down else ""
+        elif h.get("ch") == "node" and h.get("ev") == "dead":
             with self.lock:
                 recovery.node_died(self, h["node"], h.get("raylet"))
 

@@ -40,6 +40,9 @@ def _ensure_initialized() -> CoreWorker:
     return cw
 
 
+worker_state.set_init_hook(_ensure_initialized)
+
+
 def _find_local_session(address: str | None) -> str | None:
     """The newest session started on this machine (for address='auto' or host:port)."""
     root = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray-sessions")

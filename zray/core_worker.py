@@ -24,7 +24,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 from zray import config, ids, protocol, serialization
 from zray import exceptions as exc
@@ -39,6 +40,19 @@ from zray.polling import IO, PollingRole, Waiter, _AnyWaiter  # noqa: F401 - IO 
 from zray.protocol import Address
 
 log = logging.getLogger("zray.core_worker")
+
+# A message handler: (the CoreWorker, header, payload), run on the polling thread.
+Handler = Callable[["CoreWorker", dict, list], None]
+
+
+class ActorCalls(Protocol):
+    """What CoreWorker asks of the actor submitter (zray/actor_submitter.py) about a
+    Task whose ``actor`` field is set. It registers itself with
+    ``CoreWorker.register_actor_calls`` so this module need not import it."""
+
+    def on_call_done(self, t: Task) -> None: ...
+
+    def cancel(self, t: Task, recursive: bool) -> None: ...
 
 
 class CoreWorker(PollingRole):
@@ -85,6 +99,8 @@ class CoreWorker(PollingRole):
         self.raylet_ipc = raylet_ipc
         self.raylet = self.conns.get(raylet_ipc)
         self.gcs = ""  # set from the raylet's registration reply
+        # Set while our raylet says the GCS is unreachable: GCS-bound calls fail fast with it.
+        self.gcs_down = ""
         # What this process owns: the state machine this class is the shell of.
         self.owner = Owner(node_id, self.inbound.ipc_addr, self.address_packed,
                            str(self.address), _encode_error, serialization.deserialize)
@@ -94,6 +110,8 @@ class CoreWorker(PollingRole):
         self.on_blocked = None  # executor: the running task blocks in get/wait
         self.on_tick = None  # executor: called by the I/O thread every tick
         self.on_cancel_task = None
+        # Actor calls made by this process (made on first use: actor_calls()).
+        self.actor_submitter: ActorCalls | None = None
         self.log_sink = None  # driver prints LOG_LINES through this
         self._liveness: dict[str, list] = {}  # addr -> [last ping sent, outstanding rid]
         self._fetching: dict[bytes, Entry] = {}  # borrowed objects asked of their owners
@@ -129,7 +147,12 @@ class CoreWorker(PollingRole):
 
         ``alive``, if given, is polled while waiting: when it returns a message,
         the peer is known dead and that message is raised as RuntimeError.
+        A request to the GCS fails with RpcError as soon as the raylet reports it down.
         """
+        if dest == self.gcs and alive is None:
+            if self.gcs_down:
+                raise exc.RpcError(self.gcs_down, rpc_code=exc.RpcError.UNAVAILABLE)
+            alive = self._gcs_alive
         w = Waiter(self)
         with self.lock:
             self._rid += 1
@@ -159,7 +182,11 @@ class CoreWorker(PollingRole):
             if dead:
                 with self.lock:
                     self.requests.pop(rid, None)
-                raise RuntimeError(dead)
+                raise dead if isinstance(dead, Exception) else RuntimeError(dead)
+
+    def _gcs_alive(self) -> Exception | None:
+        down = self.gcs_down
+        return exc.RpcError(down, rpc_code=exc.RpcError.UNAVAILABLE) if down else None
 
     def _complete(self, h: dict, payload: list) -> None:
         """A reply to request() (lock held)."""
@@ -690,7 +717,10 @@ class CoreWorker(PollingRole):
             self.on_cancel_task(h)
 
     def _h_publish(self, h: dict, payload: list) -> None:
-        if h.get("ch") == "node" and h.get("ev") == "dead":
+        if h.get("ch") == "gcs":  # our raylet: the GCS went away / came back
+            down = h.get("ev") == "down"
+            self.gcs_down = (h.get("msg") or "The GCS is unreachable.") if down else ""
+        elif h.get("ch") == "node" and h.get("ev") == "dead":
             raylet = h.get("raylet")
             tcp = raylet[2] if raylet and len(raylet) > 2 else None
             with self.lock:
@@ -708,20 +738,9 @@ class CoreWorker(PollingRole):
         if self.mode == "worker" and self.on_cancel_task is not None:
             os._exit(0)
 
-    # Actors (zray/actor_submitter.py, zray/actor_executor.py): loaded on first use.
-    def _h_actor_state(self, h: dict, payload: list) -> None:
-        from zray import actor_submitter
-
-        actor_submitter.submitter(self).on_actor_state(h, payload)
-
-    def _h_create_actor(self, h: dict, payload: list) -> None:
-        from zray import actor_executor
-
-        actor_executor.on_create_actor(self, h, payload)
-
-    _handlers = {
-        protocol.ACTOR_STATE: _h_actor_state,
-        protocol.CREATE_ACTOR: _h_create_actor,
+    # Message type -> handler. The actor modules add theirs (ACTOR_STATE in
+    # actor_submitter.py, CREATE_ACTOR in actor_executor.py) with register_handler.
+    _handlers: ClassVar[dict[int, Handler]] = {
         protocol.REGISTER_ACTOR_REPLY: _h_reply,
         protocol.ACTOR_INFO: _h_reply,
         protocol.ACTOR_ACK: _h_reply,
@@ -750,6 +769,30 @@ class CoreWorker(PollingRole):
         protocol.OBJECT_LOCATION_ADD: _h_object_location_add,
         protocol.GET_OBJECT_LOCATIONS: _h_get_object_locations,
     }
+    _actor_calls_factory: ClassVar[Callable[[CoreWorker], ActorCalls] | None] = None
+
+    @classmethod
+    def register_handler(cls, t: int, fn: Handler) -> None:
+        """Serve message type ``t`` with ``fn`` (modules above this one, at import)."""
+        cls._handlers[t] = fn
+
+    @classmethod
+    def register_actor_calls(cls, factory: Callable[[CoreWorker], ActorCalls]) -> None:
+        """How actor_calls() makes this process's actor submitter."""
+        cls._actor_calls_factory = factory
+
+    def actor_calls(self) -> ActorCalls:
+        """This process's actor submitter, made on first use."""
+        s = self.actor_submitter
+        if s is None:
+            factory = self._actor_calls_factory
+            if factory is None:
+                raise RuntimeError("zray.actor_submitter is not loaded")
+            with self.lock:
+                s = self.actor_submitter
+                if s is None:
+                    s = self.actor_submitter = factory(self)
+        return s
 
     # ----------------------------------------------------------- cancellation
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
@@ -854,7 +897,7 @@ class CoreWorker(PollingRole):
         h = {"t": protocol.REQUEST_LEASE, "lrid": i.lrid, "res": i.res,
              "ra": self.my_addr_for(dest), "own": self.address_packed}
         if i.strategy is not None:
-            h["strat"] = _strategy_wire(i.strategy)
+            h["strat"] = protocol.strategy_wire(i.strategy)
         self.conns.send(dest, h)
 
     def _x_push_task(self, i: ins.PushTask) -> None:
@@ -957,10 +1000,10 @@ class CoreWorker(PollingRole):
         self.conns.drop(i.addr)
 
     def _x_actor_call_done(self, i: ins.ActorCallDone) -> None:
-        self.actor_submitter.on_call_done(i.task)
+        self.actor_calls().on_call_done(i.task)
 
     def _x_cancel_actor_call(self, i: ins.CancelActorCall) -> None:
-        self.actor_submitter.cancel(i.task, i.recursive)
+        self.actor_calls().cancel(i.task, i.recursive)
 
 
 _EXEC: dict[type, Any] = {
@@ -984,16 +1027,6 @@ _EXEC: dict[type, Any] = {
 
 def _encode_error(err: BaseException) -> list:
     return serialization.serialize(err)[0]
-
-
-def _strategy_wire(s: Any) -> Any:
-    if isinstance(s, str):
-        return {"kind": s}
-    h = {"kind": type(s).__name__, "node": getattr(s, "node_id", None),
-         "soft": getattr(s, "soft", False)}
-    if getattr(s, "_spill_on_unavailable", False):
-        h["spill"] = True
-    return h
 
 
 def _error_from_wire(h: dict) -> BaseException:

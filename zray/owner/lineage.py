@@ -23,7 +23,7 @@ every local client as PUBLISH ch=node ev=dead), an owner:
 
 from __future__ import annotations
 
-from zray import exceptions as exc
+import zray.exceptions as exc  # (not "from zray import": that loads zray.api)
 from zray import ids
 from zray.owner import events as ev
 from zray.owner import instructions as ins

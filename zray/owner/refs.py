@@ -10,8 +10,8 @@ ref that is passed on and comes straight back.
 
 from __future__ import annotations
 
+import zray.exceptions as exc  # (not "from zray import": that loads zray.api)
 from zray import config
-from zray import exceptions as exc
 from zray.owner import events as ev
 from zray.owner import instructions as ins
 from zray.owner.state import FAILED, PENDING, READY, Entry

@@ -11,8 +11,8 @@ zray/owner/actors.py.
 
 from __future__ import annotations
 
+import zray.exceptions as exc  # (not "from zray import": that loads zray.api)
 from zray import config, ids
-from zray import exceptions as exc
 from zray.owner import events as ev
 from zray.owner import instructions as ins
 from zray.owner.state import (

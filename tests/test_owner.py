@@ -19,6 +19,7 @@ from zray.object_ref import ObjectRef
 from zray.owner import Owner
 from zray.owner import events as ev
 from zray.owner import instructions as ins
+from zray.owner.actors import EXIT_GRACE_S, Call
 from zray.owner.state import FAILED, INLINE, PENDING, READY, STORED, Task
 
 NODE = b"n" * 28
@@ -278,6 +279,98 @@ def test_generator_items_and_end():
     out = o.handle(ev.TaskReply(t.tid, [], [], gen_n=1))
     assert ins.GeneratorEnded(t.tid) in out
     assert o.generator_finished(t.tid, 1)
+
+
+# ----------------------------------------------------------------- actors
+AID = b"a" * 16
+
+
+def call(retries: int = 0) -> Task:
+    tid = ids.new_task_id()
+    return Task(tid, "A.f", 1, [], [], retries=retries,
+                actor=Call(AID, {"cls": "A"}, {"tid": tid}, []))
+
+
+def test_actor_calls_wait_for_the_actor_then_go_in_sequence():
+    o = make_owner()
+    o.handle(ev.ActorHandleMade(AID, {"cls": "A"}))
+    calls = [call() for _ in range(3)]
+    outs = [o.handle(ev.Submit(c)) for c in calls]
+    assert not any(of(out, ins.SendActorCall) for out in outs), "sent before the actor lives"
+    out = o.handle(ev.ActorAlive(AID, 0, "ipc://actor-0", 123))
+    sends = of(out, ins.SendActorCall)
+    assert [(s.addr, s.header["tid"], s.header["seq"], s.header["inc"]) for s in sends] == \
+        [("ipc://actor-0", c.tid, n, 0) for n, c in enumerate(calls)]
+    # Alive and idle: the next call goes at once, numbered on.
+    c4 = call()
+    sends = of(o.handle(ev.Submit(c4)), ins.SendActorCall)
+    assert [s.header["seq"] for s in sends] == [3]
+    # A reply completes its call.
+    frames = serialization.serialize(7)[0]
+    o.handle(ev.TaskReply(c4.tid, [[INLINE, len(frames), False]], frames))
+    assert o.objects[c4.oids[0]].state == READY
+    assert c4.tid not in o.actors[AID].inflight
+
+
+def test_actor_restart_resends_retriable_calls_renumbered_and_fails_the_others():
+    o = make_owner()
+    o.handle(ev.ActorHandleMade(AID, {"cls": "A"}))
+    o.handle(ev.ActorAlive(AID, 0, "ipc://actor-0", 1))
+    keep, lose = call(retries=1), call(retries=0)
+    o.handle(ev.Submit(keep))
+    o.handle(ev.Submit(lose))
+    out = o.handle(ev.ActorRestarting(AID))
+    assert ins.DropConnection("ipc://actor-0") in out
+    assert isinstance(error_of(o, lose.oids[0]), exc.ActorUnavailableError)
+    assert keep.retries == 0 and keep.state == "queued"
+    later = call()
+    assert not of(o.handle(ev.Submit(later)), ins.SendActorCall), "queued behind the retry"
+    out = o.handle(ev.ActorAlive(AID, 1, "ipc://actor-1", 2))
+    sends = of(out, ins.SendActorCall)
+    assert [(s.header["tid"], s.header["seq"], s.header["inc"]) for s in sends] == \
+        [(keep.tid, 0, 1), (later.tid, 1, 1)], "numbering restarts at 0 per incarnation"
+
+
+def test_dead_actor_fails_calls_and_an_intended_exit_waits_for_late_replies():
+    o = make_owner()
+    o.handle(ev.ActorHandleMade(AID, {"cls": "A"}))
+    o.handle(ev.ActorAlive(AID, 0, "ipc://actor-0", 1))
+    inflight = call()
+    o.handle(ev.Submit(inflight))
+    err = exc.ActorDiedError(None, "gone", AID.hex())
+    o.handle(ev.ActorDead(AID, err, True))
+    assert o.objects[inflight.oids[0]].state == PENDING, "a late reply may still come"
+    o.handle(ev.Tick(10.0))
+    o.handle(ev.Tick(10.1))
+    assert o.objects[inflight.oids[0]].state == PENDING
+    o.handle(ev.Tick(10.0 + EXIT_GRACE_S + 0.01))
+    assert isinstance(error_of(o, inflight.oids[0]), exc.ActorDiedError)
+    after = call()
+    o.handle(ev.Submit(after))
+    assert isinstance(error_of(o, after.oids[0]), exc.ActorDiedError)
+
+
+def test_last_handle_dropped_ends_an_owned_actor():
+    o = make_owner()
+    o.handle(ev.ActorRegistered(AID, {"cls": "A"}, False, []))
+    o.handle(ev.ActorHandleMade(AID, {"cls": "A"}, True))
+    out = o.handle(ev.ActorHandleDropped(AID))
+    assert out == [ins.TerminateActor(AID, {"cls": "A"})]
+    # A handle that escaped to another process keeps the actor alive.
+    o2 = make_owner()
+    o2.handle(ev.ActorRegistered(AID, {"cls": "A"}, False, []))
+    o2.handle(ev.ActorHandleMade(AID, {"cls": "A"}, True))
+    o2.handle(ev.ActorEscaped(AID))
+    assert o2.handle(ev.ActorHandleDropped(AID)) == []
+
+
+def test_pending_calls_count_queued_and_inflight():
+    o = make_owner()
+    o.handle(ev.ActorHandleMade(AID, {"cls": "A"}))
+    o.handle(ev.Submit(call()))
+    o.handle(ev.ActorAlive(AID, 0, "ipc://actor-0", 1))
+    o.handle(ev.Submit(call()))
+    assert o.pending_calls(AID) == 2
 
 
 # ---------------------------------------------------------------- no I/O

@@ -46,13 +46,12 @@ Handler = Callable[["CoreWorker", dict, list], None]
 
 
 class ActorCalls(Protocol):
-    """What CoreWorker asks of the actor submitter (zray/actor_submitter.py) about a
-    Task whose ``actor`` field is set. It registers itself with
-    ``CoreWorker.register_actor_calls`` so this module need not import it."""
+    """What CoreWorker asks of the actor submitter (zray/actor_submitter.py). It
+    registers itself with ``CoreWorker.register_actor_calls`` so this module need
+    not import it."""
 
-    def on_call_done(self, t: Task) -> None: ...
-
-    def cancel(self, t: Task, recursive: bool) -> None: ...
+    def submit(self, aid: bytes, meta: dict, method: str, args: tuple, kwargs: dict,
+               nret: Any, retries: int, name: str | None = None) -> Any: ...
 
 
 class CoreWorker(PollingRole):
@@ -82,6 +81,7 @@ class CoreWorker(PollingRole):
         self._rid = 0
         self.exported: set[bytes] = set()
         self._decrefs: collections.deque = collections.deque()
+        self._actor_drops: collections.deque = collections.deque()  # ActorHandle.__del__
         self.gcs_address = ""
         self.current_task_id: bytes | None = None
         self.current_task_name = ""
@@ -215,13 +215,17 @@ class CoreWorker(PollingRole):
 
     def _process_decrefs(self) -> None:
         dq = self._decrefs
-        if not dq:
-            return
-        with self.lock:
-            oids = []
-            while dq:
-                oids.append(dq.popleft())
-            self._do(ev.RefsDropped(oids))
+        if dq:
+            with self.lock:
+                oids = []
+                while dq:
+                    oids.append(dq.popleft())
+                self._do(ev.RefsDropped(oids))
+        drops = self._actor_drops
+        if drops:
+            with self.lock:
+                while drops:
+                    self._do(ev.ActorHandleDropped(drops.popleft()))
 
     # -------------------------------------------------------------- objects
     def put(self, value: Any, owner_frames: list | None = None) -> ObjectRef:
@@ -999,11 +1003,20 @@ class CoreWorker(PollingRole):
     def _x_drop_connection(self, i: ins.DropConnection) -> None:
         self.conns.drop(i.addr)
 
-    def _x_actor_call_done(self, i: ins.ActorCallDone) -> None:
-        self.actor_calls().on_call_done(i.task)
+    def _x_subscribe_actor(self, i: ins.SubscribeActor) -> None:
+        self.conns.send(self.gcs, {"t": protocol.SUBSCRIBE_ACTOR, "aid": i.aid,
+                                   "ra": self.my_addr_for(self.gcs), "wid": self.worker_id,
+                                   "node": self.node_id})
 
-    def _x_cancel_actor_call(self, i: ins.CancelActorCall) -> None:
-        self.actor_calls().cancel(i.task, i.recursive)
+    def _x_send_actor_call(self, i: ins.SendActorCall) -> None:
+        self.conns.send(i.addr, i.header, i.payload)
+
+    def _x_terminate_actor(self, i: ins.TerminateActor) -> None:
+        # Ray: an actor whose every handle is gone ends after the calls queued to it.
+        try:
+            self.actor_calls().submit(i.aid, i.meta, "__ray_terminate__", (), {}, 0, 0)
+        except Exception:  # noqa: BLE001 - shutting down, or the actor is gone
+            log.debug("could not end actor %s", i.aid.hex(), exc_info=True)
 
 
 _EXEC: dict[type, Any] = {
@@ -1020,8 +1033,9 @@ _EXEC: dict[type, Any] = {
     ins.CancelRunning: CoreWorker._x_cancel_running,
     ins.LocationsReply: CoreWorker._x_locations_reply,
     ins.DropConnection: CoreWorker._x_drop_connection,
-    ins.ActorCallDone: CoreWorker._x_actor_call_done,
-    ins.CancelActorCall: CoreWorker._x_cancel_actor_call,
+    ins.SubscribeActor: CoreWorker._x_subscribe_actor,
+    ins.SendActorCall: CoreWorker._x_send_actor_call,
+    ins.TerminateActor: CoreWorker._x_terminate_actor,
 }
 
 

@@ -7,7 +7,8 @@ messages, API calls and its clock into them; instructions
 (zray/owner/instructions.py) go back to it to be sent. The handlers live in
 mixins by subject: refs.py (reference counting, borrowing), tasks.py
 (submission, leases, pipelining, replies, retries, generators, cancel) and
-lineage.py (object locations, node death, re-execution).
+lineage.py (object locations, node death, re-execution) and actors.py (each
+actor's calls: sequence numbers, queues, restarts).
 
 Not thread-safe: the shell calls it under its lock. Errors it must store are
 encoded by ``encode_error`` (the shell's serialiser), so that this package
@@ -22,13 +23,14 @@ from typing import Any
 
 from zray.owner import events as ev
 from zray.owner import instructions as ins
+from zray.owner.actors import ActorsMixin, ActorState
 from zray.owner.lineage import LineageMixin
 from zray.owner.refs import RefsMixin
 from zray.owner.state import Entry, KeyState, Task
 from zray.owner.tasks import TasksMixin
 
 
-class Owner(RefsMixin, TasksMixin, LineageMixin):
+class Owner(RefsMixin, TasksMixin, LineageMixin, ActorsMixin):
     def __init__(self, node_id: bytes, ipc: str, me: list, me_str: str,
                  encode_error: Callable[[BaseException], list],
                  decode: Callable[[list], Any]):
@@ -49,6 +51,8 @@ class Owner(RefsMixin, TasksMixin, LineageMixin):
         self.raylet_addrs: dict[bytes, str] = {}  # other nodes' raylets (tcp)
         self.dead_nodes: set[bytes] = set()
         self._borrow_releases: collections.deque = collections.deque()
+        self.actors: dict[bytes, ActorState] = {}
+        self._actor_timers: list = []  # [deadline (None until the next Tick), ActorState]
         self.out: list = []
         self._ready_oids: list = []
         self._ready_entries: list = []
@@ -67,17 +71,7 @@ class Owner(RefsMixin, TasksMixin, LineageMixin):
     def _on_tick(self, t: ev.Tick) -> None:
         self._flush_borrow_releases(t.now)
         self._return_idle_leases(t.now)
-
-    # Actor calls share the task records; zray/actor_submitter.py sends them.
-    def _actor_submitted(self, t: Task) -> None:
-        pass
-
-    def _actor_reply(self, t: Task, r: ev.TaskReply) -> None:
-        self._complete_task(t, r)
-        self.out.append(ins.ActorCallDone(t))
-
-    def _cancel_actor_call(self, t: Task, recursive: bool) -> None:
-        self.out.append(ins.CancelActorCall(t, recursive))
+        self._actor_tick(t.now)
 
 
 _HANDLERS: dict[type, Callable[[Owner, Any], None]] = {
@@ -110,4 +104,13 @@ _HANDLERS: dict[type, Callable[[Owner, Any], None]] = {
     ev.GetLocations: Owner._on_get_locations,
     ev.Tick: Owner._on_tick,
     ev.Shutdown: Owner._on_shutdown,
+    ev.ActorRegistered: Owner._on_actor_registered,
+    ev.ActorForgotten: Owner._on_actor_forgotten,
+    ev.ActorHandleMade: Owner._on_actor_handle_made,
+    ev.ActorHandleDropped: Owner._on_actor_handle_dropped,
+    ev.ActorEscaped: Owner._on_actor_escaped,
+    ev.ActorAlive: Owner._on_actor_alive,
+    ev.ActorRestarting: Owner._on_actor_restarting,
+    ev.ActorPending: Owner._on_actor_pending,
+    ev.ActorDead: Owner._on_actor_dead,
 }

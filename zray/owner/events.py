@@ -221,3 +221,61 @@ class Tick:
 class Shutdown:
     """Return every lease."""
 
+
+
+# ----------------------------------------------------------------- actors
+@_dc
+class ActorRegistered:
+    """This process created the actor (REGISTER_ACTOR accepted)."""
+    aid: bytes
+    meta: dict
+    detached: bool
+    pins: list  # refs the constructor's arguments need
+
+
+@_dc
+class ActorForgotten:
+    aid: bytes
+
+
+@_dc
+class ActorHandleMade:
+    aid: bytes
+    meta: dict | None
+    owned: bool = False
+
+
+@_dc
+class ActorHandleDropped:
+    aid: bytes
+
+
+@_dc
+class ActorEscaped:
+    """A handle was pickled (passed to another process)."""
+    aid: bytes
+
+
+@_dc
+class ActorAlive:
+    aid: bytes
+    inc: int  # the incarnation
+    addr: str
+    pid: int
+
+
+@_dc
+class ActorRestarting:
+    aid: bytes
+
+
+@_dc
+class ActorPending:
+    aid: bytes
+
+
+@_dc
+class ActorDead:
+    aid: bytes
+    error: BaseException
+    exited: bool  # an intended exit: replies sent before it may still come

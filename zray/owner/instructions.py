@@ -106,12 +106,19 @@ class DropConnection:
 
 
 @_dc
-class ActorCallDone:
-    """An actor call ended with a reply (zray/actor_submitter.py forgets it)."""
-    task: Task
+class SubscribeActor:
+    aid: bytes
 
 
 @_dc
-class CancelActorCall:
-    task: Task
-    recursive: bool
+class SendActorCall:
+    addr: str
+    header: dict
+    payload: list
+
+
+@_dc
+class TerminateActor:
+    """Every handle of an actor this process owns is gone: end it after its calls."""
+    aid: bytes
+    meta: dict

@@ -13,13 +13,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from zray import config, ids, protocol, serialization
 from zray import exceptions as exc
-from zray.core_worker import INLINE, READY, STORED, CoreWorker, Task
-from zray.object_ref import ObjectRef
+from zray import ids, protocol, serialization, task_codec
+from zray.core_worker import CoreWorker, Task
 from zray.owner import events as ev
 from zray.owner.actors import ActorState, Call
-from zray.owner.state import REF
 
 log = logging.getLogger("zray.actor")
 
@@ -101,37 +99,10 @@ class ActorSubmitter:
     def encode_args(self, args: tuple, kwargs: dict, what: str) -> tuple[list, list, list]:
         """Argument descriptors, their frames, and the refs to hold until the call is done."""
         cw = self.cw
-        argd: list = []
-        payload: list = []
-        keep: list = []
-        nargs = len(args)
-        for i, a in enumerate((*args, *kwargs.values())):
-            if isinstance(a, ObjectRef):
-                keep.append(a)
-                with cw.lock:
-                    e = cw.objects.get(a._id)
-                    owner = a._owner or cw.address_packed
-                    if e is not None and e.state == READY and e.frames is not None:
-                        argd.append([INLINE, len(e.frames)])
-                        payload.extend(e.frames)
-                    elif e is not None and e.state == READY and e.node is not None:
-                        argd.append([STORED, a._id, e.node, owner])
-                    else:
-                        argd.append([REF, a._id, owner])  # pending or failed: the actor waits
-                continue
-            label = (f"argument {i} of {what}" if i < nargs
-                     else f"argument {list(kwargs)[i - nargs]!r} of {what}")
-            frames, refs = serialization.serialize(a, label)
-            keep.extend(refs)
-            size = serialization.frames_size(frames)
-            if size > config.INLINE_MAX:
-                ref = cw.put_frames(frames, size, refs)
-                keep.append(ref)
-                argd.append([STORED, ref._id, cw.node_id, cw.address_packed])
-            else:
-                argd.append([INLINE, len(frames)])
-                payload.extend(frames)
-        return argd, payload, keep
+        argv, nested = task_codec.encode_args(cw, args, kwargs, what)
+        with cw.lock:
+            argd, payload = task_codec.describe_args(cw.objects, argv, cw.address_packed)
+        return argd, payload, [a for a in argv if type(a) is not list] + nested
 
     # ------------------------------------------------------------- calls
     def submit(self, aid: bytes, meta: dict, method: str, args: tuple, kwargs: dict,

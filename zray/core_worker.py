@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
-from zray import config, ids, protocol, serialization
+from zray import config, ids, protocol, serialization, task_codec
 from zray import exceptions as exc
 from zray.object_ref import ObjectRef, ObjectRefGenerator
 from zray.objstore import shm
@@ -537,7 +537,7 @@ class CoreWorker(PollingRole):
     def submit_task(self, fn_id: bytes, fname: str, args: tuple, kwargs: dict,
                     opts: dict) -> Any:
         nret = opts["num_returns"]
-        argv, nested = self.encode_task_args(args, kwargs, fname)
+        argv, nested = task_codec.encode_args(self, args, kwargs, fname)
         t = Task(ids.new_task_id(), fname, nret, argv, list(kwargs), fn_id=fn_id,
                  retries=opts["max_retries"], retry_exc=opts["retry_exceptions"],
                  max_calls=opts["max_calls"], res=opts["_resources"],
@@ -547,31 +547,6 @@ class CoreWorker(PollingRole):
         with self.lock:
             self._do(ev.Submit(t))
             return self.returns_of(t)
-
-    def encode_task_args(self, args: tuple, kwargs: dict, fname: str) -> tuple[list, list]:
-        """Serialise arguments now (a bad value fails at .remote(), as in Ray).
-
-        Each becomes its ObjectRef (passed by reference, or a large value put in the
-        store) or its list of inline frames; also returns the refs nested in them.
-        """
-        argv: list = []
-        nested: list = []
-        nargs = len(args)
-        for i, a in enumerate((*args, *kwargs.values())):
-            if isinstance(a, ObjectRef):
-                argv.append(a)
-                continue
-            frames, refs = serialization.serialize(
-                a, f"argument {i} of {fname}" if i < nargs else
-                f"argument {list(kwargs)[i - nargs]!r} of {fname}")
-            if refs:
-                nested.extend(refs)
-            size = serialization.frames_size(frames)
-            if size > config.INLINE_MAX:
-                argv.append(self.put_frames(frames, size, refs))
-            else:
-                argv.append(frames)
-        return argv, nested
 
     def returns_of(self, t: Task) -> Any:
         """What .remote() hands back: None, an ObjectRefGenerator, a ref or a list.
@@ -906,20 +881,7 @@ class CoreWorker(PollingRole):
 
     def _x_push_task(self, i: ins.PushTask) -> None:
         t = i.task
-        payload: list = []
-        argd = []
-        objs = self.objects
-        for a in t.args:
-            if type(a) is list:
-                argd.append((INLINE, len(a)))
-                payload.extend(a)
-            else:
-                e = objs[a._id]
-                if e.frames is not None:
-                    argd.append((INLINE, len(e.frames)))
-                    payload.extend(e.frames)
-                else:
-                    argd.append((STORED, a._id, e.node, e.owner or self.address_packed))
+        argd, payload = task_codec.describe_args(self.objects, t.args, self.address_packed)
         w = i.worker
         h = {"t": protocol.PUSH_TASK, "tid": t.tid, "fn": t.fn_id, "name": t.fname,
              "nret": t.nret, "args": argd, "kw": t.kwnames, "own": self.address_packed,

@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from zray import actor_executor, config, protocol, serialization, worker_state
+from zray import actor_executor, config, protocol, serialization, task_codec, worker_state
 from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
@@ -193,22 +193,7 @@ class Executor:
                     sys.path.insert(0, p)
 
     def decode_args(self, h: dict, payload: list) -> tuple[list, dict]:
-        vals = []
-        pos = 0
-        for d in h["args"]:
-            if d[0] == INLINE:
-                n = d[1]
-                vals.append(serialization.deserialize(payload[pos: pos + n]))
-                pos += n
-            else:
-                _, oid, node, owner = d
-                frames = self.cw._read_stored(oid, node, owner)
-                vals.append(serialization.deserialize(frames))
-        kw = h.get("kw") or []
-        if kw:
-            k = len(kw)
-            return vals[:-k], dict(zip(kw, vals[-k:]))
-        return vals, {}
+        return task_codec.decode_args(self.cw, h, payload)
 
     def execute(self, h: dict, payload: list) -> None:
         cw = self.cw

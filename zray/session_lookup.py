@@ -64,7 +64,14 @@ def _read_owned(path: str, private: bool, limit: int = 4096) -> bytes | None:
 
 
 def read_secret(session_dir: str) -> bytes:
-    """The secret of a session of ours; PermissionError naming the path if it is not ours."""
+    """The secret of a session of ours; PermissionError naming the path if it is not ours.
+
+    session_dir may be a link of ours to it (session_latest)."""
+    try:
+        if os.path.islink(session_dir) and os.lstat(session_dir).st_uid == os.geteuid():
+            session_dir = os.path.realpath(session_dir)
+    except OSError:
+        pass
     data = _read_owned(os.path.join(session_dir, "secret"), private=True)
     if data is None or not owned_dir(session_dir):
         raise PermissionError(

@@ -40,6 +40,9 @@ def _ensure_initialized() -> CoreWorker:
     return cw
 
 
+worker_state.set_init_hook(_ensure_initialized)
+
+
 def _find_local_session(address: str | None) -> str | None:
     """The newest session of this user on this machine (for address='auto' or host:port)."""
     return session_lookup.find(address, _same_address).session
@@ -240,6 +243,7 @@ def _connect(session_dir: str, node_id: bytes, raylet_ipc: str, namespace: str |
         cw.driver_addr = cw.address_packed
         cw.shm_prefix = h["shm"]
         cw.gcs = h["gcs"]
+        cw.gcs_down = h.get("gcs_down", "")
         cw.node_ip = h.get("node_ip", "127.0.0.1")
         cw.gcs_address = h.get("gcs_address") or _read_gcs_address(session_dir)
         info = {"path": [os.getcwd(), *(p for p in sys.path[:1] if p)], "pid": os.getpid(),

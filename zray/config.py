@@ -52,6 +52,12 @@ RPC_TIMEOUT_S = _env("RPC_TIMEOUT_S", 30.0)
 # Heartbeat period and the silence after which a node is dead.
 HEARTBEAT_S = _env("HEARTBEAT_S", 0.5)
 NODE_DEATH_S = _env("NODE_DEATH_S", 5.0)
+# A GCS that does not answer the raylet's pings for this long is down (a GCS process on
+# the raylet's own machine is watched by pidfd: its exit is noticed at once). A raylet
+# whose GCS stays down longer than the reconnect timeout stops itself and its workers
+# (Ray's gcs_rpc_server_reconnect_timeout_s).
+GCS_PING_TIMEOUT_S = _env("GCS_PING_TIMEOUT_S", 5.0)
+GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)
 # Warn about a lease request that no node can ever satisfy after this long.
 INFEASIBLE_WARN_S = _env("INFEASIBLE_WARN_S", 1.0)
 # Workers started when a raylet starts (capped by its CPUs).

@@ -271,6 +271,19 @@ class TaskUnschedulableError(RayError):
     pass
 
 
+class RpcError(RayError):
+    """A call to a cluster service failed (Ray's name): here, the GCS is unreachable.
+
+    ``rpc_code`` follows gRPC's codes, as Ray's: UNAVAILABLE (14) when the GCS is down.
+    """
+
+    UNAVAILABLE = 14
+
+    def __init__(self, message: str, rpc_code: int | None = None):
+        super().__init__(message)
+        self.rpc_code = rpc_code
+
+
 class LocalRayletDiedError(RayError):
     def __str__(self) -> str:
         return "The task's local raylet died."

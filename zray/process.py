@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -31,3 +32,34 @@ def watch_stdin_then(fn) -> None:
         fn()
 
     threading.Thread(target=run, daemon=True).start()
+
+
+def identity(pid: int) -> tuple[str, int] | None:
+    """(boot id, start time in clock ticks) of a process of this machine, None if gone.
+
+    Together with the pid this names one process for good: a recycled pid has
+    another start time, and another machine (or a reboot) another boot id.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        # Field 22 (starttime); the command name (field 2) may hold spaces: split after it.
+        return boot, int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def watch(pid: int, ident: tuple | list | None) -> int | None:
+    """A pidfd on the process ``pid`` if it runs here and is the one ``ident`` names."""
+    if not pid or not ident:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if identity(pid) != tuple(ident):  # checked after opening: the fd pins the process
+        os.close(fd)
+        return None
+    return fd

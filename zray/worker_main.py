@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from zray import config, protocol, serialization, worker_state
+from zray import actor_executor, config, protocol, serialization, worker_state
 from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
@@ -165,8 +165,6 @@ class Executor:
             try:
                 h, payload = self.q.get()
                 if h["t"] == protocol.CREATE_ACTOR:
-                    from zray import actor_executor
-
                     # This worker becomes the actor's, until the actor dies (never returns).
                     actor_executor.become_actor(self, h, payload)
                 self.execute(h, payload)
@@ -445,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     h, _ = cw.request(a.raylet, {"t": protocol.REGISTER_CLIENT, "kind": "worker",
                                  "wid": cw.worker_id, "addr": cw.address_packed, "pid": os.getpid()})
     cw.gcs = h["gcs"]
+    cw.gcs_down = h.get("gcs_down", "")
     cw.gcs_address = h.get("gcs_address", "")
     sys.stdout = LogStream(ex, False, sys.stdout)
     sys.stderr = LogStream(ex, True, sys.stderr)

@@ -8,7 +8,7 @@ import time
 
 import zmq
 
-from zray import config, protocol
+from zray import config, process, protocol
 from zray.gcs import actor_table
 from zray.gcs.tables import GcsTables, Send
 
@@ -22,6 +22,10 @@ class GcsServer:
         self.inbound = protocol.Inbound(os.path.join(session_dir, "sockets", "gcs"), host, secret,
                                         tcp_port=port, max_msg=64 << 20)
         self.tables.gcs_address = self.inbound.tcp_addr[len("tcp://"):]
+        # Who we are, for raylets watching us: this process (a pidfd where they share our
+        # machine) and this incarnation (a restarted GCS on the same address is another).
+        self.tables.ident = {"gcs_start": os.urandom(8), "gcs_pid": os.getpid(),
+                             "gcs_id": list(process.identity(os.getpid()) or ())}
         self.conns = protocol.Connections(secret)
         self.actors = actor_table.ActorTable(self.tables.nodes, self.inbound.tcp_addr)
         self.tables.node_hooks.append(
@@ -67,7 +71,8 @@ class GcsServer:
             if "ra" in h:
                 self.conns.send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid"),
                                           "gcs_address": tb.gcs_address,
-                                          "session": self.session_dir})
+                                          "session": self.session_dir,
+                                          "gcs_start": tb.ident["gcs_start"]})
         elif t in actor_table.MESSAGES:
             self.apply(self.actors.handle(h, payload))
         elif t == protocol.SHUTDOWN:

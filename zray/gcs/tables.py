@@ -69,6 +69,7 @@ class GcsTables:
         self.kv: dict[tuple[str, bytes], bytes] = {}
         self.subscribers: dict[str, str] = {}  # address -> channel
         self.gcs_address = ""
+        self.ident: dict = {}  # gcs_start, gcs_pid, gcs_id: told to raylets at registration
         # Other tables' reactions to membership: fn(event "added"|"dead", node id) -> actions
         self.node_hooks: list = []
 
@@ -89,7 +90,7 @@ class GcsTables:
                         h["ra"], last_seen=now)
         self.nodes[info.node_id] = info
         acts = [Send(h["ra"], {"t": protocol.REGISTER_NODE_REPLY, "ok": True,
-                               "gcs_address": self.gcs_address})]
+                               "gcs_address": self.gcs_address, **self.ident})]
         return acts + self._publish("added", info) + self._node_event("added", info.node_id)
 
     def heartbeat(self, h: dict, now: float) -> list:

@@ -16,12 +16,13 @@ import time
 
 import zmq
 
-from zray import config, ids, protocol
+from zray import config, ids, process, protocol
 from zray.objstore import shm
 from zray.objstore import store as ostore
 from zray.objstore.capacity import default_capacity
 from zray.objstore.spare import SpareFiller
 from zray.objstore.spill import StoreExecutor, run_sync
+from zray.raylet import gcs_watch as gw
 from zray.raylet import scheduler as sch
 from zray.raylet.object_manager import ObjectManager
 from zray.raylet.peers import PeerView
@@ -33,7 +34,8 @@ log = logging.getLogger("zray.raylet")
 class Raylet:
     def __init__(self, *, session_dir: str, node_id: bytes, gcs_addr: str, node_ip: str,
                  resources: dict, object_store_memory: int | None, secret: bytes,
-                 is_head: bool, port: int = 0, labels: dict | None = None):
+                 is_head: bool, port: int = 0, labels: dict | None = None,
+                 shm_prefix: str | None = None):
         self.session_dir = session_dir
         self.node_id = node_id
         self.node_ip = node_ip
@@ -41,7 +43,9 @@ class Raylet:
         self.is_head = is_head
         self.gcs_addr = gcs_addr
         self.session_name = os.path.basename(session_dir.rstrip("/"))
-        self.shm_prefix = f"zray-{self.session_name[-8:]}-{node_id.hex()[:8]}-"
+        # The node's private directory in /dev/shm (objstore/shm.py: make_node_dir).
+        self.shm_prefix = shm_prefix or shm.make_node_dir(
+            f"zray-{self.session_name[-8:]}-{node_id.hex()[:8]}-")
         self.sched = sch.NodeScheduler(resources)
         self.inbound = protocol.Inbound(
             os.path.join(session_dir, "sockets", "raylet-" + node_id.hex()[:12]),
@@ -49,6 +53,11 @@ class Raylet:
         self.address = protocol.Address(node_id, self.inbound.ipc_addr, self.inbound.tcp_addr)
         self.conns = protocol.Connections(secret)
         self.gcs = self.conns.get(gcs_addr)
+        # Is the GCS there? (raylet/gcs_watch.py): pings, a pidfd on a local GCS process.
+        self.gcs_watch = gw.GcsWatch(gcs_addr.split("://", 1)[-1], config.HEARTBEAT_S,
+                                     config.GCS_PING_TIMEOUT_S, config.GCS_RECONNECT_TIMEOUT_S)
+        self.gcs_fd: int | None = None
+        self._gcs_rid = 0
         self.sched.node_id = node_id
         self.view = PeerView(node_id)  # the other nodes, from the GCS (raylet/peers.py)
         self.om = ObjectManager(self)  # transfers between nodes (raylet/object_manager.py)
@@ -294,6 +303,9 @@ class Raylet:
             pass  # the pidfd tells us when it is gone
         elif t == protocol.REGISTER_NODE_REPLY:
             self.gcs_address = h.get("gcs_address", "")
+            self.gcs_watch.address = self.gcs_address or self.gcs_watch.address
+            self._watch_gcs_process(h)
+            self.apply_gcs(self.gcs_watch.registered(time.monotonic(), h.get("gcs_start")))
             # Clients that came first are answered now: once init() returns, the
             # node must be in the GCS (nodes(), cluster_resources()).
             waiting, self._early_clients = self._early_clients, []
@@ -304,6 +316,8 @@ class Raylet:
         elif t == protocol.PING:
             if "ra" in h:
                 self.conns.send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid")})
+        elif t == protocol.PONG:  # the GCS answers our pings
+            self.apply_gcs(self.gcs_watch.pong(time.monotonic(), h.get("gcs_start")))
         else:
             log.warning("unexpected message %s", protocol.NAMES.get(t, t))
 
@@ -321,29 +335,74 @@ class Raylet:
         self.conns.send(h["ra"], {
             "t": protocol.REGISTER_CLIENT_REPLY, "rid": h["rid"], "node": self.node_id,
             "gcs": self.gcs_addr, "gcs_address": self.gcs_address, "shm": self.shm_prefix,
-            "raylet": self.address.pack(), "node_ip": self.node_ip})
+            "raylet": self.address.pack(), "node_ip": self.node_ip,
+            "gcs_down": self.gcs_watch.msg if self.gcs_watch.state == gw.DOWN else ""})
+
+    # ---------------------------------------------------------------- GCS
+    def _watch_gcs_process(self, h: dict) -> None:
+        if self.gcs_fd is not None:
+            self.poller.unregister(self.gcs_fd)
+            os.close(self.gcs_fd)
+        self.gcs_fd = process.watch(int(h.get("gcs_pid") or 0), h.get("gcs_id"))
+        if self.gcs_fd is not None:
+            self.poller.register(self.gcs_fd, zmq.POLLIN)
+
+    def _gcs_exited(self) -> None:
+        self.poller.unregister(self.gcs_fd)
+        os.close(self.gcs_fd)
+        self.gcs_fd = None
+        self.apply_gcs(self.gcs_watch.process_exited(time.monotonic()))
+
+    def apply_gcs(self, acts: list) -> None:
+        for a in acts:
+            if isinstance(a, gw.Ping):
+                self._gcs_rid += 1
+                self.gcs.send({"t": protocol.PING, "rid": self._gcs_rid, "ra": self._gcs_ra()})
+            elif isinstance(a, gw.Register):
+                self.register_with_gcs()
+            elif isinstance(a, (gw.Down, gw.Up)):
+                down = isinstance(a, gw.Down)
+                if down:
+                    log.error("%s", a.msg)
+                else:
+                    log.warning("the GCS at %s is back: registered again", self.gcs_watch.address)
+                # Drivers and workers fail their GCS-bound calls fast while it is down.
+                note = {"t": protocol.PUBLISH, "ch": "gcs", "ev": "down" if down else "up",
+                        "msg": a.msg if down else ""}
+                for ra in list(self.drivers.values()):
+                    self.conns.send(ra, dict(note))
+                for waddr in list(self.workers_addr.values()):
+                    self.conns.send(waddr[1], dict(note))
+            elif isinstance(a, gw.Stop):
+                log.error("stopping this node: %s", a.msg)
+                self.running = False
+
+    def _gcs_ra(self) -> str:
+        return self.address.ipc if self.gcs_addr.startswith("ipc://") else self.address.tcp
 
     # --------------------------------------------------------------- loop
     def report(self, now: float) -> None:
         self._dirty = False
         self._last_report = now
+        if self.gcs_watch.state == gw.DOWN:
+            return  # nobody listens; re-registration carries the state
         self.gcs.send({"t": protocol.HEARTBEAT, "node": self.node_id,
                        "avail": self.sched.available(), "used": self.store._used,
                        "workers": len(self.procs)})
 
     def register_with_gcs(self) -> None:
+        # "workers": who still runs here (a restarted GCS reconciles its actors with it).
         self.gcs.send({"t": protocol.REGISTER_NODE, "node": self.node_id,
-                       "addr": self.address.pack(), "ra": self.address.ipc
-                       if self.gcs_addr.startswith("ipc://") else self.address.tcp,
+                       "addr": self.address.pack(), "ra": self._gcs_ra(),
                        "ip": self.node_ip, "res": self.sched.total, "head": self.is_head,
                        "session": self.session_dir, "shm": self.shm_prefix,
                        "store": self.capacity, "pid": os.getpid(),
-                       "hostname": os.uname().nodename})
+                       "hostname": os.uname().nodename, "workers": list(self.procs)})
+        self.gcs.send({"t": protocol.SUBSCRIBE, "ch": "node", "ra": self._gcs_ra()})
 
     def run(self) -> None:
         self.register_with_gcs()
-        self.gcs.send({"t": protocol.SUBSCRIBE, "ch": "node", "ra": self.address.ipc
-                       if self.gcs_addr.startswith("ipc://") else self.address.tcp})
+        self.apply_gcs(self.gcs_watch.start(time.monotonic()))
         self.start_workers(min(config.PRESTART_WORKERS, max(int(self.sched.total.get("CPU", 1)), 1)))
         self.sched.starting = len(self.procs)
         tick = 0.0
@@ -355,6 +414,8 @@ class Raylet:
                     self._reap(fd)
                 for fd in [f for f in ready if isinstance(f, int) and f in self.driver_fds]:
                     self._driver_gone(fd)
+                if self.gcs_fd is not None and self.gcs_fd in ready:
+                    self._gcs_exited()
             now = time.monotonic()
             if self._dirty and now - self._last_report > 0.02 or now - self._last_report > config.HEARTBEAT_S:
                 self.report(now)
@@ -362,10 +423,14 @@ class Raylet:
                 tick = now
                 self.apply(self.sched.tick(now, config.INFEASIBLE_WARN_S))
                 self.om.tick(now)
+                self.apply_gcs(self.gcs_watch.tick(now))
         self.shutdown()
 
     def shutdown(self) -> None:
         self.gcs.send({"t": protocol.UNREGISTER_NODE, "node": self.node_id})
+        if self.gcs_fd is not None:
+            os.close(self.gcs_fd)
+            self.gcs_fd = None
         for p in self.procs.values():
             try:
                 p.terminate()

@@ -156,6 +156,9 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
     node_ip = "127.0.0.1" if host in ("127.0.0.1", "localhost", "0.0.0.0") else host
     gcs_ipc = "ipc://" + os.path.join(session_dir, "sockets", "gcs")
     log_dir = os.path.join(session_dir, "logs")
+    # Every process we start runs in a session of its own: Ctrl-C at the driver's prompt (or
+    # a Jupyter interrupt) signals the driver's process group, never the cluster. An embedded
+    # one still dies with the driver: it holds the driver's pipe on stdin and exits at EOF.
     stdin = subprocess.PIPE if embedded else subprocess.DEVNULL
     extra = ["--embedded"] if embedded else []
     env = dict(os.environ)
@@ -165,7 +168,7 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
             [sys.executable, "-m", "zray.gcs", "--session-dir", session_dir, "--host", host,
              "--port", str(port), *extra],
             stdin=stdin, stdout=gl, stderr=subprocess.STDOUT, close_fds=True, env=env,
-            start_new_session=not embedded)
+            start_new_session=True)
     res = node_resources(num_cpus, num_gpus, resources, object_store_memory, node_ip, True)
     raylet = _spawn_raylet(session_dir, node_id, gcs_ipc, node_ip, res, object_store_memory,
                            True, embedded, env)
@@ -190,7 +193,7 @@ def _spawn_raylet(session_dir: str, node_id: bytes, gcs: str, node_ip: str, res:
     with open(os.path.join(log_dir, f"raylet-{node_id.hex()[:12]}.log"), "ab") as rl:
         return subprocess.Popen(args, stdin=subprocess.PIPE if embedded else subprocess.DEVNULL,
                                 stdout=rl, stderr=subprocess.STDOUT, close_fds=True, env=env,
-                                start_new_session=not embedded)
+                                start_new_session=True)
 
 
 def start_worker_node(*, session_dir: str, gcs_address: str, num_cpus: int | None = None,

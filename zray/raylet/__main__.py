@@ -10,7 +10,7 @@ import os
 from zray.node import shm_prefix_for
 from zray.process import run_until_stopped
 from zray.raylet.raylet import Raylet
-from zray.raylet.worker_pool import Zygote
+from zray.zygote import Zygote
 
 
 def main(argv: list[str] | None = None) -> None:

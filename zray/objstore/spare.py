@@ -36,6 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from stat import S_ISREG
 
 from zray.objstore import shm
 
@@ -72,22 +73,24 @@ def fits(spare_bytes: int, size: int) -> bool:
     """May a spare of ``spare_bytes`` hold an object segment of ``size`` bytes?
 
     Not much larger: shrinking it frees the rest, and a larger object may need it.
+    Only spares in the node's private directory are ever made or claimed; the
+    writer checks the claimed file again (``shm.open_for_write``).
     """
     return size <= spare_bytes <= max(size_class(size), size + size // 4)
 
 
 def spares(prefix: str) -> list[tuple[int, str]]:
     """(bytes, name) of the node's spares, by their names."""
-    head = prefix + TAG
+    dpath, dname, head = shm._split(prefix + TAG)
     out = []
     try:
-        names = os.listdir(shm.SHM_DIR)
+        names = os.listdir(dpath)
     except OSError:
         return out
     for n in names:
         if n.startswith(head):
             try:
-                out.append((int(n[len(head):].split("-", 1)[0]), n))
+                out.append((int(n[len(head):].split("-", 1)[0]), dname + n))
             except ValueError:
                 continue
     return out
@@ -113,9 +116,14 @@ def take(prefix: str, size: int, dest: str, prefer: set[int] | frozenset = froze
             except OSError:
                 return False
         cands.sort(key=lambda c: not mapped(c[1]))  # stable: smallest first otherwise
+    me = os.geteuid()
     for _, n in cands:
+        src = os.path.join(shm.SHM_DIR, n)
         try:
-            os.rename(os.path.join(shm.SHM_DIR, n), dest)
+            st = os.lstat(src)
+            if st.st_uid != me or not S_ISREG(st.st_mode):
+                continue  # not ours (planted in a shared directory): never claimed
+            os.rename(src, dest)
             return True
         except OSError:
             continue  # another writer claimed it first
@@ -195,12 +203,14 @@ class SpareFiller:
             size = os.stat(path).st_size
             if size < SPARE_MIN or size > self.max_bytes:
                 return False
-            fd = os.open(path, os.O_RDONLY)
+            fd = shm._open_nofollow(path, os.O_RDONLY)
         except OSError:
             return False
         self._held_lock.acquire()
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            shm.check_ours(st, path)  # NotOursError is an OSError: not recycled
+            size = st.st_size
             have = self._list()
             held = sum(b for b, _ in have)
             if held + size > min(self.max_bytes, self.room()):
@@ -300,7 +310,7 @@ class SpareFiller:
             st = os.statvfs(shm.SHM_DIR)
             if st.f_bavail * st.f_frsize < 2 * cls:
                 return False  # never crowd out real objects
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            fd = shm.create_private(tmp)
             try:
                 os.ftruncate(fd, cls)
                 # The slow part, off the critical path: allocate and zero every page.

@@ -23,15 +23,38 @@ def detect_num_cpus() -> int:
         return os.cpu_count() or 1
 
 
+# Linux's sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
+UNIX_PATH_MAX = 107
+# The longest file name we bind in <session>/sockets/ ("raylet-<12 hex>", "cli-<pid>-<6 hex>").
+SOCKET_NAME_MAX = 24
+
+
+class SessionDirError(ValueError):
+    """A session directory we cannot use (its socket paths would be too long)."""
+
+
+def check_socket_dir(sock_dir: str) -> None:
+    """Raise SessionDirError if a socket in sock_dir could exceed the unix path limit."""
+    longest = os.path.join(sock_dir, "raylet-" + "0" * (SOCKET_NAME_MAX - 7))
+    n = len(os.fsencode(longest))
+    if n > UNIX_PATH_MAX:
+        raise SessionDirError(
+            f"The session directory is too deep for unix sockets: a socket path like {longest} "
+            f"is {n} bytes, over the {UNIX_PATH_MAX}-byte limit of unix socket paths "
+            f"(sun_path). Set ZRAY_SESSION_ROOT to a shorter directory (it is now "
+            f"{os.environ.get('ZRAY_SESSION_ROOT', config.SESSION_ROOT)!r}).")
+
+
 def new_session_dir(root: str | None = None) -> str:
-    root = root or config.SESSION_ROOT
+    root = root or os.environ.get("ZRAY_SESSION_ROOT") or config.SESSION_ROOT
+    name = time.strftime("session_%Y-%m-%d_%H-%M-%S_") + f"{os.getpid()}_{secrets.token_hex(4)}"
+    path = os.path.join(os.path.abspath(root), name)
+    check_socket_dir(os.path.join(path, "sockets"))
     os.makedirs(root, exist_ok=True)
     try:
         os.chmod(root, 0o1777)  # shared like /tmp; each session dir is owner-only
     except PermissionError:
         pass
-    name = time.strftime("session_%Y-%m-%d_%H-%M-%S_") + f"{os.getpid()}_{secrets.token_hex(4)}"
-    path = os.path.join(root, name)
     os.mkdir(path, 0o700)
     os.mkdir(os.path.join(path, "sockets"), 0o700)
     os.mkdir(os.path.join(path, "logs"), 0o700)

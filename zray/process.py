@@ -1,4 +1,4 @@
-"""What the GCS and raylet mains share: run a server loop until told to stop."""
+"""Process helpers the mains share: run a server loop until told to stop, titles, identities."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ def run_until_stopped(server, embedded: bool) -> None:
     if embedded:
         watch_stdin_then(stop)
     server.run()
+
+
+def set_title(title: str) -> None:
+    """The process title `ps` shows (forked workers would show the raylet's otherwise)."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:
+        pass
 
 
 def watch_stdin_then(fn) -> None:

@@ -920,7 +920,7 @@ class CoreWorker(PollingRole):
             dest = self.addr_of(e.owner)
         except ConnectionError as err:
             log.warning("%s", err)
-            self._do(ev.ObjectsFailed([(oid, exc.OwnerDiedError(oid.hex(), str(e.owner)))]))
+            self._do(ev.ObjectsFailed([(oid, exc.OwnerDiedError(oid.hex(), e.owner))]))
             return
         self.conns.send(dest, {"t": protocol.GET_OBJECT, "oid": oid, "ra": self.my_addr_for(dest)})
 

@@ -148,7 +148,7 @@ class LineageMixin:
                 e.locs.discard(node)
             if not e.owned:
                 if e.state == PENDING and e.owner and e.owner[0] == node:
-                    self._set_failed(oid, e, exc.OwnerDiedError(oid.hex(), str(e.owner)))
+                    self._set_failed(oid, e, exc.OwnerDiedError(oid.hex(), e.owner))
                 continue
             if e.state != READY or e.node != node:
                 continue

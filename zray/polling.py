@@ -42,6 +42,20 @@ _zmq_poll = zmq.zmq_poll
 _PIPE = object()
 
 
+def _release_all(lock: Any) -> int:
+    """Release a re-entrant lock held (possibly several times) by this thread; the depth.
+
+    Public API only: RLock.release() raises RuntimeError once this thread holds it no more.
+    """
+    depth = 0
+    while True:
+        try:
+            lock.release()
+        except RuntimeError:
+            return depth
+        depth += 1
+
+
 class Waiter:
     """A thread blocked in ``CoreWorker._wait_until``, and how to wake it (lock held).
 
@@ -125,11 +139,12 @@ class PollingRole:
                     self._lead_gen += 1
                     self._io_take = False
                     w.leading = True
-                    saved = self.lock._release_save()
+                    depth = _release_all(self.lock)
                     try:
                         self._lead_poll(1000 if left is None else min(1000, int(left * 1000) + 1))
                     finally:
-                        self.lock._acquire_restore(saved)
+                        for _ in range(depth):
+                            self.lock.acquire()
                         w.leading = False
                         self._leader = prev
                 else:

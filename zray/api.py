@@ -144,7 +144,7 @@ def _connectable_session(address: str) -> str:
         conns.send("tcp://" + gaddr, {"t": protocol.PING, "ra": inbound.tcp_addr, "rid": 1})
         poller = zmq.Poller()
         inbound.register(poller)
-        got = []
+        got: list[dict] = []
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             ready = dict(poller.poll(100))

@@ -259,7 +259,7 @@ class CoreWorker:
         self.on_cancel_task = None
         # Actor calls made by this process (made on first use: actor_calls()).
         self.actor_submitter: ActorCalls | None = None
-        self.log_sink = None  # driver prints LOG_LINES through this
+        self.log_sink: Callable[[dict, list], None] | None = None  # driver: prints LOG_LINES
         self._liveness: dict[str, list] = {}  # addr -> [last ping sent, outstanding rid]
         self._fetching: dict[bytes, Entry] = {}  # borrowed objects asked of their owners
         self._ping_rids: dict[int, str] = {}

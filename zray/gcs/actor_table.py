@@ -22,6 +22,7 @@ from typing import Any
 
 from zray import protocol
 from zray.gcs.tables import Send
+from zray.protocol import Frames, Header
 
 # States and death causes are wire values (protocol.py): callers read them too.
 PENDING = protocol.ACTOR_PENDING
@@ -55,29 +56,32 @@ class DropConn:
     dest: str
 
 
+Action = Send | DropConn  # what the event methods return, for the GCS's shell to do
+
+
 @dataclass
 class ActorRecord:
     aid: bytes
     name: str | None
     ns: str | None
     detached: bool
-    owner: list  # packed address of the owner (driver or worker)
+    owner: list[Any]  # packed address of the owner (driver or worker)
     owner_wid: bytes
-    drv: list  # packed address of the job's driver
+    drv: list[Any]  # packed address of the job's driver
     job: bytes
-    spec: dict  # fn, cls, res, hold, strat, max_restarts, max_concurrency, async, meta
-    args: list  # argument descriptors (see docs/PROTOCOL.md)
-    kw: list
-    payload: list  # argument frames (kept for restarts)
+    spec: dict[str, Any]  # fn, cls, res, hold, strat, max_restarts, max_concurrency, async, meta
+    args: list[Any]  # argument descriptors (see docs/PROTOCOL.md)
+    kw: list[Any]
+    payload: Frames  # argument frames (kept for restarts)
     state: str = PENDING
     num_restarts: int = 0
     # Where it runs (set at LEASE_GRANTED)
     wid: bytes | None = None
-    addr: list | None = None
+    addr: list[Any] | None = None
     node: bytes | None = None
     lease: int | None = None
-    raylet: list | None = None
-    res: dict = field(default_factory=dict)
+    raylet: list[Any] | None = None
+    res: dict[str, float] = field(default_factory=dict)
     pid: int = 0
     # A lease request in flight
     lrid: int | None = None
@@ -85,10 +89,10 @@ class ActorRecord:
     lease_node: bytes | None = None
     unplaced: bool = False  # no node was alive to ask: retried on tick / node added
     kill_restart: bool = False  # zray.kill(no_restart=False) in progress
-    subscribers: dict = field(default_factory=dict)  # reply address -> (wid, node)
+    subscribers: dict[str, Any] = field(default_factory=dict)  # reply address -> (wid, node)
     death_kind: str = ""
     death_msg: str = ""
-    death_frames: list = field(default_factory=list)
+    death_frames: Frames = field(default_factory=list)
 
     @property
     def max_restarts(self) -> int:
@@ -101,7 +105,7 @@ class ActorRecord:
 class ActorTable:
     """Every actor of the cluster, and its name per namespace."""
 
-    def __init__(self, nodes: dict, gcs_addr: str):
+    def __init__(self, nodes: dict[bytes, Any], gcs_addr: str):
         self.nodes = nodes  # GcsTables.nodes: node id -> NodeInfo (read only)
         self.gcs_addr = gcs_addr  # where raylets and workers answer us (tcp)
         self.actors: dict[bytes, ActorRecord] = {}
@@ -113,7 +117,7 @@ class ActorTable:
         self._lrid = 0
 
     # ------------------------------------------------------------ dispatch
-    def handle(self, h: dict, payload: list) -> list:
+    def handle(self, h: Header, payload: Frames) -> list[Action]:
         t = h["t"]
         if t == protocol.REGISTER_ACTOR:
             return self.register(h, payload)
@@ -143,7 +147,7 @@ class ActorTable:
         return []
 
     # ---------------------------------------------------------- creation
-    def register(self, h: dict, payload: list) -> list:
+    def register(self, h: Header, payload: Frames) -> list[Action]:
         reply = {"t": protocol.REGISTER_ACTOR_REPLY, "rid": h["rid"], "ok": True}
         aid = h["aid"]
         name, ns = h.get("name"), h.get("ns")
@@ -196,7 +200,7 @@ class ActorTable:
         heads = [i for i in alive if i.is_head]
         return (heads or alive)[0]
 
-    def _schedule(self, rec: ActorRecord, info: Any = None, spilled: bool = False) -> list:
+    def _schedule(self, rec: ActorRecord, info: Any = None, spilled: bool = False) -> list[Action]:
         info = info or self._pick_raylet(rec)
         if info is None:
             rec.unplaced = True
@@ -218,24 +222,24 @@ class ActorTable:
         h["spilled"] = spilled
         return [Send(rec.lease_dest, h)]
 
-    def lease_granted(self, h: dict) -> list:
+    def lease_granted(self, h: Header) -> list[Action]:
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
-        if rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
+        if aid is None or rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
             # Nobody wants it any more: give the worker back.
             return [Send(_raylet_addr(h["raylet"]), {"t": protocol.RETURN_LEASE,
                                                      "lease": h["lease"], "exit": False})]
         rec.lrid = rec.lease_dest = rec.lease_node = None
         rec.wid, rec.addr, rec.node = h["wid"], h["waddr"], h["node"]
         rec.lease, rec.raylet, rec.res = h["lease"], h["raylet"], h.get("res") or {}
-        self.by_worker[rec.wid] = aid
+        self.by_worker[h["wid"]] = aid
         ch = {"t": protocol.CREATE_ACTOR, "aid": aid, "inc": rec.num_restarts,
               "ra": self.gcs_addr, "spec": rec.spec, "args": rec.args, "kw": rec.kw,
               "own": rec.owner, "drv": rec.drv, "job": rec.job, "res": rec.res,
               "name": rec.name, "ns": rec.ns}
         return [Send(_worker_addr(rec.addr), ch, list(rec.payload))]
 
-    def lease_spillback(self, h: dict) -> list:
+    def lease_spillback(self, h: Header) -> list[Action]:
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
@@ -246,7 +250,7 @@ class ActorTable:
             return self._schedule(rec)
         return self._schedule(rec, info, spilled=True)
 
-    def lease_failed(self, h: dict) -> list:
+    def lease_failed(self, h: Header) -> list[Action]:
         if h.get("warn"):
             # Infeasible for now: it stays queued at the raylet; the owner prints why.
             rec = self.actors.get(self.leases.get(h["lrid"], b""))
@@ -263,11 +267,11 @@ class ActorTable:
         rec.lrid = rec.lease_dest = rec.lease_node = None
         return self._set_dead(rec, UNSCHEDULABLE, h.get("msg") or "the actor cannot be scheduled")
 
-    def actor_created(self, h: dict, payload: list) -> list:
+    def actor_created(self, h: Header, payload: Frames) -> list[Action]:
         rec = self.actors.get(h["aid"])
         # A failed constructor asks (rid): its worker exits only once we know the cause.
-        acts = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})
-                ] if "rid" in h else []
+        acts: list[Action] = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"],
+                                             "ok": True})] if "rid" in h else []
         if (rec is None or rec.state == DEAD or rec.wid != h.get("wid")
                 or h.get("inc") != rec.num_restarts):
             return acts  # stale: an earlier incarnation, or killed meanwhile
@@ -281,7 +285,7 @@ class ActorTable:
         return self._publish(rec)
 
     # ------------------------------------------------------------- queries
-    def subscribe(self, h: dict) -> list:
+    def subscribe(self, h: Header) -> list[Action]:
         rec = self.actors.get(h["aid"])
         if rec is None:
             return [Send(h["ra"], {"t": protocol.ACTOR_STATE, "aid": h["aid"], "st": DEAD,
@@ -291,8 +295,8 @@ class ActorTable:
             rec.subscribers[h["ra"]] = (h.get("wid"), h.get("node"))
         return [Send(h["ra"], self._state_header(rec), list(rec.death_frames))]
 
-    def get_actor(self, h: dict) -> list:
-        reply: dict = {"t": protocol.ACTOR_INFO, "rid": h["rid"]}
+    def get_actor(self, h: Header) -> list[Action]:
+        reply: Header = {"t": protocol.ACTOR_INFO, "rid": h["rid"]}
         if h.get("list"):
             out = []
             for (ns, name), _aid in sorted(self.names.items()):
@@ -300,7 +304,7 @@ class ActorTable:
                     out.append({"name": name, "namespace": ns})
             reply["actors"] = out
             return [Send(h["ra"], reply)]
-        aid = self.names.get((h.get("ns") or "", h.get("name")))
+        aid = self.names.get((h.get("ns") or "", h.get("name") or ""))
         if aid is None and h.get("aid") is not None:
             aid = h["aid"] if h["aid"] in self.actors else None
         if aid is None:
@@ -312,7 +316,7 @@ class ActorTable:
         return [Send(h["ra"], reply)]
 
     # ------------------------------------------------------------- ending
-    def kill(self, h: dict) -> list:
+    def kill(self, h: Header) -> list[Action]:
         rec = self.actors.get(h["aid"])
         acts = self._kill(rec, bool(h.get("no_restart", True)))
         if "rid" in h:
@@ -322,7 +326,7 @@ class ActorTable:
             acts.append(Send(h["ra"], ack))
         return acts
 
-    def _kill(self, rec: ActorRecord | None, no_restart: bool) -> list:
+    def _kill(self, rec: ActorRecord | None, no_restart: bool) -> list[Action]:
         if rec is None or rec.state == DEAD:
             return []
         if no_restart or not rec.can_restart():
@@ -333,28 +337,29 @@ class ActorTable:
         rec.kill_restart = True
         return self._kill_worker(rec)
 
-    def actor_exiting(self, h: dict) -> list:
+    def actor_exiting(self, h: Header) -> list[Action]:
         rec = self.actors.get(h["aid"])
-        acts = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})]
+        acts: list[Action] = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"],
+                                             "ok": True})]
         if rec is None or rec.state == DEAD or rec.wid != h.get("wid"):
             return acts
         return acts + self._set_dead(rec, EXITED, h.get("msg") or (
             "The actor exited intentionally (__ray_terminate__ or exit_actor())."),
             kill_worker=False)
 
-    def worker_died(self, wid: bytes | None, lease: int | None, reason: str) -> list:
+    def worker_died(self, wid: bytes | None, lease: int | None, reason: str) -> list[Action]:
         aid = self.by_worker.pop(wid, None) if wid is not None else None
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.wid != wid:
             return []
-        acts: list = [DropConn(_worker_addr(rec.addr))] if rec.addr else []
+        acts: list[Action] = [DropConn(_worker_addr(rec.addr))] if rec.addr else []
         rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None
         if rec.state == DEAD:
             return acts
         return acts + self._lost(rec, WORKER_DIED, "The actor's worker process died "
                                  "unexpectedly" + (f" ({reason})." if reason else "."))
 
-    def _lost(self, rec: ActorRecord, kind: str, msg: str) -> list:
+    def _lost(self, rec: ActorRecord, kind: str, msg: str) -> list[Action]:
         """The actor's process is gone: restart it if its budget allows, else it is dead."""
         killed = rec.kill_restart
         rec.kill_restart = False
@@ -366,10 +371,10 @@ class ActorTable:
             kind, msg = KILLED, "The actor was killed by zray.kill()."
         return self._set_dead(rec, kind, msg, kill_worker=False)
 
-    def client_died(self, wid: bytes | None, addr: str | None, job: bytes | None = None) -> list:
+    def client_died(self, wid: bytes | None, addr: str | None, job: bytes | None = None) -> list[Action]:
         """A driver or worker ended: the actors it owns (or its job's, for a driver) die."""
-        acts: list = []
-        gone: set = set()
+        acts: list[Action] = []
+        gone: set[str] = set()  # subscribers' reply addresses
         for rec in list(self.actors.values()):
             for ra, (swid, _) in list(rec.subscribers.items()):
                 if ra == addr or (wid is not None and swid == wid):
@@ -387,11 +392,11 @@ class ActorTable:
                     "actors share their owner's fate."))
         return acts + [DropConn(ra) for ra in gone]
 
-    def node_added(self, node: bytes) -> list:
+    def node_added(self, node: bytes) -> list[Action]:
         return self._place_unplaced()
 
-    def _place_unplaced(self) -> list:
-        acts: list = []
+    def _place_unplaced(self) -> list[Action]:
+        acts: list[Action] = []
         for aid in list(self.unplaced):
             rec = self.actors.get(aid)
             if rec is None or rec.state not in (PENDING, RESTARTING):
@@ -400,8 +405,8 @@ class ActorTable:
             acts += self._schedule(rec)
         return acts
 
-    def node_dead(self, node: bytes) -> list:
-        acts: list = []
+    def node_dead(self, node: bytes) -> list[Action]:
+        acts: list[Action] = []
         for rec in list(self.actors.values()):
             for ra, (_, snode) in list(rec.subscribers.items()):
                 if snode == node:
@@ -415,7 +420,8 @@ class ActorTable:
                     "their owner's fate."))
                 continue
             if rec.node == node:
-                self.by_worker.pop(rec.wid, None)
+                if rec.wid is not None:
+                    self.by_worker.pop(rec.wid, None)
                 if rec.addr:
                     acts.append(DropConn(_worker_addr(rec.addr)))
                 rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None
@@ -426,11 +432,11 @@ class ActorTable:
                 acts += self._schedule(rec)
         return acts
 
-    def tick(self, now: float) -> list:
+    def tick(self, now: float) -> list[Action]:
         return self._place_unplaced() if self.unplaced else []
 
     # ------------------------------------------------------------- helpers
-    def _kill_worker(self, rec: ActorRecord) -> list:
+    def _kill_worker(self, rec: ActorRecord) -> list[Action]:
         if rec.wid is None or rec.node is None:
             return []
         info = self.nodes.get(rec.node)
@@ -438,9 +444,9 @@ class ActorTable:
             return []
         return [Send(_raylet_addr(info.addr), {"t": protocol.KILL_WORKER, "wid": rec.wid})]
 
-    def _set_dead(self, rec: ActorRecord, kind: str, msg: str, frames: list | None = None,
-                  kill_worker: bool = True) -> list:
-        acts: list = []
+    def _set_dead(self, rec: ActorRecord, kind: str, msg: str, frames: Frames | None = None,
+                  kill_worker: bool = True) -> list[Action]:
+        acts: list[Action] = []
         if kill_worker:
             acts += self._kill_worker(rec)
         if rec.lrid is not None:
@@ -468,7 +474,7 @@ class ActorTable:
         rec.subscribers.clear()
         return acts
 
-    def _state_header(self, rec: ActorRecord) -> dict:
+    def _state_header(self, rec: ActorRecord) -> Header:
         h = {"t": protocol.ACTOR_STATE, "aid": rec.aid, "st": rec.state,
              "inc": rec.num_restarts, "cls": rec.spec.get("cls", ""), "name": rec.name,
              "ns": rec.ns, "restartable": rec.max_restarts != 0}
@@ -478,11 +484,11 @@ class ActorTable:
             h.update({"kind": rec.death_kind, "msg": rec.death_msg, "pid": rec.pid})
         return h
 
-    def _publish(self, rec: ActorRecord) -> list:
+    def _publish(self, rec: ActorRecord) -> list[Action]:
         h = self._state_header(rec)
         return [Send(ra, dict(h), list(rec.death_frames)) for ra in rec.subscribers]
 
-    def view(self) -> list[dict]:
+    def view(self) -> list[dict[str, Any]]:
         """A summary of every actor (for debugging and the state API)."""
         return [{"actor_id": r.aid.hex(), "class_name": r.spec.get("cls", ""),
                  "state": r.state, "name": r.name or "", "namespace": r.ns or "",
@@ -491,9 +497,9 @@ class ActorTable:
                 for r in self.actors.values()]
 
 
-def _raylet_addr(packed: list) -> str:
+def _raylet_addr(packed: list[Any]) -> str:
     # The GCS talks to raylets and workers over tcp (it is on no node of theirs).
-    return packed[2] or packed[1]
+    return str(packed[2] or packed[1])
 
 
 _worker_addr = _raylet_addr

@@ -1,17 +1,17 @@
 """Accounting, eviction and spilling of a node's object store, as a state machine.
 
-``ObjectStoreState`` does no I/O and reads no clock: each method takes one event
-and returns a list of actions for the raylet to carry out (usually through
+``ObjectStoreState`` does no I/O and reads no clock: ``handle(event)`` takes one
+event and returns a list of actions for the raylet to carry out (usually through
 ``spill.StoreExecutor``). Completion of the slow actions (``Spill``, ``Restore``,
-``Evict``) comes back as further events (``spilled``, ``restored``, ``evicted``,
-or their ``*_failed`` variants).
+``Evict``) comes back as further events (``Spilled``, ``Restored``, ``Evicted``,
+or ``SpillFailed``/``RestoreFailed``).
 
 Life of an object on a node::
 
     seal ──► IN_MEMORY ──Spill──► SPILLING ──spilled──► SPILLED
                  ▲                                        │ get
                  └────────────restored──── RESTORING ◄────┘
-    IN_MEMORY (secondary) ──Evict──► gone (bytes counted until ``evicted``)
+    IN_MEMORY (secondary) ──Evict──► gone (bytes counted until ``Evicted``)
 
 Byte accounting: ``used`` is every byte the store's segments occupy in
 /dev/shm, including objects whose spill or eviction is still in flight and
@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Union
+from typing import Any, Union
 
 ObjectId = bytes
 
@@ -59,21 +60,21 @@ class Missing:
 
 @dataclass(frozen=True)
 class Evict:
-    """Unlink a secondary copy to make room; answer with ``evicted``."""
+    """Unlink a secondary copy to make room; answer with ``Evicted``."""
 
     object_id: ObjectId
 
 
 @dataclass(frozen=True)
 class Spill:
-    """Copy a primary copy to disk, then unlink it; answer with ``spilled``/``spill_failed``."""
+    """Copy a primary copy to disk, then unlink it; answer with ``Spilled``/``SpillFailed``."""
 
     object_id: ObjectId
 
 
 @dataclass(frozen=True)
 class Restore:
-    """Copy a spilled object back into /dev/shm; answer with ``restored``/``restore_failed``."""
+    """Copy a spilled object back into /dev/shm; answer with ``Restored``/``RestoreFailed``."""
 
     object_id: ObjectId
 
@@ -108,8 +109,8 @@ Action = Union[Ready, Missing, Evict, Spill, Restore, Unlink, DeleteSpilled, Sto
 
 
 # ---------------------------------------------------------------- events
-# The named methods of ObjectStoreState are the primary API; these classes let
-# the shell (and StoreExecutor, for completions) pass events as values to handle().
+# ObjectStoreState.handle(event) takes them: the shell's requests and, from
+# StoreExecutor, the completions of slow actions.
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ class StoreStats:
     evicted_bytes_total: int
     over_capacity: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -303,7 +304,7 @@ class ObjectStoreState:
 
     # ------------------------------------------------------------ events
 
-    def seal(self, object_id: ObjectId, size: int, primary: bool) -> list[Action]:
+    def _seal(self, object_id: ObjectId, size: int, primary: bool) -> list[Action]:
         """A new object of ``size`` bytes landed in /dev/shm (primary: made here)."""
         obj = self._objects.get(object_id)
         if obj is not None:
@@ -329,7 +330,7 @@ class ObjectStoreState:
         self._touch(object_id, obj)
         return self._room_for(object_id)
 
-    def pin(self, object_id: ObjectId) -> list[Action]:
+    def _pin(self, object_id: ObjectId) -> list[Action]:
         """A reader is using the object: never evict or spill it until unpinned."""
         obj = self._objects.get(object_id)
         if obj is None or obj.deleted:
@@ -339,7 +340,7 @@ class ObjectStoreState:
         obj.pins += 1
         return []
 
-    def unpin(self, object_id: ObjectId) -> list[Action]:
+    def _unpin(self, object_id: ObjectId) -> list[Action]:
         """A reader is done; the last unpin makes it a candidate again (most recent)."""
         obj = self._objects.get(object_id)
         if obj is None or obj.pins == 0:
@@ -352,7 +353,7 @@ class ObjectStoreState:
                 return self._make_room(exclude=None)
         return []
 
-    def get(self, object_id: ObjectId) -> list[Action]:
+    def _get(self, object_id: ObjectId) -> list[Action]:
         """A reader wants the object.
 
         Returns ``[Ready]`` if it is in memory, ``[Missing]`` if unknown,
@@ -373,7 +374,7 @@ class ObjectStoreState:
             obj.want_restore = True
         return []
 
-    def delete(self, object_id: ObjectId) -> list[Action]:
+    def _delete(self, object_id: ObjectId) -> list[Action]:
         """The owner freed the object: remove every copy this node has."""
         obj = self._objects.get(object_id)
         if obj is None or obj.deleted:
@@ -397,7 +398,7 @@ class ObjectStoreState:
         obj.want_restore = False
         return [Missing(object_id)] if waiting else []
 
-    def spilled(self, object_id: ObjectId) -> list[Action]:
+    def _spilled(self, object_id: ObjectId) -> list[Action]:
         """The executor wrote the spill file and unlinked the segment."""
         obj = self._objects.get(object_id)
         if obj is None or obj.where is not Where.SPILLING:
@@ -415,7 +416,7 @@ class ObjectStoreState:
             return self._start_restore(object_id, obj)
         return []
 
-    def spill_failed(self, object_id: ObjectId) -> list[Action]:
+    def _spill_failed(self, object_id: ObjectId) -> list[Action]:
         """The spill did not happen (disk full, segment gone): it is still in memory."""
         obj = self._objects.get(object_id)
         if obj is None or obj.where is not Where.SPILLING:
@@ -436,7 +437,7 @@ class ObjectStoreState:
             actions.append(StoreFull(object_id, self._used, self.capacity))
         return actions
 
-    def restored(self, object_id: ObjectId) -> list[Action]:
+    def _restored(self, object_id: ObjectId) -> list[Action]:
         """The executor copied the object back into /dev/shm."""
         obj = self._objects.get(object_id)
         if obj is None or obj.where is not Where.RESTORING:
@@ -450,7 +451,7 @@ class ObjectStoreState:
         self._touch(object_id, obj)
         return [Ready(object_id)]
 
-    def restore_failed(self, object_id: ObjectId, lost: bool = False) -> list[Action]:
+    def _restore_failed(self, object_id: ObjectId, lost: bool = False) -> list[Action]:
         """The restore did not happen; waiting readers get ``Missing``.
 
         With ``lost`` the spill file is unusable and the object is dropped (the
@@ -471,7 +472,7 @@ class ObjectStoreState:
         self._n_spilled += 1
         return [Missing(object_id)]
 
-    def evicted(self, object_id: ObjectId) -> list[Action]:
+    def _evicted(self, object_id: ObjectId) -> list[Action]:
         """The executor unlinked an evicted secondary copy."""
         size = self._evicting.pop(object_id, None)
         if size is None:
@@ -482,11 +483,11 @@ class ObjectStoreState:
         return []
 
     def handle(self, event: Event) -> list[Action]:
-        """Dispatch an event value to the method of the same meaning."""
+        """Take one event; return the actions it calls for (the only way in)."""
         if isinstance(event, Seal):
-            return self.seal(event.object_id, event.size, event.primary)
+            return self._seal(event.object_id, event.size, event.primary)
         if isinstance(event, RestoreFailed):
-            return self.restore_failed(event.object_id, event.lost)
+            return self._restore_failed(event.object_id, event.lost)
         method = _DISPATCH.get(type(event))
         if method is None:
             raise TypeError(f"not an object store event: {event!r}")
@@ -527,13 +528,13 @@ class ObjectStoreState:
         )
 
 
-_DISPATCH = {
-    Pin: ObjectStoreState.pin,
-    Unpin: ObjectStoreState.unpin,
-    Get: ObjectStoreState.get,
-    Delete: ObjectStoreState.delete,
-    Spilled: ObjectStoreState.spilled,
-    SpillFailed: ObjectStoreState.spill_failed,
-    Restored: ObjectStoreState.restored,
-    Evicted: ObjectStoreState.evicted,
+_DISPATCH: dict[type, Callable[[ObjectStoreState, ObjectId], list[Action]]] = {
+    Pin: ObjectStoreState._pin,
+    Unpin: ObjectStoreState._unpin,
+    Get: ObjectStoreState._get,
+    Delete: ObjectStoreState._delete,
+    Spilled: ObjectStoreState._spilled,
+    SpillFailed: ObjectStoreState._spill_failed,
+    Restored: ObjectStoreState._restored,
+    Evicted: ObjectStoreState._evicted,
 }

@@ -106,14 +106,14 @@ class Raylet:
                                              stderr=subprocess.STDOUT, close_fds=True)
             except OSError as e:
                 log.error("cannot start a worker: %s", e)
-                self.apply(self.sched.worker_start_failed())
+                self.apply(self.sched.handle(sch.WorkerStartFailed()))
                 continue
             self.procs[wid] = p
             try:
                 fd = os.pidfd_open(p.pid)
             except ProcessLookupError:  # died at once: treat as a failed start
                 self.procs.pop(wid)
-                self.apply(self.sched.worker_start_failed())
+                self.apply(self.sched.handle(sch.WorkerStartFailed()))
                 continue
             self.pidfds[fd] = wid
             self.poller.register(fd, zmq.POLLIN)
@@ -130,13 +130,13 @@ class Raylet:
         waddr = self.workers_addr.pop(wid, None)
         if waddr is not None:
             # Leases this worker held as an owner (nested tasks) end with it.
-            self.apply(self.sched.owner_died(waddr[1]))
+            self.apply(self.sched.handle(sch.OwnerDied(waddr[1])))
         self._remove_worker_socket(wid)
         self._dirty = True
         # Actors owned by this worker share its fate: the GCS ends them.
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid,
                        "addr": waddr[1] if waddr is not None else None})
-        self.apply(self.sched.worker_exited(wid))
+        self.apply(self.sched.handle(sch.WorkerExited(wid)))
 
     def _remove_worker_socket(self, wid: bytes) -> None:
         # A killed worker cannot remove its own ipc socket file.
@@ -162,7 +162,7 @@ class Raylet:
         self._dirty = True
         # Its job's non-detached actors end with it (the GCS decides which).
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid, "addr": ra, "driver": True})
-        self.apply(self.sched.owner_died(ra))
+        self.apply(self.sched.handle(sch.OwnerDied(ra)))
 
     def kill_worker(self, wid: bytes, sig: int = signal.SIGTERM) -> None:
         p = self.procs.get(wid)
@@ -222,7 +222,7 @@ class Raylet:
         if self.view.ready and not was_ready:
             self.om.view_ready()
         if changed or h.get("ev") == "snapshot":
-            self.apply(self.sched.peers_changed(self.view.res, self.view.dead, changed))
+            self.apply(self.sched.handle(sch.PeersChanged(self.view.res, self.view.dead, changed)))
 
     def store_apply(self, acts: list) -> list:
         """Carry out the object store's actions inline; return Ready/Missing/StoreFull."""
@@ -245,22 +245,22 @@ class Raylet:
                                    else h["ra"].startswith("tcp://"))
             if "hold" in h:  # an actor's lease (the GCS asks): what it holds once granted
                 req.hold = {k: float(v) for k, v in h["hold"].items()}
-            self.apply(self.sched.request(req))
+            self.apply(self.sched.handle(sch.LeaseRequested(req)))
         elif t == protocol.RETURN_LEASE:
             self._dirty = True
-            self.apply(self.sched.lease_returned(h["lease"], bool(h.get("exit"))))
+            self.apply(self.sched.handle(sch.LeaseReturned(h["lease"], bool(h.get("exit")))))
         elif t == protocol.REGISTER_CLIENT:
             self._register_client(h)
         elif t == protocol.WORKER_BLOCKED:
             self._dirty = True
-            self.apply(self.sched.blocked(h["wid"]))
+            self.apply(self.sched.handle(sch.WorkerBlocked(h["wid"])))
         elif t == protocol.WORKER_UNBLOCKED:
             self._dirty = True
-            self.apply(self.sched.unblocked(h["wid"]))
+            self.apply(self.sched.handle(sch.WorkerUnblocked(h["wid"])))
         elif t == protocol.OBJECT_SEALED:
             self.spares.note(int(h["size"]))
-            self.store_apply(self.store.seal(h["oid"], int(h["size"]),
-                                             primary=not h.get("secondary")))
+            self.store_apply(self.store.handle(ostore.Seal(h["oid"], int(h["size"]),
+                                                           primary=not h.get("secondary"))))
         elif t == protocol.FREE_OBJECTS:
             node = h.get("node")
             if node and node != self.node_id:  # the owner does not know that raylet: forward
@@ -271,7 +271,7 @@ class Raylet:
             self.om.freed(h["oids"])
             for oid in h["oids"]:
                 if self.store.contains(oid):
-                    self.store_apply(self.store.delete(oid))
+                    self.store_apply(self.store.handle(ostore.Delete(oid)))
                 elif not self.spares.recycle(self.shm_prefix + oid.hex()):
                     shm.unlink(self.shm_prefix + oid.hex())
         elif t == protocol.PULL_OBJECT:
@@ -283,7 +283,7 @@ class Raylet:
             if self.store.contains(h["oid"]):
                 # In memory, or spilled: restored before we answer.
                 ok = any(isinstance(a, ostore.Ready) for a in self.store_apply(
-                    self.store.get(h["oid"])))
+                    self.store.handle(ostore.Get(h["oid"]))))
             self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
         elif t == protocol.CHUNK_REQUEST:
             self.om.serve(h)
@@ -296,7 +296,7 @@ class Raylet:
         elif t == protocol.PUBLISH:
             self._on_publish(h)
         elif t == protocol.CANCEL_LEASE_REQUEST:
-            self.apply(self.sched.cancel(h["ra"], h["lrid"]))
+            self.apply(self.sched.handle(sch.RequestCancelled(h["ra"], h["lrid"])))
         elif t == protocol.KILL_WORKER:  # the GCS ends a killed actor's worker
             self.kill_worker(h["wid"], signal.SIGKILL)
         elif t == protocol.WORKER_EXITING:
@@ -328,7 +328,7 @@ class Raylet:
         wid = h["wid"]
         if h.get("kind") == "worker":
             self.workers_addr[wid] = h["addr"]
-            self.apply(self.sched.worker_registered(wid))
+            self.apply(self.sched.handle(sch.WorkerRegistered(wid)))
         else:
             self.drivers[wid] = h["ra"]
             self._watch_driver(wid, int(h.get("pid", 0)), h["ra"])
@@ -404,7 +404,7 @@ class Raylet:
         self.register_with_gcs()
         self.apply_gcs(self.gcs_watch.start(time.monotonic()))
         self.start_workers(min(config.PRESTART_WORKERS, max(int(self.sched.total.get("CPU", 1)), 1)))
-        self.sched.starting = len(self.procs)
+        self.sched.handle(sch.WorkersStarting(len(self.procs)))
         tick = 0.0
         while self.running:
             ready = dict(self.poller.poll(50))
@@ -421,7 +421,7 @@ class Raylet:
                 self.report(now)
             if now - tick > 0.25:
                 tick = now
-                self.apply(self.sched.tick(now, config.INFEASIBLE_WARN_S))
+                self.apply(self.sched.handle(sch.Tick(now, config.INFEASIBLE_WARN_S)))
                 self.om.tick(now)
                 self.apply_gcs(self.gcs_watch.tick(now))
         self.shutdown()

@@ -33,6 +33,10 @@ def test_get_of_an_object_whose_owner_died_raises_owner_died(cluster):
         zray.get(inner, timeout=60)
     assert time.monotonic() - t0 < 30
     assert isinstance(info.value, zray.exceptions.ObjectLostError)
+    # The owner's address is readable: no packed list of raw bytes.
+    text = str(info.value)
+    assert "b'" not in text and "\\x" not in text and "[" not in text, text
+    assert "://" in text, text
 
     @zray.remote
     def ok():

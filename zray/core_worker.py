@@ -522,7 +522,7 @@ class CoreWorker:
         try:
             dest = self.addr_of(owner)
         except ConnectionError as err:
-            self._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), str(owner)))
+            self._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), owner))
             log.warning("%s", err)
             return
         self.conns.send(dest, {"t": protocol.GET_OBJECT, "oid": oid,

@@ -19,7 +19,7 @@ from zray import actor_executor, config, protocol, serialization, worker_state
 from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
-from zray.raylet.worker_pool import set_title
+from zray.process import set_title
 
 log = logging.getLogger("zray.worker")
 

@@ -303,7 +303,7 @@ class _WriterMaps:
     """Writable mappings of the spares this process wrote into last, kept for a while.
 
     A put/free loop gets the same recycled segment back again and again
-    (spare.take prefers the inodes kept here): writing it through the mapping
+    (take() prefers the inodes kept here): writing it through the mapping
     made last time skips setting up and tearing down its page table, which
     for 800 MB costs as much as the copy itself. A kept mapping holds no lock
     (it is made from a file description of its own, not the writer's locked
@@ -419,9 +419,7 @@ def create(name: str, frames: list) -> int:
     except SegmentError:
         # /dev/shm is full: the node's spares (memory kept for later writes) go
         # first. Nobody maps a spare, so any process may unlink them.
-        from zray.objstore import spare
-
-        if not sum(unlink(n) for _, n in spare.spares(name[:-OID_HEX])):
+        if not sum(unlink(n) for _, n in spares(name[:-OID_HEX])):
             raise
     return _create(name, frames)
 
@@ -446,9 +444,7 @@ def open_for_write(prefix: str, total: int, path: str,
                    prefer: set[int] | frozenset = frozenset()) -> tuple[int, bool]:
     """The fd (shared-locked, checked to be ours) of a new segment at ``path``; and
     whether it is a claimed spare (its pages exist) rather than a new empty file."""
-    from zray.objstore import spare
-
-    if total >= spare.SPARE_MIN and spare.take(prefix, total, path, prefer=prefer):
+    if total >= SPARE_MIN and take(prefix, total, path, prefer=prefer):
         fd = -1
         try:
             # Locked like a reader's mapping: the raylet never recycles it mid-write.
@@ -611,3 +607,86 @@ def _remove_dir(path: str, me: int) -> int:
     except OSError as e:
         log.warning("cannot remove %s: %s", path, e)
     return n
+
+
+# --- spares: claiming (the raylet makes them: spare.SpareFiller) -----------------
+SPARE_MIN = 8 << 20  # objects smaller than this gain little from a spare
+TAG = "spare-"
+
+
+def size_class(n: int) -> int:
+    """Round up to a size class (at least SPARE_MIN): 4 steps per power of two.
+
+    A claimed spare is shrunk to the object's size; the finer the classes, the
+    fewer of its pages that costs (a 100 MB object takes a 96 MiB spare, not 128).
+    """
+    c = SPARE_MIN
+    while c < n:
+        c <<= 1
+    if c > SPARE_MIN:
+        step = c // 8
+        for q in (5, 6, 7):  # c/2 < n <= c: the smallest of 5/8, 6/8, 7/8, 8/8 of c that fits
+            if q * step >= n:
+                return q * step
+    return c
+
+
+def fits(spare_bytes: int, size: int) -> bool:
+    """May a spare of ``spare_bytes`` hold an object segment of ``size`` bytes?
+
+    Not much larger: shrinking it frees the rest, and a larger object may need it.
+    Only spares in the node's private directory are ever made or claimed; the
+    writer checks the claimed file again (``open_for_write``).
+    """
+    return size <= spare_bytes <= max(size_class(size), size + size // 4)
+
+
+def spares(prefix: str) -> list[tuple[int, str]]:
+    """(bytes, name) of the node's spares, by their names."""
+    dpath, dname, head = _split(prefix + TAG)
+    out = []
+    try:
+        names = os.listdir(dpath)
+    except OSError:
+        return out
+    for n in names:
+        if n.startswith(head):
+            try:
+                out.append((int(n[len(head):].split("-", 1)[0]), dname + n))
+            except ValueError:
+                continue
+    return out
+
+
+def spare_name(prefix: str, nbytes: int) -> str:
+    return f"{prefix}{TAG}{nbytes}-{os.urandom(6).hex()}"
+
+
+def take(prefix: str, size: int, dest: str, prefer: set[int] | frozenset = frozenset()) -> bool:
+    """Rename the smallest spare that fits ``size`` bytes to ``dest`` (a path); False if none.
+
+    ``prefer``: inode numbers of spares the caller still maps (_WriterMaps),
+    taken first: their page table is set up already.
+    """
+    if size < SPARE_MIN:
+        return False
+    cands = sorted(s for s in spares(prefix) if fits(s[0], size))
+    if prefer and len(cands) > 1:
+        def mapped(n: str) -> bool:
+            try:
+                return os.stat(os.path.join(SHM_DIR, n)).st_ino in prefer
+            except OSError:
+                return False
+        cands.sort(key=lambda c: not mapped(c[1]))  # stable: smallest first otherwise
+    me = os.geteuid()
+    for _, n in cands:
+        src = os.path.join(SHM_DIR, n)
+        try:
+            st = os.lstat(src)
+            if st.st_uid != me or not stat.S_ISREG(st.st_mode):
+                continue  # not ours (planted in a shared directory): never claimed
+            os.rename(src, dest)
+            return True
+        except OSError:
+            continue  # another writer claimed it first
+    return False

@@ -11,7 +11,7 @@ from zray.node import shm_prefix_for
 from zray.objstore import shm
 from zray.process import run_until_stopped
 from zray.raylet.raylet import Raylet
-from zray.raylet.worker_pool import Zygote
+from zray.zygote import Zygote
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 
 import lz4.block
 
-from zray import protocol
+from zray import config, protocol
 from zray.objstore import shm
 from zray.raylet import bulk as bulkplane
 
@@ -87,8 +87,7 @@ class StoreFullError(OSError):
 
 
 def _env_int(name: str, default: int) -> int:
-    v = os.environ.get("ZRAY_" + name)
-    return int(v) if v else default
+    return config.env_number("ZRAY_" + name, default)
 
 
 CHUNK_BYTES = _env_int("TRANSFER_CHUNK_BYTES", 4 << 20)

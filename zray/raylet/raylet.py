@@ -27,7 +27,7 @@ from zray.raylet import scheduler as sch
 from zray.raylet.object_manager import ObjectManager
 from zray.raylet.peers import PeerView
 from zray.raylet.store_room import RoomKeeper
-from zray.raylet.worker_pool import ForkedProc, Zygote
+from zray.zygote import ForkedProc, Zygote
 
 log = logging.getLogger("zray.raylet")
 

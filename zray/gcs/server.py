@@ -23,7 +23,7 @@ log = logging.getLogger("zray.gcs")
 
 class GcsServer:
     def __init__(self, session_dir: str, host: str, port: int, secret: bytes,
-                 persist: bool = True):
+                 persist: bool | None = None):
         self.session_dir = session_dir
         self.inbound = protocol.Inbound(os.path.join(session_dir, "sockets", "gcs"), host, secret,
                                         tcp_port=port, max_msg=64 << 20)
@@ -36,6 +36,8 @@ class GcsServer:
         self.conns = protocol.Connections(secret)
         self.pending: list = []
         self.running = True
+        if persist is None:
+            persist = bool(config.GCS_PERSIST)
         self.store = gstore.GcsStore(gstore.path_for(session_dir)) if persist else None
         self.restored = 0
         if self.store is not None:

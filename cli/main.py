@@ -9,7 +9,16 @@ import time
 
 import typer
 from rich.console import Console
-from zray_cli import netutil, sessions
+
+try:
+    import zray.config  # noqa: F401  (a bad ZRAY_* setting is reported here, not as a traceback)
+except ValueError as _e:
+    if not str(_e).startswith("ZRAY_"):
+        raise
+    sys.stderr.write(f"Error: {_e}\n")
+    sys.exit(2)
+
+from zray_cli import netutil, sessions  # noqa: E402
 from zray_cli import secret as secret_mod
 
 app = typer.Typer(name="zray", no_args_is_help=True, add_completion=False,
@@ -139,6 +148,10 @@ def start(
     """Start zray on this machine: a new cluster (--head) or a node joining one (--address)."""
     _check_extra(ctx.args)
     c = _console()
+    for flag, value in (("--port", port), ("--node-manager-port", node_manager_port)):
+        if not 0 <= value <= 65535:
+            raise _fail(f"{flag} {value} is not a TCP port: expected 0 to 65535 "
+                        "(0 picks a free one).")
     if head == bool(address):
         raise _fail("pass --head to start a new cluster, or --address=HOST:PORT to join one.")
     res = _parse_resources(resources)
@@ -211,7 +224,7 @@ def start(
                     f"at [bold]{gcs}[/bold]")
             c.print(f"  Session: {st.procs.session_dir}", soft_wrap=True)
             c.print("  To stop it: [cyan]zray stop[/cyan]")
-    except starter.StartError as e:
+    except (starter.StartError, starter.node.SessionDirError) as e:
         raise _fail(str(e))
     if block:
         _block(st)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from zray_cli import sessions
 from zray_cli.gcs_client import GcsClient, GcsUnreachable
 
-from zray import node
+from zray import config, node
 
-REGISTER_TIMEOUT_S = float(os.environ.get("ZRAY_START_TIMEOUT_S", "30"))
+REGISTER_TIMEOUT_S = config.env_number("ZRAY_START_TIMEOUT_S", 30.0)
 
 
 class StartError(RuntimeError):

@@ -183,22 +183,20 @@ def stop_all(force: bool = False, grace_period: float = 10.0) -> StopReport:
 
 
 def session_segments(session_dir: str) -> list[str]:
-    """/dev/shm segments of a session (see zray.node.shm_prefix_for)."""
+    """/dev/shm entries of a session: node directories and files (see zray.node.shm_prefix_for)."""
     token = os.path.basename(session_dir.rstrip("/"))[-8:]
     return glob.glob(f"/dev/shm/zray-{token}-*")
 
 
 def cleanup_session(session_dir: str) -> int:
-    """Remove what a stopped session leaves behind but its logs; returns segments removed."""
-    n = 0
-    uid = os.getuid()
-    for path in session_segments(session_dir):
-        try:
-            if os.lstat(path).st_uid == uid:
-                os.unlink(path)
-                n += 1
-        except OSError:
-            pass
+    """Remove what a stopped session leaves behind but its logs; returns segments removed.
+
+    Only what is ours goes: another user's file that matches the name is left (and logged).
+    """
+    from zray.objstore import shm
+
+    token = os.path.basename(session_dir.rstrip("/"))[-8:]
+    n = shm.remove_all(f"zray-{token}-")
     for sub in ("sockets", "pids", "spill"):  # spilled objects of a dead session are garbage
         shutil.rmtree(os.path.join(session_dir, sub), ignore_errors=True)
     for name in ("secret", "gcs_address", "gcs.sqlite", "gcs.sqlite-wal", "gcs.sqlite-shm"):

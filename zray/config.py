@@ -5,9 +5,29 @@ from __future__ import annotations
 import os
 
 
+class ConfigError(ValueError):
+    """A ZRAY_* environment variable that does not hold a value of its type."""
+
+
 def _env(name: str, default: float) -> float:
-    v = os.environ.get("ZRAY_" + name)
-    return type(default)(v) if v is not None else default
+    """ZRAY_<name> as the type of default, or default; ConfigError names a bad value."""
+    return env_number("ZRAY_" + name, default)
+
+
+def env_number(var: str, default: float) -> float:
+    v = os.environ.get(var)
+    if v is None or v.strip() == "":
+        return default
+    kind = type(default)
+    try:
+        out = kind(v.strip())
+    except ValueError:
+        out = None
+    if out is None or out != out or out in (float("inf"), float("-inf")):
+        what = "an integer" if kind is int else "a number (float)"
+        raise ConfigError(f"{var}={v!r} is not valid: expected {what}, e.g. "
+                          f"{var}={default!r}") from None
+    return out
 
 
 # Values up to this size travel inside messages; larger ones go to the store.

@@ -22,7 +22,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 import zmq
 
@@ -44,6 +45,19 @@ IO = -1
 LEAD_IDLE_S = 0.002
 # The I/O thread's period (timers, liveness, lease returns).
 TICK_S = 0.05
+
+# A message handler: (the CoreWorker, header, payload), run on the polling thread.
+Handler = Callable[["CoreWorker", dict, list], None]
+
+
+class ActorCalls(Protocol):
+    """What CoreWorker asks of the actor submitter (zray/actor_submitter.py) about a
+    Task whose ``actor`` field is set. It registers itself with
+    ``CoreWorker.register_actor_calls`` so this module need not import it."""
+
+    def on_task_reply(self, t: Task, h: dict, payload: list) -> None: ...
+
+    def cancel(self, t: Task, recursive: bool) -> None: ...
 
 
 class Waiter:
@@ -243,6 +257,8 @@ class CoreWorker:
         self.on_blocked = None  # executor: the running task blocks in get/wait
         self.on_tick = None  # executor: called by the I/O thread every tick
         self.on_cancel_task = None
+        # Actor calls made by this process (made on first use: actor_calls()).
+        self.actor_submitter: ActorCalls | None = None
         self.log_sink = None  # driver prints LOG_LINES through this
         self._liveness: dict[str, list] = {}  # addr -> [last ping sent, outstanding rid]
         self._fetching: dict[bytes, Entry] = {}  # borrowed objects asked of their owners
@@ -494,7 +510,7 @@ class CoreWorker:
         try:
             dest = self.addr_of(owner)
         except ConnectionError as err:
-            self._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), str(owner)))
+            self._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), owner))
             log.warning("%s", err)
             return
         self.conns.send(dest, {"t": protocol.GET_OBJECT, "oid": oid,
@@ -962,7 +978,7 @@ class CoreWorker:
         h = {"t": protocol.REQUEST_LEASE, "lrid": rid, "res": ks.res, "ra": self.my_addr_for(dest),
              "own": self.address_packed}
         if ks.strategy is not None:
-            h["strat"] = _strategy_wire(ks.strategy)
+            h["strat"] = protocol.strategy_wire(ks.strategy)
         self.conns.send(dest, h)
 
     def _push(self, t: Task, w: LeasedWorker) -> None:
@@ -1116,7 +1132,7 @@ class CoreWorker:
             if t is None:
                 return
             if t.actor is not None:  # an actor call (zray/actor_submitter.py)
-                self.actor_submitter.on_task_reply(t, h, payload)
+                self.actor_calls().on_task_reply(t, h, payload)
                 return
             w = t.worker
             ks = self.keys[t.key]
@@ -1413,20 +1429,9 @@ class CoreWorker:
         if self.mode == "worker" and self.on_cancel_task is not None:
             os._exit(0)
 
-    # Actors (zray/actor_submitter.py, zray/actor_executor.py): loaded on first use.
-    def _h_actor_state(self, h: dict, payload: list) -> None:
-        from zray import actor_submitter
-
-        actor_submitter.submitter(self).on_actor_state(h, payload)
-
-    def _h_create_actor(self, h: dict, payload: list) -> None:
-        from zray import actor_executor
-
-        actor_executor.on_create_actor(self, h, payload)
-
-    _handlers = {
-        protocol.ACTOR_STATE: _h_actor_state,
-        protocol.CREATE_ACTOR: _h_create_actor,
+    # Message type -> handler. The actor modules add theirs (ACTOR_STATE in
+    # actor_submitter.py, CREATE_ACTOR in actor_executor.py) with register_handler.
+    _handlers: ClassVar[dict[int, Handler]] = {
         protocol.REGISTER_ACTOR_REPLY: _h_reply,
         protocol.ACTOR_INFO: _h_reply,
         protocol.ACTOR_ACK: _h_reply,
@@ -1455,6 +1460,30 @@ class CoreWorker:
         protocol.OBJECT_LOCATION_ADD: _h_object_location_add,
         protocol.GET_OBJECT_LOCATIONS: _h_get_object_locations,
     }
+    _actor_calls_factory: ClassVar[Callable[[CoreWorker], ActorCalls] | None] = None
+
+    @classmethod
+    def register_handler(cls, t: int, fn: Handler) -> None:
+        """Serve message type ``t`` with ``fn`` (modules above this one, at import)."""
+        cls._handlers[t] = fn
+
+    @classmethod
+    def register_actor_calls(cls, factory: Callable[[CoreWorker], ActorCalls]) -> None:
+        """How actor_calls() makes this process's actor submitter."""
+        cls._actor_calls_factory = factory
+
+    def actor_calls(self) -> ActorCalls:
+        """This process's actor submitter, made on first use."""
+        s = self.actor_submitter
+        if s is None:
+            factory = self._actor_calls_factory
+            if factory is None:
+                raise RuntimeError("zray.actor_submitter is not loaded")
+            with self.lock:
+                s = self.actor_submitter
+                if s is None:
+                    s = self.actor_submitter = factory(self)
+        return s
 
     # ----------------------------------------------------------- cancellation
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
@@ -1473,7 +1502,7 @@ class CoreWorker:
     def _cancel_task(self, t: Task, force: bool, recursive: bool) -> None:
         t.cancelled = True
         if t.actor is not None:  # an actor call (zray/actor_submitter.py)
-            self.actor_submitter.cancel(t, recursive)
+            self.actor_calls().cancel(t, recursive)
             return
         if t.state in ("waiting", "queued"):
             if t.state == "queued":
@@ -1803,16 +1832,6 @@ def _strategy_key(s: Any) -> Any:
     if s is None or isinstance(s, str):
         return s
     return (type(s).__name__, getattr(s, "node_id", None), getattr(s, "soft", None))
-
-
-def _strategy_wire(s: Any) -> Any:
-    if isinstance(s, str):
-        return {"kind": s}
-    h = {"kind": type(s).__name__, "node": getattr(s, "node_id", None),
-         "soft": getattr(s, "soft", False)}
-    if getattr(s, "_spill_on_unavailable", False):
-        h["spill"] = True
-    return h
 
 
 def _error_from_wire(h: dict) -> BaseException:

@@ -23,15 +23,38 @@ def detect_num_cpus() -> int:
         return os.cpu_count() or 1
 
 
+# Linux's sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
+UNIX_PATH_MAX = 107
+# The longest file name we bind in <session>/sockets/ ("raylet-<12 hex>", "cli-<pid>-<6 hex>").
+SOCKET_NAME_MAX = 24
+
+
+class SessionDirError(ValueError):
+    """A session directory we cannot use (its socket paths would be too long)."""
+
+
+def check_socket_dir(sock_dir: str) -> None:
+    """Raise SessionDirError if a socket in sock_dir could exceed the unix path limit."""
+    longest = os.path.join(sock_dir, "raylet-" + "0" * (SOCKET_NAME_MAX - 7))
+    n = len(os.fsencode(longest))
+    if n > UNIX_PATH_MAX:
+        raise SessionDirError(
+            f"The session directory is too deep for unix sockets: a socket path like {longest} "
+            f"is {n} bytes, over the {UNIX_PATH_MAX}-byte limit of unix socket paths "
+            f"(sun_path). Set ZRAY_SESSION_ROOT to a shorter directory (it is now "
+            f"{os.environ.get('ZRAY_SESSION_ROOT', config.SESSION_ROOT)!r}).")
+
+
 def new_session_dir(root: str | None = None) -> str:
-    root = root or config.SESSION_ROOT
+    root = root or os.environ.get("ZRAY_SESSION_ROOT") or config.SESSION_ROOT
+    name = time.strftime("session_%Y-%m-%d_%H-%M-%S_") + f"{os.getpid()}_{secrets.token_hex(4)}"
+    path = os.path.join(os.path.abspath(root), name)
+    check_socket_dir(os.path.join(path, "sockets"))
     os.makedirs(root, exist_ok=True)
     try:
         os.chmod(root, 0o1777)  # shared like /tmp; each session dir is owner-only
     except PermissionError:
         pass
-    name = time.strftime("session_%Y-%m-%d_%H-%M-%S_") + f"{os.getpid()}_{secrets.token_hex(4)}"
-    path = os.path.join(root, name)
     os.mkdir(path, 0o700)
     os.mkdir(os.path.join(path, "sockets"), 0o700)
     os.mkdir(os.path.join(path, "logs"), 0o700)
@@ -145,14 +168,19 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
 
 def spawn_gcs(session_dir: str, host: str, port: int, embedded: bool, env: dict) -> subprocess.Popen:
     """Start the GCS of session_dir (it restores its tables if the session has a
-    gcs.sqlite with rows: a GCS of this session crashed)."""
+    gcs.sqlite with rows: a GCS of this session crashed).
+
+    Every process we start runs in a session of its own: Ctrl-C at the driver's prompt (or
+    a Jupyter interrupt) signals the driver's process group, never the cluster. An embedded
+    one still dies with the driver: it holds the driver's pipe on stdin and exits at EOF.
+    """
     extra = ["--embedded"] if embedded else []
     with open(os.path.join(session_dir, "logs", "gcs.log"), "ab") as gl:
         return subprocess.Popen(
             [sys.executable, "-m", "zray.gcs", "--session-dir", session_dir, "--host", host,
              "--port", str(port), *extra],
             stdin=subprocess.PIPE if embedded else subprocess.DEVNULL, stdout=gl,
-            stderr=subprocess.STDOUT, close_fds=True, env=env, start_new_session=not embedded)
+            stderr=subprocess.STDOUT, close_fds=True, env=env, start_new_session=True)
 
 
 def restart_head(*, session_dir: str, host: str, port: int, head_node_id: bytes,
@@ -194,7 +222,7 @@ def _spawn_raylet(session_dir: str, node_id: bytes, gcs: str, node_ip: str, res:
     with open(os.path.join(log_dir, f"raylet-{node_id.hex()[:12]}.log"), "ab") as rl:
         return subprocess.Popen(args, stdin=subprocess.PIPE if embedded else subprocess.DEVNULL,
                                 stdout=rl, stderr=subprocess.STDOUT, close_fds=True, env=env,
-                                start_new_session=not embedded)
+                                start_new_session=True)
 
 
 def start_worker_node(*, session_dir: str, gcs_address: str, num_cpus: int | None = None,

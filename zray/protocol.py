@@ -113,6 +113,38 @@ JOB_FINISHED = 93  # driver -> gcs (request): zray.shutdown(); its actors end
 NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int) and k not in ("MAC_LEN", "MAX_HEADER")}
 
 
+# --- values of fields --------------------------------------------------------
+# Actor states (ACTOR_STATE "st"; Ray's names): PENDING_CREATION -> ALIVE ->
+# (RESTARTING -> ALIVE)* -> DEAD.
+ACTOR_PENDING = "PENDING_CREATION"
+ACTOR_ALIVE = "ALIVE"
+ACTOR_RESTARTING = "RESTARTING"
+ACTOR_DEAD = "DEAD"
+# Why an actor died (ACTOR_STATE "kind"; the caller turns it into an exception).
+DIED_CREATION_ERROR = "creation_error"  # __init__ raised: payload carries the RayTaskError
+DIED_WORKER = "worker_died"
+DIED_NODE = "node_died"
+DIED_KILLED = "killed"  # zray.kill
+DIED_EXITED = "exited"  # __ray_terminate__ / exit_actor / handle out of scope
+DIED_OWNER = "owner_died"
+DIED_UNSCHEDULABLE = "unschedulable"
+
+
+def strategy_wire(s: Any) -> dict | None:
+    """A scheduling strategy as REQUEST_LEASE's ``strat`` field (None: the default).
+
+    Tasks and actors both use this, so a strategy means the same on either path.
+    """
+    if s is None or s == "DEFAULT":
+        return None
+    if isinstance(s, str):
+        return {"kind": s}
+    h = {"kind": type(s).__name__, "node": getattr(s, "node_id", None),
+         "soft": bool(getattr(s, "soft", False))}
+    if getattr(s, "_spill_on_unavailable", False):
+        h["spill"] = True
+    return h
+
 def _mac(key: bytes, parts: list) -> bytes:
     h = hashlib.blake2b(key=key, digest_size=MAC_LEN)
     for p in parts:

@@ -15,11 +15,11 @@ import time
 import traceback
 from typing import Any
 
-from zray import config, protocol, serialization, worker_state
+from zray import actor_executor, config, protocol, serialization, worker_state
 from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
-from zray.raylet.worker_pool import set_title
+from zray.process import set_title
 
 log = logging.getLogger("zray.worker")
 
@@ -165,8 +165,6 @@ class Executor:
             try:
                 h, payload = self.q.get()
                 if h["t"] == protocol.CREATE_ACTOR:
-                    from zray import actor_executor
-
                     # This worker becomes the actor's, until the actor dies (never returns).
                     actor_executor.become_actor(self, h, payload)
                 self.execute(h, payload)

@@ -27,19 +27,18 @@ from typing import Any
 from zray import protocol
 from zray.gcs.tables import DropConn, Persist, Send, pack, unpack
 
-PENDING = "PENDING_CREATION"
-ALIVE = "ALIVE"
-RESTARTING = "RESTARTING"
-DEAD = "DEAD"
-
-# Death causes (the "kind" a caller turns into an exception and message).
-CREATION_ERROR = "creation_error"  # __init__ raised: payload carries the RayTaskError
-WORKER_DIED = "worker_died"
-NODE_DIED = "node_died"
-KILLED = "killed"  # zray.kill
-EXITED = "exited"  # __ray_terminate__ / exit_actor / handle out of scope
-OWNER_DIED = "owner_died"
-UNSCHEDULABLE = "unschedulable"
+# States and death causes are wire values (protocol.py): callers read them too.
+PENDING = protocol.ACTOR_PENDING
+ALIVE = protocol.ACTOR_ALIVE
+RESTARTING = protocol.ACTOR_RESTARTING
+DEAD = protocol.ACTOR_DEAD
+CREATION_ERROR = protocol.DIED_CREATION_ERROR
+WORKER_DIED = protocol.DIED_WORKER
+NODE_DIED = protocol.DIED_NODE
+KILLED = protocol.DIED_KILLED
+EXITED = protocol.DIED_EXITED
+OWNER_DIED = protocol.DIED_OWNER
+UNSCHEDULABLE = protocol.DIED_UNSCHEDULABLE
 
 # Dead actors remembered (so that late callers learn the cause); older ones are forgotten.
 MAX_DEAD = 10_000

@@ -65,7 +65,7 @@ class StoreExecutor:
     """Performs Spill/Restore/Evict/Unlink/DeleteSpilled for one node's store."""
 
     def __init__(self, shm_prefix: str, spill_dir: str) -> None:
-        if not shm_prefix or "/" in shm_prefix:
+        if not shm_prefix or shm_prefix.startswith("/") or ".." in shm_prefix:
             raise ValueError(f"bad shm prefix {shm_prefix!r}")
         self.shm_prefix = shm_prefix
         self.spill_dir = spill_dir
@@ -93,7 +93,7 @@ class StoreExecutor:
         """
         final = self.spill_path(object_id)
         tmp = final + ".part"
-        src = os.open(shm.segment_path(self.segment_name(object_id)), os.O_RDONLY)
+        src = _open_ours(shm.segment_path(self.segment_name(object_id)))
         try:
             dst = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
             try:
@@ -116,11 +116,11 @@ class StoreExecutor:
         it holds the same immutable bytes, so that counts as restored.
         """
         path = self.spill_path(object_id)
-        src = os.open(path, os.O_RDONLY)
+        src = _open_ours(path)
         try:
             seg = shm.segment_path(self.segment_name(object_id))
             try:
-                dst = os.open(seg, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                dst = shm.create_private(seg, os.O_WRONLY)
             except FileExistsError:
                 n = os.fstat(src).st_size
             else:
@@ -212,6 +212,17 @@ def run_sync(
         elif not isinstance(action, (Unlink, DeleteSpilled)):
             out.append(action)
     return out
+
+
+def _open_ours(path: str) -> int:
+    """Open a segment or spill file for reading, checked to be a private file of ours."""
+    fd = shm._open_nofollow(path, os.O_RDONLY)
+    try:
+        shm.check_ours(os.fstat(fd), path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _remove(path: str) -> bool:

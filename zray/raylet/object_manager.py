@@ -65,7 +65,6 @@ owner (OBJECT_LOCATION_ADD), which records it as a second location.
 from __future__ import annotations
 
 import collections
-import fcntl
 import logging
 import mmap
 import os
@@ -76,16 +75,15 @@ from dataclasses import dataclass, field
 
 import lz4.block
 
-from zray import protocol
-from zray.objstore import shm, spare
+from zray import config, protocol
+from zray.objstore import shm
 from zray.raylet import bulk as bulkplane
 
 log = logging.getLogger("zray.object_manager")
 
 
 def _env_int(name: str, default: int) -> int:
-    v = os.environ.get("ZRAY_" + name)
-    return int(v) if v else default
+    return config.env_number("ZRAY_" + name, default)
 
 
 CHUNK_BYTES = _env_int("TRANSFER_CHUNK_BYTES", 4 << 20)
@@ -936,12 +934,10 @@ class ObjectManager:
             # cheapest way in. A fresh file gets pwrite and splice only: they
             # allocate its pages without zeroing them first (a fault would), and a
             # full /dev/shm is an error, not a SIGBUS.
-            claimed = spare.take(self.r.shm_prefix, total, path)
-            fd = os.open(path, os.O_RDWR if claimed else os.O_CREAT | os.O_EXCL | os.O_RDWR,
-                         0o600)
+            # Claimed or created, checked to be ours and locked as shm.create does.
+            fd, claimed = shm.open_for_write(self.r.shm_prefix, total, path)
             mm = None
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # a writer's lock, as shm.create takes
                 os.ftruncate(fd, total)
                 if claimed and BULK_MAP:
                     mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)

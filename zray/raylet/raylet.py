@@ -26,7 +26,7 @@ from zray.raylet import gcs_watch as gw
 from zray.raylet import scheduler as sch
 from zray.raylet.object_manager import ObjectManager
 from zray.raylet.peers import PeerView
-from zray.raylet.worker_pool import ForkedProc, Zygote
+from zray.zygote import ForkedProc, Zygote
 
 log = logging.getLogger("zray.raylet")
 
@@ -34,7 +34,8 @@ log = logging.getLogger("zray.raylet")
 class Raylet:
     def __init__(self, *, session_dir: str, node_id: bytes, gcs_addr: str, node_ip: str,
                  resources: dict, object_store_memory: int | None, secret: bytes,
-                 is_head: bool, port: int = 0, labels: dict | None = None):
+                 is_head: bool, port: int = 0, labels: dict | None = None,
+                 shm_prefix: str | None = None):
         self.session_dir = session_dir
         self.node_id = node_id
         self.node_ip = node_ip
@@ -42,7 +43,9 @@ class Raylet:
         self.is_head = is_head
         self.gcs_addr = gcs_addr
         self.session_name = os.path.basename(session_dir.rstrip("/"))
-        self.shm_prefix = f"zray-{self.session_name[-8:]}-{node_id.hex()[:8]}-"
+        # The node's private directory in /dev/shm (objstore/shm.py: make_node_dir).
+        self.shm_prefix = shm_prefix or shm.make_node_dir(
+            f"zray-{self.session_name[-8:]}-{node_id.hex()[:8]}-")
         self.sched = sch.NodeScheduler(resources)
         self.inbound = protocol.Inbound(
             os.path.join(session_dir, "sockets", "raylet-" + node_id.hex()[:12]),

@@ -9,12 +9,17 @@ import threading
 
 
 def run_until_stopped(server, embedded: bool) -> None:
-    """Run a server's loop until SIGTERM/SIGINT, or (embedded) until our stdin closes."""
+    """Run a server's loop until SIGTERM, or (embedded) until our stdin closes.
+
+    A detached server (``zray start``) also stops on SIGINT; an embedded one ignores it, as
+    Ray's processes do: it lives in a session of its own, so Ctrl-C at the driver's prompt
+    never reaches it, and a stray SIGINT must not take the driver's cluster down either (it
+    ends with the driver, by SIGTERM or the EOF on stdin)."""
     def stop(*_):
         server.running = False
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if embedded else stop)
     if embedded:
         watch_stdin_then(stop)
     server.run()

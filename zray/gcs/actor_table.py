@@ -11,18 +11,21 @@ Calls never pass through here: callers learn the actor's address from
 
 States (Ray's names): PENDING_CREATION -> ALIVE -> (RESTARTING -> ALIVE)* -> DEAD.
 
-Each event method returns a list of ``Send(dest, header, payload)`` actions.
+Each event method returns a list of instructions (gcs/instructions.py): ``Send``,
+``DropConn``, and ``Persist("actor", aid, record)`` for every record the event
+changed (a record notes its own changes: ``ActorRecord.__setattr__``), so that a
+restarted GCS finds every actor as it was (``restore``).
 """
 
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from zray import protocol
-from zray.gcs.tables import Send
-from zray.protocol import Frames, Header
+from zray.gcs.instructions import DropConn, Persist, Send, pack, unpack
 
 # States and death causes are wire values (protocol.py): callers read them too.
 PENDING = protocol.ACTOR_PENDING
@@ -49,39 +52,28 @@ MESSAGES = {
 
 
 @dataclass
-class DropConn:
-    """Action: close the GCS's connection to a process that is gone (a dead actor's
-    worker, a dead subscriber), so that connections do not pile up."""
-
-    dest: str
-
-
-Action = Send | DropConn  # what the event methods return, for the GCS's shell to do
-
-
-@dataclass
 class ActorRecord:
     aid: bytes
     name: str | None
     ns: str | None
     detached: bool
-    owner: list[Any]  # packed address of the owner (driver or worker)
+    owner: list  # packed address of the owner (driver or worker)
     owner_wid: bytes
-    drv: list[Any]  # packed address of the job's driver
+    drv: list  # packed address of the job's driver
     job: bytes
-    spec: dict[str, Any]  # fn, cls, res, hold, strat, max_restarts, max_concurrency, async, meta
-    args: list[Any]  # argument descriptors (see docs/PROTOCOL.md)
-    kw: list[Any]
-    payload: Frames  # argument frames (kept for restarts)
+    spec: dict  # fn, cls, res, hold, strat, max_restarts, max_concurrency, async, meta
+    args: list  # argument descriptors (see docs/PROTOCOL.md)
+    kw: list
+    payload: list  # argument frames (kept for restarts)
     state: str = PENDING
     num_restarts: int = 0
     # Where it runs (set at LEASE_GRANTED)
     wid: bytes | None = None
-    addr: list[Any] | None = None
+    addr: list | None = None
     node: bytes | None = None
     lease: int | None = None
-    raylet: list[Any] | None = None
-    res: dict[str, float] = field(default_factory=dict)
+    raylet: list | None = None
+    res: dict = field(default_factory=dict)
     pid: int = 0
     # A lease request in flight
     lrid: int | None = None
@@ -89,10 +81,26 @@ class ActorRecord:
     lease_node: bytes | None = None
     unplaced: bool = False  # no node was alive to ask: retried on tick / node added
     kill_restart: bool = False  # zray.kill(no_restart=False) in progress
-    subscribers: dict[str, Any] = field(default_factory=dict)  # reply address -> (wid, node)
+    subscribers: dict = field(default_factory=dict)  # reply address -> (wid, node)
     death_kind: str = ""
     death_msg: str = ""
-    death_frames: Frames = field(default_factory=list)
+    death_frames: list = field(default_factory=list)
+    # The owning table's set of changed records (not persisted; None until adopted).
+    dirty: set | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__.get("dirty")
+        if d is not None and self.__dict__.get(name, d) is not value:
+            d.add(self.aid)
+        object.__setattr__(self, name, value)
+
+    def touch(self) -> None:
+        """A change inside a field (the subscribers dict) that __setattr__ cannot see."""
+        if self.dirty is not None:
+            self.dirty.add(self.aid)
+
+    def row(self) -> bytes:
+        return pack({f.name: getattr(self, f.name) for f in fields(self) if f.name != "dirty"})
 
     @property
     def max_restarts(self) -> int:
@@ -102,10 +110,23 @@ class ActorRecord:
         return self.max_restarts == -1 or self.num_restarts < self.max_restarts
 
 
+def _persisting(fn):
+    """An entry point: its instructions end with a Persist per record it changed."""
+
+    @functools.wraps(fn)
+    def run(self, *a, **kw):
+        acts = fn(self, *a, **kw)
+        if self._dirty or self._forgotten:
+            acts += self._rows()
+        return acts
+
+    return run
+
+
 class ActorTable:
     """Every actor of the cluster, and its name per namespace."""
 
-    def __init__(self, nodes: dict[bytes, Any], gcs_addr: str):
+    def __init__(self, nodes: dict, gcs_addr: str):
         self.nodes = nodes  # GcsTables.nodes: node id -> NodeInfo (read only)
         self.gcs_addr = gcs_addr  # where raylets and workers answer us (tcp)
         self.actors: dict[bytes, ActorRecord] = {}
@@ -115,9 +136,33 @@ class ActorTable:
         self.unplaced: set[bytes] = set()  # no node was alive to ask when they were placed
         self.dead: collections.deque[bytes] = collections.deque()
         self._lrid = 0
+        self._dirty: set[bytes] = set()  # records changed by the event being handled
+        self._forgotten: set[bytes] = set()  # records dropped (MAX_DEAD)
+        self._lrid_saved = 0
+
+    def _adopt(self, rec: ActorRecord) -> None:
+        self.actors[rec.aid] = rec
+        rec.dirty = self._dirty
+
+    def _rows(self) -> list:
+        acts: list = []
+        for aid in self._dirty:
+            rec = self.actors.get(aid)
+            if rec is not None:
+                acts.append(Persist("actor", aid, rec.row()))
+        for aid in self._forgotten:
+            if aid not in self.actors:
+                acts.append(Persist("actor", aid, None))
+        if self._lrid != self._lrid_saved:  # a restarted GCS never reuses a lease request id
+            self._lrid_saved = self._lrid
+            acts.append(Persist("meta", b"lrid", pack(self._lrid)))
+        self._dirty.clear()
+        self._forgotten.clear()
+        return acts
 
     # ------------------------------------------------------------ dispatch
-    def handle(self, h: Header, payload: Frames) -> list[Action]:
+    @_persisting
+    def handle(self, h: dict, payload: list) -> list:
         t = h["t"]
         if t == protocol.REGISTER_ACTOR:
             return self.register(h, payload)
@@ -147,7 +192,7 @@ class ActorTable:
         return []
 
     # ---------------------------------------------------------- creation
-    def register(self, h: Header, payload: Frames) -> list[Action]:
+    def register(self, h: dict, payload: list) -> list:
         reply = {"t": protocol.REGISTER_ACTOR_REPLY, "rid": h["rid"], "ok": True}
         aid = h["aid"]
         name, ns = h.get("name"), h.get("ns")
@@ -170,7 +215,8 @@ class ActorTable:
                           h.get("owner_wid", b""), h.get("drv") or h["owner"],
                           h.get("job", b""), dict(h["spec"]), list(h.get("args") or []),
                           list(h.get("kw") or []), [bytes(f) for f in payload])
-        self.actors[aid] = rec
+        self._adopt(rec)
+        rec.touch()
         if name:
             self.names[(ns or "", name)] = aid
         if h.get("sub"):
@@ -200,7 +246,7 @@ class ActorTable:
         heads = [i for i in alive if i.is_head]
         return (heads or alive)[0]
 
-    def _schedule(self, rec: ActorRecord, info: Any = None, spilled: bool = False) -> list[Action]:
+    def _schedule(self, rec: ActorRecord, info: Any = None, spilled: bool = False) -> list:
         info = info or self._pick_raylet(rec)
         if info is None:
             rec.unplaced = True
@@ -222,7 +268,7 @@ class ActorTable:
         h["spilled"] = spilled
         return [Send(rec.lease_dest, h)]
 
-    def lease_granted(self, h: Header) -> list[Action]:
+    def lease_granted(self, h: dict) -> list:
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
         if aid is None or rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
@@ -239,7 +285,7 @@ class ActorTable:
               "name": rec.name, "ns": rec.ns}
         return [Send(_worker_addr(rec.addr), ch, list(rec.payload))]
 
-    def lease_spillback(self, h: Header) -> list[Action]:
+    def lease_spillback(self, h: dict) -> list:
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
@@ -250,7 +296,7 @@ class ActorTable:
             return self._schedule(rec)
         return self._schedule(rec, info, spilled=True)
 
-    def lease_failed(self, h: Header) -> list[Action]:
+    def lease_failed(self, h: dict) -> list:
         if h.get("warn"):
             # Infeasible for now: it stays queued at the raylet; the owner prints why.
             rec = self.actors.get(self.leases.get(h["lrid"], b""))
@@ -267,11 +313,11 @@ class ActorTable:
         rec.lrid = rec.lease_dest = rec.lease_node = None
         return self._set_dead(rec, UNSCHEDULABLE, h.get("msg") or "the actor cannot be scheduled")
 
-    def actor_created(self, h: Header, payload: Frames) -> list[Action]:
+    def actor_created(self, h: dict, payload: list) -> list:
         rec = self.actors.get(h["aid"])
         # A failed constructor asks (rid): its worker exits only once we know the cause.
-        acts: list[Action] = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"],
-                                             "ok": True})] if "rid" in h else []
+        acts = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})
+                ] if "rid" in h else []
         if (rec is None or rec.state == DEAD or rec.wid != h.get("wid")
                 or h.get("inc") != rec.num_restarts):
             return acts  # stale: an earlier incarnation, or killed meanwhile
@@ -285,7 +331,7 @@ class ActorTable:
         return self._publish(rec)
 
     # ------------------------------------------------------------- queries
-    def subscribe(self, h: Header) -> list[Action]:
+    def subscribe(self, h: dict) -> list:
         rec = self.actors.get(h["aid"])
         if rec is None:
             return [Send(h["ra"], {"t": protocol.ACTOR_STATE, "aid": h["aid"], "st": DEAD,
@@ -293,10 +339,11 @@ class ActorTable:
                                    "cluster (it never existed, or the GCS lost it)."})]
         if rec.state != DEAD:
             rec.subscribers[h["ra"]] = (h.get("wid"), h.get("node"))
+            rec.touch()
         return [Send(h["ra"], self._state_header(rec), list(rec.death_frames))]
 
-    def get_actor(self, h: Header) -> list[Action]:
-        reply: Header = {"t": protocol.ACTOR_INFO, "rid": h["rid"]}
+    def get_actor(self, h: dict) -> list:
+        reply: dict = {"t": protocol.ACTOR_INFO, "rid": h["rid"]}
         if h.get("list"):
             out = []
             for (ns, name), _aid in sorted(self.names.items()):
@@ -316,7 +363,7 @@ class ActorTable:
         return [Send(h["ra"], reply)]
 
     # ------------------------------------------------------------- ending
-    def kill(self, h: Header) -> list[Action]:
+    def kill(self, h: dict) -> list:
         rec = self.actors.get(h["aid"])
         acts = self._kill(rec, bool(h.get("no_restart", True)))
         if "rid" in h:
@@ -326,7 +373,7 @@ class ActorTable:
             acts.append(Send(h["ra"], ack))
         return acts
 
-    def _kill(self, rec: ActorRecord | None, no_restart: bool) -> list[Action]:
+    def _kill(self, rec: ActorRecord | None, no_restart: bool) -> list:
         if rec is None or rec.state == DEAD:
             return []
         if no_restart or not rec.can_restart():
@@ -337,29 +384,28 @@ class ActorTable:
         rec.kill_restart = True
         return self._kill_worker(rec)
 
-    def actor_exiting(self, h: Header) -> list[Action]:
+    def actor_exiting(self, h: dict) -> list:
         rec = self.actors.get(h["aid"])
-        acts: list[Action] = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"],
-                                             "ok": True})]
+        acts = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})]
         if rec is None or rec.state == DEAD or rec.wid != h.get("wid"):
             return acts
         return acts + self._set_dead(rec, EXITED, h.get("msg") or (
             "The actor exited intentionally (__ray_terminate__ or exit_actor())."),
             kill_worker=False)
 
-    def worker_died(self, wid: bytes | None, lease: int | None, reason: str) -> list[Action]:
+    def worker_died(self, wid: bytes | None, lease: int | None, reason: str) -> list:
         aid = self.by_worker.pop(wid, None) if wid is not None else None
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.wid != wid:
             return []
-        acts: list[Action] = [DropConn(_worker_addr(rec.addr))] if rec.addr else []
+        acts: list = [DropConn(_worker_addr(rec.addr))] if rec.addr else []
         rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None
         if rec.state == DEAD:
             return acts
         return acts + self._lost(rec, WORKER_DIED, "The actor's worker process died "
                                  "unexpectedly" + (f" ({reason})." if reason else "."))
 
-    def _lost(self, rec: ActorRecord, kind: str, msg: str) -> list[Action]:
+    def _lost(self, rec: ActorRecord, kind: str, msg: str) -> list:
         """The actor's process is gone: restart it if its budget allows, else it is dead."""
         killed = rec.kill_restart
         rec.kill_restart = False
@@ -371,14 +417,15 @@ class ActorTable:
             kind, msg = KILLED, "The actor was killed by zray.kill()."
         return self._set_dead(rec, kind, msg, kill_worker=False)
 
-    def client_died(self, wid: bytes | None, addr: str | None, job: bytes | None = None) -> list[Action]:
+    def client_died(self, wid: bytes | None, addr: str | None, job: bytes | None = None) -> list:
         """A driver or worker ended: the actors it owns (or its job's, for a driver) die."""
-        acts: list[Action] = []
-        gone: set[str] = set()  # subscribers' reply addresses
+        acts: list = []
+        gone: set = set()
         for rec in list(self.actors.values()):
             for ra, (swid, _) in list(rec.subscribers.items()):
                 if ra == addr or (wid is not None and swid == wid):
                     del rec.subscribers[ra]
+                    rec.touch()
                     gone.add(ra)
             if rec.state == DEAD or rec.detached:
                 continue
@@ -392,11 +439,12 @@ class ActorTable:
                     "actors share their owner's fate."))
         return acts + [DropConn(ra) for ra in gone]
 
-    def node_added(self, node: bytes) -> list[Action]:
+    @_persisting
+    def node_added(self, node: bytes) -> list:
         return self._place_unplaced()
 
-    def _place_unplaced(self) -> list[Action]:
-        acts: list[Action] = []
+    def _place_unplaced(self) -> list:
+        acts: list = []
         for aid in list(self.unplaced):
             rec = self.actors.get(aid)
             if rec is None or rec.state not in (PENDING, RESTARTING):
@@ -405,12 +453,14 @@ class ActorTable:
             acts += self._schedule(rec)
         return acts
 
-    def node_dead(self, node: bytes) -> list[Action]:
-        acts: list[Action] = []
+    @_persisting
+    def node_dead(self, node: bytes) -> list:
+        acts: list = []
         for rec in list(self.actors.values()):
             for ra, (_, snode) in list(rec.subscribers.items()):
                 if snode == node:
                     del rec.subscribers[ra]
+                    rec.touch()
                     acts.append(DropConn(ra))
             if rec.state == DEAD:
                 continue
@@ -432,11 +482,51 @@ class ActorTable:
                 acts += self._schedule(rec)
         return acts
 
-    def tick(self, now: float) -> list[Action]:
+    @_persisting
+    def tick(self, now: float) -> list:
         return self._place_unplaced() if self.unplaced else []
 
+    # ------------------------------------------------------------- restart
+    @_persisting
+    def node_workers(self, node: bytes, workers: set) -> list:
+        """A raylet (re-)registered naming its live workers: an actor of that node whose
+        worker is not among them died while the GCS was away."""
+        acts: list = []
+        for rec in list(self.actors.values()):
+            if rec.node == node and rec.wid is not None and rec.wid not in workers:
+                acts += self.worker_died(rec.wid, rec.lease, "it exited while the GCS was down")
+        return acts
+
+    def restore(self, rows: list, lrid: int = 0) -> list:
+        """Rebuild from the rows a GCS of this session wrote (``ActorRecord.row``).
+
+        Lease requests in flight keep their ids (the raylet answers to the same GCS
+        address); actors waiting for a node are placed once nodes register again.
+        """
+        self._lrid = self._lrid_saved = lrid
+        for value in rows:
+            d = unpack(value)
+            d["subscribers"] = {k: tuple(v) for k, v in d["subscribers"].items()}
+            rec = ActorRecord(**d)
+            self._adopt(rec)
+            if rec.state == DEAD:
+                self.dead.append(rec.aid)
+                continue
+            if rec.name:
+                self.names[(rec.ns or "", rec.name)] = rec.aid
+            if rec.wid is not None:
+                self.by_worker[rec.wid] = rec.aid
+            if rec.lrid is not None:
+                self.leases[rec.lrid] = rec.aid
+                self._lrid = max(self._lrid, rec.lrid)
+            elif rec.wid is None:
+                rec.unplaced = True
+                self.unplaced.add(rec.aid)
+        self._dirty.clear()
+        return []
+
     # ------------------------------------------------------------- helpers
-    def _kill_worker(self, rec: ActorRecord) -> list[Action]:
+    def _kill_worker(self, rec: ActorRecord) -> list:
         if rec.wid is None or rec.node is None:
             return []
         info = self.nodes.get(rec.node)
@@ -444,9 +534,9 @@ class ActorTable:
             return []
         return [Send(_raylet_addr(info.addr), {"t": protocol.KILL_WORKER, "wid": rec.wid})]
 
-    def _set_dead(self, rec: ActorRecord, kind: str, msg: str, frames: Frames | None = None,
-                  kill_worker: bool = True) -> list[Action]:
-        acts: list[Action] = []
+    def _set_dead(self, rec: ActorRecord, kind: str, msg: str, frames: list | None = None,
+                  kill_worker: bool = True) -> list:
+        acts: list = []
         if kill_worker:
             acts += self._kill_worker(rec)
         if rec.lrid is not None:
@@ -463,6 +553,7 @@ class ActorTable:
             old = self.actors.get(self.dead.popleft())
             if old is not None and old.state == DEAD:
                 del self.actors[old.aid]
+                self._forgotten.add(old.aid)
                 if old.wid is not None and self.by_worker.get(old.wid) == old.aid:
                     del self.by_worker[old.wid]
         rec.death_kind, rec.death_msg = kind, msg
@@ -474,7 +565,7 @@ class ActorTable:
         rec.subscribers.clear()
         return acts
 
-    def _state_header(self, rec: ActorRecord) -> Header:
+    def _state_header(self, rec: ActorRecord) -> dict:
         h = {"t": protocol.ACTOR_STATE, "aid": rec.aid, "st": rec.state,
              "inc": rec.num_restarts, "cls": rec.spec.get("cls", ""), "name": rec.name,
              "ns": rec.ns, "restartable": rec.max_restarts != 0}
@@ -484,11 +575,11 @@ class ActorTable:
             h.update({"kind": rec.death_kind, "msg": rec.death_msg, "pid": rec.pid})
         return h
 
-    def _publish(self, rec: ActorRecord) -> list[Action]:
+    def _publish(self, rec: ActorRecord) -> list:
         h = self._state_header(rec)
         return [Send(ra, dict(h), list(rec.death_frames)) for ra in rec.subscribers]
 
-    def view(self) -> list[dict[str, Any]]:
+    def view(self) -> list[dict]:
         """A summary of every actor (for debugging and the state API)."""
         return [{"actor_id": r.aid.hex(), "class_name": r.spec.get("cls", ""),
                  "state": r.state, "name": r.name or "", "namespace": r.ns or "",
@@ -497,9 +588,9 @@ class ActorTable:
                 for r in self.actors.values()]
 
 
-def _raylet_addr(packed: list[Any]) -> str:
+def _raylet_addr(packed: list) -> str:
     # The GCS talks to raylets and workers over tcp (it is on no node of theirs).
-    return str(packed[2] or packed[1])
+    return packed[2] or packed[1]
 
 
 _worker_addr = _raylet_addr

@@ -41,6 +41,9 @@ class LeaseRequest:
     # What the lease holds once granted, if not ``res`` (an actor needs 1 CPU to be
     # placed but holds none while it lives, as in Ray).
     hold: dict | None = None
+    # Its work can be retried (a task with retries left, an actor that may restart): the
+    # memory monitor kills such workers first.
+    retriable: bool = True
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Lease:
     res: dict
     gpu_ids: list = field(default_factory=list)
     blocked: bool = False
+    retriable: bool = True
 
 
 # --- actions ---------------------------------------------------------------
@@ -92,6 +96,7 @@ class NotifyWorkerDied:
     wid: bytes
     lease_id: int
     reason: str
+    oom: bool = False  # killed by the memory monitor; reason is its message
 
 
 @dataclass
@@ -167,8 +172,9 @@ class NodeScheduler:
             self.idle.append(lease.wid)
         return acts + self.dispatch()
 
-    def worker_exited(self, wid: bytes, started: bool = True) -> list:
-        """A worker process ended (crash, kill or clean exit)."""
+    def worker_exited(self, wid: bytes, started: bool = True, oom: str | None = None) -> list:
+        """A worker process ended (crash, kill or clean exit; oom: the memory monitor's
+        message if it killed the worker)."""
         acts: list = []
         if wid not in self.workers:
             # Died before it registered.
@@ -180,7 +186,8 @@ class NodeScheduler:
         if lid is not None:
             lease = self.leases.pop(lid)
             self._release(lease)
-            acts.append(NotifyWorkerDied(lease.ra, wid, lid, "the worker process died"))
+            acts.append(NotifyWorkerDied(lease.ra, wid, lid, oom or "the worker process died",
+                                         oom is not None))
         return acts + self.dispatch()
 
     def owner_died(self, ra: str) -> list:
@@ -430,7 +437,7 @@ class NodeScheduler:
         n_gpu = int(res.get("GPU", 0) + 0.999) if res.get("GPU") else 0
         if n_gpu:
             gpu_ids, self.gpu_free = self.gpu_free[:n_gpu], self.gpu_free[n_gpu:]
-        lease = Lease(lid, wid, req.ra, res, gpu_ids)
+        lease = Lease(lid, wid, req.ra, res, gpu_ids, retriable=req.retriable)
         self.leases[lid] = lease
         self.by_worker[wid] = lid
         granted: dict[str, Any] = dict(res)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import pickle
@@ -13,7 +14,7 @@ import pytest
 
 from zray.objstore import shm
 from zray.objstore.capacity import MAX_DEFAULT_BYTES, default_capacity
-from zray.objstore.spill import StoreExecutor, run_sync
+from zray.objstore.spill import SegmentInUse, StoreExecutor, run_sync
 from zray.objstore.store import (
     Delete,
     DeleteSpilled,
@@ -390,10 +391,15 @@ def test_spill_and_restore_round_trip(executor):
     name = executor.segment_name(key)
     frames = frames_of(1, 1 << 20)
     size = shm.create(name, frames)
-    reader = shm.read(name)  # a reader maps it before the spill
+    reader = shm.read(name)  # a reader maps it: spilling it would free no memory
+    with pytest.raises(SegmentInUse):
+        executor.spill(key)
+    assert shm.exists(name) and not os.path.exists(executor.spill_path(key))
+    assert [bytes(f) for f in reader] == frames
+    del reader
+    gc.collect()
     assert executor.spill(key) == size
     assert not shm.exists(name)
-    assert [bytes(f) for f in reader] == frames  # the mapping outlives the unlink
     assert os.stat(executor.spill_path(key)).st_mode & 0o777 == 0o600
     assert [bytes(f) for f in shm.read_file(executor.spill_path(key))] == frames
     assert executor.restore(key) == size

@@ -456,13 +456,14 @@ class CoreWorker:
         frames, refs = serialization.serialize(value, "object passed to put()")
         oid = ids.new_put_id()
         size = serialization.frames_size(frames)
+        if size > config.INLINE_MAX:  # first: ObjectStoreFullError leaves nothing behind
+            self._store(oid, frames, size)
         with self.lock:
             e = Entry(True)
             self.objects[oid] = e
             e.contained = self._pin_refs(refs) or None
             e.task_id = None
         if size > config.INLINE_MAX:
-            self._store(oid, frames, size)
             with self.lock:
                 e.node, e.size, e.state = self.node_id, size, READY
         else:
@@ -471,8 +472,17 @@ class CoreWorker:
         return ObjectRef(oid, self.address_packed)
 
     def _store(self, oid: bytes, frames: list, size: int) -> int:
-        """Write a value into this node's shared-memory store."""
-        total = shm.create(self.shm_prefix + oid.hex(), frames)
+        """Write a value into this node's shared-memory store, in room the raylet reserved."""
+        total = shm.layout_size(frames)
+        h, _ = self.request(self.raylet_ipc, {"t": protocol.CREATE_OBJECT, "oid": oid,
+                                              "size": total, "wid": self.worker_id})
+        if not h.get("ok"):
+            raise exc.ObjectStoreFullError(h.get("msg") or "object store full")
+        try:
+            total = shm.create(self.shm_prefix + oid.hex(), frames)
+        except BaseException:
+            self.raylet.send({"t": protocol.FREE_OBJECTS, "oids": [oid]})  # the reservation
+            raise
         self.raylet.send({"t": protocol.OBJECT_SEALED, "oid": oid, "size": total,
                           "own": self.address_packed})
         return total
@@ -487,6 +497,8 @@ class CoreWorker:
         h, _ = self.request(self.raylet_ipc, {"t": protocol.PULL_OBJECT, "oid": oid, "node": node,
                                               "own": owner})
         if not h.get("ok"):
+            if h.get("full"):  # no room to restore or copy it here
+                raise exc.ObjectStoreFullError(h.get("msg"))
             raise exc.ObjectLostError(oid.hex(), str(owner))
         return shm.read(name)
 
@@ -1443,6 +1455,7 @@ class CoreWorker:
         protocol.KV_REPLY: _h_reply,
         protocol.NODES_REPLY: _h_reply,
         protocol.PULL_DONE: _h_reply,
+        protocol.CREATE_OBJECT_REPLY: _h_reply,
         protocol.PONG: lambda self, h, p: self._h_pong(h),
         protocol.LEASE_GRANTED: _h_lease_granted,
         protocol.LEASE_SPILLBACK: _h_lease_spillback,

@@ -74,6 +74,8 @@ PULL_DONE = 37
 CHUNK_REQUEST = 38  # raylet -> raylet
 CHUNK = 39
 CHUNKS_WRITTEN = 52  # raylet's writer threads -> the raylet itself (ipc): copies landed
+CREATE_OBJECT = 53  # core worker -> raylet (request): reserve room before writing a segment
+CREATE_OBJECT_REPLY = 54
 # GCS
 KV_PUT = 40
 KV_GET = 41

@@ -24,6 +24,12 @@ unpinned secondary copies first (least recently used first), since they can be
 pulled again from their primary node, then unpinned primary copies, which are
 spilled to disk rather than lost.
 
+Hard limit: a writer reserves its object's bytes (``reserve``) before it
+creates the segment; the shell first makes room (``room_for``, then runs the
+actions) and reserves only if the bytes ``fits``. Restores and pulled copies
+ask the same way. ``used`` counts reservations, so objects in /dev/shm never
+exceed the capacity; a reservation becomes the object at its ``seal``.
+
 Ordering rule for the shell: it must not create the segment of an object id
 while an ``Evict`` of that id is still pending. Running ``Evict``/``Unlink``
 inline (they are a single unlink) meets it trivially.
@@ -228,6 +234,8 @@ class ObjectStoreState:
         # Evicted copies are gone from _objects at once (readers get Missing and
         # re-pull) but their bytes stay counted until the executor says so.
         self._evicting: dict[ObjectId, int] = {}
+        # Bytes reserved by writers that have not sealed yet (counted in _used).
+        self._reserved: dict[ObjectId, int] = {}
         self._used = 0
         self._releasing = 0
         self._n_spilled = 0
@@ -301,10 +309,46 @@ class ObjectStoreState:
             a for a in actions if isinstance(a, StoreFull)
         ]
 
+    # ------------------------------------------------------------ reservations
+
+    def room_for(self, size: int) -> list[Action]:
+        """Evict/spill so that ``size`` more bytes would fit (as far as candidates allow)."""
+        self._used += size
+        try:
+            return self._make_room(exclude=None)
+        finally:
+            self._used -= size
+
+    def fits(self, size: int) -> bool:
+        """Would ``size`` more bytes fit now (pending releases not counted as free)?"""
+        return self._used + size <= self.capacity
+
+    def reserve(self, object_id: ObjectId, size: int) -> None:
+        """Count ``size`` bytes for an object about to be written (the caller checked ``fits``)."""
+        if object_id not in self._reserved:
+            self._reserved[object_id] = size
+            self._used += size
+
+    def is_reserved(self, object_id: ObjectId) -> bool:
+        return object_id in self._reserved
+
+    def cancel(self, object_id: ObjectId) -> bool:
+        """The writer gave up (or died) before its seal: its bytes are free again."""
+        size = self._reserved.pop(object_id, None)
+        if size is None:
+            return False
+        self._used -= size
+        return True
+
+    def size_of(self, object_id: ObjectId) -> int:
+        obj = self._objects.get(object_id)
+        return 0 if obj is None else obj.size
+
     # ------------------------------------------------------------ events
 
     def seal(self, object_id: ObjectId, size: int, primary: bool) -> list[Action]:
         """A new object of ``size`` bytes landed in /dev/shm (primary: made here)."""
+        self.cancel(object_id)  # its reservation, if any, becomes the object
         obj = self._objects.get(object_id)
         if obj is not None:
             if obj.where is Where.SPILLED:

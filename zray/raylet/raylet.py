@@ -27,6 +27,7 @@ from zray.raylet import memory_monitor as mm
 from zray.raylet import scheduler as sch
 from zray.raylet.object_manager import ObjectManager
 from zray.raylet.peers import PeerView
+from zray.raylet.store_room import RoomKeeper
 from zray.zygote import ForkedProc, Zygote
 
 log = logging.getLogger("zray.raylet")
@@ -81,6 +82,7 @@ class Raylet:
         self.store_exec = StoreExecutor(
             self.shm_prefix, os.path.join(session_dir, "spill", node_id.hex()[:12]))
         self.store_exec.recycle = self.spares.recycle  # freed segments become spares
+        self.room = RoomKeeper(self)  # the hard limit: room reserved before writes
         self.gcs_address = ""  # set when the GCS has registered this node
         self._early_clients: list[dict] = []
         self._dirty = True
@@ -137,6 +139,7 @@ class Raylet:
             # Leases this worker held as an owner (nested tasks) end with it.
             self.apply(self.sched.owner_died(waddr[1]))
         self._remove_worker_socket(wid)
+        self.room.writer_gone(wid)
         self._dirty = True
         # Actors owned by this worker share its fate: the GCS ends them.
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid,
@@ -165,6 +168,7 @@ class Raylet:
         self.poller.unregister(fd)
         os.close(fd)
         self.drivers.pop(wid, None)
+        self.room.writer_gone(wid)
         self._dirty = True
         # Its job's non-detached actors end with it (the GCS decides which).
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid, "addr": ra, "driver": True})
@@ -285,7 +289,15 @@ class Raylet:
         elif t == protocol.WORKER_UNBLOCKED:
             self._dirty = True
             self.apply(self.sched.unblocked(h["wid"]))
+        elif t == protocol.CREATE_OBJECT:
+            ra, rid = h["ra"], h["rid"]
+
+            def created(why: str, ra=ra, rid=rid) -> None:
+                self.conns.send(ra, {"t": protocol.CREATE_OBJECT_REPLY, "rid": rid,
+                                     "ok": not why, "msg": why})
+            self.room.reserve(h["oid"], int(h["size"]), created, owner=h.get("wid", b""))
         elif t == protocol.OBJECT_SEALED:
+            self.room.sealed(h["oid"])
             self.spares.note(int(h["size"]))
             self.store_apply(self.store.seal(h["oid"], int(h["size"]),
                                              primary=not h.get("secondary")))
@@ -298,6 +310,7 @@ class Raylet:
                 return
             self.om.freed(h["oids"])
             for oid in h["oids"]:
+                self.room.cancel(oid)  # a writer that gave up before its seal
                 if self.store.contains(oid):
                     self.store_apply(self.store.delete(oid))
                 elif not self.spares.recycle(self.shm_prefix + oid.hex()):
@@ -307,9 +320,13 @@ class Raylet:
             if node != self.node_id and not self.store.contains(h["oid"]):
                 self.om.pull(h)  # on another node: copy it here (raylet/object_manager.py)
                 return
+            if self.store.is_spilled(h["oid"]):
+                # Restored once it has room (store_room.py), before we answer.
+                self.room.reserve(h["oid"], self.store.size_of(h["oid"]),
+                                  lambda why, h=h: self._restore_for(h, why))
+                return
             ok = False
             if self.store.contains(h["oid"]):
-                # In memory, or spilled: restored before we answer.
                 ok = any(isinstance(a, ostore.Ready) for a in self.store_apply(
                     self.store.get(h["oid"])))
             self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
@@ -348,6 +365,17 @@ class Raylet:
             self.apply_gcs(self.gcs_watch.pong(time.monotonic(), h.get("gcs_start")))
         else:
             log.warning("unexpected message %s", protocol.NAMES.get(t, t))
+
+    def _restore_for(self, h: dict, why: str) -> None:
+        """PULL_OBJECT of a spilled object, once room was reserved for it (or not)."""
+        reply = {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": False}
+        if why:
+            reply.update(full=True, msg=why)
+        else:
+            self.store.cancel(h["oid"])  # the restore counts its own bytes
+            reply["ok"] = any(isinstance(a, ostore.Ready) for a in self.store_apply(
+                self.store.get(h["oid"])))
+        self.conns.send(h["ra"], reply)
 
     def _register_client(self, h: dict) -> None:
         if not self.gcs_address:
@@ -454,6 +482,7 @@ class Raylet:
                 tick = now
                 self.apply(self.sched.tick(now, config.INFEASIBLE_WARN_S))
                 self.om.tick(now)
+                self.room.retry(now)
                 self.apply_gcs(self.gcs_watch.tick(now))
         self.shutdown()
 

@@ -261,7 +261,7 @@ class ActorTable:
         rec.lease_node = info.node_id
         h = {"t": protocol.REQUEST_LEASE, "lrid": rec.lrid, "ra": self.gcs_addr,
              "res": rec.spec.get("res") or {}, "hold": rec.spec.get("hold") or {},
-             "own": rec.owner, "actor": rec.aid}
+             "own": rec.owner, "actor": rec.aid, "rt": rec.can_restart()}
         if rec.spec.get("strat"):
             h["strat"] = rec.spec["strat"]
         # Always say it: a raylet takes a request from a tcp address for a spilled one.

@@ -23,6 +23,7 @@ from zray.objstore.capacity import default_capacity
 from zray.objstore.spare import SpareFiller
 from zray.objstore.spill import StoreExecutor, run_sync
 from zray.raylet import gcs_watch as gw
+from zray.raylet import memory_monitor as mm
 from zray.raylet import scheduler as sch
 from zray.raylet.object_manager import ObjectManager
 from zray.raylet.peers import PeerView
@@ -88,6 +89,10 @@ class Raylet:
         self._last_report = 0.0
         self.log_dir = os.path.join(session_dir, "logs")
         self.zygote: Zygote | None = None  # set by the raylet's main before run()
+        # The memory monitor (raylet/memory_monitor.py): workers it killed -> its message.
+        self.memory = mm.MemoryPolicy(config.MEMORY_USAGE_THRESHOLD, node_ip, node_id)
+        self.oom_killed: dict[bytes, str] = {}
+        self._memory_next = 0.0
         os.makedirs(self.log_dir, exist_ok=True)
 
     # ------------------------------------------------------------- workers
@@ -139,7 +144,8 @@ class Raylet:
         # Actors owned by this worker share its fate: the GCS ends them.
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid,
                        "addr": waddr[1] if waddr is not None else None})
-        self.apply(self.sched.handle(sch.WorkerExited(wid)))
+        self.memory.worker_exited(wid)
+        self.apply(self.sched.handle(sch.WorkerExited(wid, oom=self.oom_killed.pop(wid, None))))
 
     def _remove_worker_socket(self, wid: bytes) -> None:
         # A killed worker cannot remove its own ipc socket file.
@@ -167,6 +173,24 @@ class Raylet:
         # Its job's non-detached actors end with it (the GCS decides which).
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid, "addr": ra, "driver": True})
         self.apply(self.sched.handle(sch.OwnerDied(ra)))
+
+    def check_memory(self, now: float) -> None:
+        """The memory monitor's turn: kill a leased worker if the node is short of memory."""
+        usage = mm.read_usage()
+        if usage.fraction < self.memory.threshold:
+            return
+        running = []
+        for lid, lease in self.sched.leases.items():
+            p = self.procs.get(lease.wid)
+            if p is not None and p.poll() is None:
+                running.append(mm.Running(lease.wid, lid, lease.retriable, p.pid, _rss(p.pid)))
+        for a in self.memory.check(now, usage, running):
+            if isinstance(a, mm.Kill):
+                log.warning("%s", a.message)
+                self.oom_killed[a.wid] = a.message
+                self.kill_worker(a.wid, signal.SIGKILL)
+            else:
+                log.warning("%s", a.message)
 
     def kill_worker(self, wid: bytes, sig: int = signal.SIGTERM) -> None:
         p = self.procs.get(wid)
@@ -197,8 +221,11 @@ class Raylet:
                 self.conns.send(a.req.ra, {"t": protocol.LEASE_SPILLBACK, "lrid": a.req.lrid,
                                            "raylet": self.peer_addr(a.node)})
             elif isinstance(a, sch.NotifyWorkerDied):
-                self.conns.send(a.ra, {"t": protocol.WORKER_DIED, "wid": a.wid,
-                                       "lease": a.lease_id, "reason": a.reason})
+                died = {"t": protocol.WORKER_DIED, "wid": a.wid, "lease": a.lease_id,
+                        "reason": a.reason}
+                if a.oom:
+                    died["oom"] = True
+                self.conns.send(a.ra, died)
             elif isinstance(a, sch.KillWorker):
                 self.kill_worker(a.wid)
 
@@ -249,6 +276,7 @@ class Raylet:
                                    else h["ra"].startswith("tcp://"))
             if "hold" in h:  # an actor's lease (the GCS asks): what it holds once granted
                 req.hold = {k: float(v) for k, v in h["hold"].items()}
+            req.retriable = bool(h.get("rt", True))
             self.apply(self.sched.handle(sch.LeaseRequested(req)))
         elif t == protocol.RETURN_LEASE:
             self._dirty = True
@@ -447,6 +475,9 @@ class Raylet:
             now = time.monotonic()
             if self._dirty and now - self._last_report > 0.02 or now - self._last_report > config.HEARTBEAT_S:
                 self.report(now)
+            if config.MEMORY_MONITOR_REFRESH_MS > 0 and now >= self._memory_next:
+                self._memory_next = now + config.MEMORY_MONITOR_REFRESH_MS / 1000
+                self.check_memory(now)
             if now - tick > 0.25:
                 tick = now
                 self.apply(self.sched.handle(sch.Tick(now, config.INFEASIBLE_WARN_S)))
@@ -487,3 +518,12 @@ class Raylet:
             os.unlink(self.address.ipc[len("ipc://"):])
         except OSError:
             pass
+
+
+def _rss(pid: int) -> int | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except Exception:
+        return None

@@ -42,6 +42,9 @@ class LeaseRequest:
     # What the lease holds once granted, if not ``res`` (an actor needs 1 CPU to be
     # placed but holds none while it lives, as in Ray).
     hold: Res | None = None
+    # Its work can be retried (a task with retries left, an actor that may restart): the
+    # memory monitor kills such workers first.
+    retriable: bool = True
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Lease:
     res: Res
     gpu_ids: list[int] = field(default_factory=list)
     blocked: bool = False
+    retriable: bool = True
 
 
 # --- actions ---------------------------------------------------------------
@@ -93,6 +97,7 @@ class NotifyWorkerDied:
     wid: bytes
     lease_id: int
     reason: str
+    oom: bool = False  # killed by the memory monitor; reason is its message
 
 
 @dataclass
@@ -144,9 +149,11 @@ class LeaseReturned:
 
 @dataclass
 class WorkerExited:
-    """A worker process ended (crash, kill or clean exit)."""
+    """A worker process ended (crash, kill or clean exit; ``oom``: the memory
+    monitor's message if it killed the worker)."""
 
     wid: bytes
+    oom: str | None = None
 
 
 @dataclass
@@ -242,8 +249,8 @@ class NodeScheduler:
                 return self._worker_start_failed()
             case LeaseReturned(lease_id, exiting):
                 return self._lease_returned(lease_id, exiting)
-            case WorkerExited(wid):
-                return self._worker_exited(wid)
+            case WorkerExited(wid, oom):
+                return self._worker_exited(wid, oom)
             case OwnerDied(ra):
                 return self._owner_died(ra)
             case WorkerBlocked(wid):
@@ -283,7 +290,7 @@ class NodeScheduler:
             self.idle.append(lease.wid)
         return acts + self.dispatch()
 
-    def _worker_exited(self, wid: bytes) -> list[Action]:
+    def _worker_exited(self, wid: bytes, oom: str | None) -> list[Action]:
         acts: list[Action] = []
         if wid not in self.workers:
             # Died before it registered.
@@ -295,7 +302,8 @@ class NodeScheduler:
         if lid is not None:
             lease = self.leases.pop(lid)
             self._release(lease)
-            acts.append(NotifyWorkerDied(lease.ra, wid, lid, "the worker process died"))
+            acts.append(NotifyWorkerDied(lease.ra, wid, lid, oom or "the worker process died",
+                                         oom is not None))
         return acts + self.dispatch()
 
     def _owner_died(self, ra: str) -> list[Action]:
@@ -541,7 +549,7 @@ class NodeScheduler:
         n_gpu = int(res.get("GPU", 0) + 0.999) if res.get("GPU") else 0
         if n_gpu:
             gpu_ids, self.gpu_free = self.gpu_free[:n_gpu], self.gpu_free[n_gpu:]
-        lease = Lease(lid, wid, req.ra, res, gpu_ids)
+        lease = Lease(lid, wid, req.ra, res, gpu_ids, retriable=req.retriable)
         self.leases[lid] = lease
         self.by_worker[wid] = lid
         granted: dict[str, Any] = dict(res)

@@ -28,7 +28,9 @@ DRIVER = textwrap.dedent("""
     from zray import exceptions as exc
 
     d = sys.argv[1]
-    zray.init(num_cpus=2)
+    # Ray's knobs, through Ray's _system_config (the same as ZRAY_MEMORY_* in the env).
+    zray.init(num_cpus=2, _system_config={"memory_usage_threshold": 0.75,
+                                          "memory_monitor_refresh_ms": 50})
 
     def attempts(name):
         p = os.path.join(d, name)
@@ -155,7 +157,6 @@ def test_a_task_beyond_the_threshold_is_killed_retried_then_fails_with_oom(cgrou
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = {k: v for k, v in os.environ.items() if k not in ("ZRAY_ADDRESS", "RAY_ADDRESS")}
-    env.update(ZRAY_MEMORY_USAGE_THRESHOLD="0.75", ZRAY_MEMORY_MONITOR_REFRESH_MS="50")
     # Into the cgroup first, then exec the driver: everything it starts is charged there.
     enter = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
     p = subprocess.run(["sh", "-c", enter, "sh", sys.executable, str(script), str(tmp_path)],

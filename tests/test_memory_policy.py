@@ -137,3 +137,15 @@ def test_leases_carry_retriable_and_an_oom_death_says_so():
     assert died.oom and died.reason == "low on memory" and died.ra == "ipc://b"
     [died] = [a for a in s.handle(sch.WorkerExited(g1.wid)) if isinstance(a, sch.NotifyWorkerDied)]
     assert not died.oom and died.reason == "the worker process died"
+
+
+def test_system_config_sets_the_monitor_and_refuses_a_bad_value():
+    import pytest
+
+    from zray import node
+
+    env = node.system_config_env({"memory_usage_threshold": 0.8, "memory_monitor_refresh_ms": 0,
+                                  "object_spilling_config": "{}"})
+    assert env == {"ZRAY_MEMORY_USAGE_THRESHOLD": "0.8", "ZRAY_MEMORY_MONITOR_REFRESH_MS": "0"}
+    with pytest.raises(ValueError, match="memory_usage_threshold.*number"):
+        node.system_config_env({"memory_usage_threshold": "high"})

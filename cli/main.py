@@ -181,7 +181,11 @@ def start(
             with c.status("Starting the GCS and the raylet..."):
                 st = starter.start_head(host=h, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
                                         resources=res, object_store_memory=object_store_memory)
-            c.print("[green]zray runtime started.[/green]")
+            if st.session_reused:
+                c.print("[green]Restored the crashed GCS of this session from its gcs.sqlite"
+                        "[/green] (detached actors, named actors, KV and nodes).")
+            else:
+                c.print("[green]zray runtime started.[/green]")
             c.print(f"  Head node: {st.procs.node_id.hex()} at {st.procs.node_ip}")
             c.print(f"  GCS address: [bold]{st.gcs_address}[/bold]")
             c.print(f"  Session: {st.procs.session_dir}", soft_wrap=True)

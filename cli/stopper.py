@@ -199,7 +199,7 @@ def cleanup_session(session_dir: str) -> int:
     n = shm.remove_all(f"zray-{token}-")
     for sub in ("sockets", "pids", "spill"):  # spilled objects of a dead session are garbage
         shutil.rmtree(os.path.join(session_dir, sub), ignore_errors=True)
-    for name in ("secret", "gcs_address"):
+    for name in ("secret", "gcs_address", "gcs.sqlite", "gcs.sqlite-wal", "gcs.sqlite-shm"):
         try:
             os.unlink(os.path.join(session_dir, name))
         except OSError:

@@ -123,3 +123,82 @@ def _pids(root: str) -> dict:
             rec = json.load(fh)
         pids[rec["role"]] = rec["pid"]
     return pids
+
+
+@pytest.mark.slow
+def test_cli_gcs_restart_restores_actors_kv_and_nodes(session_root, monkeypatch):  # noqa: F811
+    """SIGKILL the GCS of `zray start --head`, run `zray start --head` again on the same
+    port: it restores the session's GCS from gcs.sqlite; the raylet registers again, the
+    detached named actor answers, functions exported before the crash are still in the KV
+    (a restart of that actor on a new worker loads its class from there), new work runs."""
+    from test_cli import free_port
+
+    root = session_root
+    port = free_port()
+    monkeypatch.setenv("ZRAY_SESSION_ROOT", root)
+    zray_cli(root, "start", "--head", "--port", str(port), "--num-cpus", "2")
+    pids = _pids(root)
+    zray.init(address="auto")
+    try:
+        @zray.remote(max_restarts=1)
+        class Keeper:
+            def __init__(self):
+                self.n = 0
+
+            def incr(self):
+                self.n += 1
+                return self.n
+
+            def pid(self):
+                return os.getpid()
+
+        @zray.remote
+        def square(x):
+            return x * x
+
+        k = Keeper.options(name="keeper", lifetime="detached").remote()
+        assert zray.get(k.incr.remote(), timeout=60) == 1
+        assert zray.get(square.remote(3), timeout=60) == 9
+        node_id = zray.get_runtime_context().get_node_id()
+
+        os.kill(pids["gcs"], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(RpcError, match=f"127.0.0.1:{port}"):
+            zray.get_actor("keeper")
+        assert time.monotonic() - t0 < 20  # hang guard: not the 30 s RPC timeout
+        # Calls to a live actor do not go through the GCS.
+        assert zray.get(k.incr.remote(), timeout=60) == 2
+
+        out = zray_cli(root, "start", "--head", "--port", str(port), "--num-cpus", "2").stdout
+        assert "Restored" in out, out
+        assert _pids(root)["raylet"] == pids["raylet"]  # the old head raylet was kept
+
+        def gcs_back():
+            try:
+                return any(n["NodeID"] == node_id and n["Alive"] for n in zray.nodes())
+            except RpcError:
+                return False
+
+        assert wait_until(gcs_back, 30)
+        k2 = zray.get_actor("keeper")
+        assert zray.get(k2.incr.remote(), timeout=60) == 3
+        assert zray.get(square.remote(4), timeout=60) == 16
+        fresh = Keeper.remote()
+        assert zray.get(fresh.incr.remote(), timeout=60) == 1
+
+        # The restored record restarts the actor; its new worker loads the class exported
+        # before the crash from the restored KV.
+        os.kill(zray.get(k2.pid.remote(), timeout=60), signal.SIGKILL)
+        assert wait_until(lambda: _try(lambda: zray.get(k2.incr.remote(), timeout=10)) == 1, 60)
+        zray.kill(k2)
+    finally:
+        zray.shutdown()
+    zray_cli(root, "stop")
+    assert not wait_gone(root, timeout=15)
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception:
+        return None

@@ -112,7 +112,7 @@ class CoreWorker(Waiting, PollingRole):
         self.on_cancel_task = None
         # Actor calls made by this process (made on first use: actor_calls()).
         self.actor_submitter: ActorCalls | None = None
-        self.log_sink = None  # driver prints LOG_LINES through this
+        self.log_sink: Callable[[dict, list], None] | None = None  # driver: prints LOG_LINES
         self._liveness: dict[str, list] = {}  # addr -> [last ping sent, outstanding rid]
         self._fetching: dict[bytes, Entry] = {}  # borrowed objects asked of their owners
         self._ping_rids: dict[int, str] = {}
@@ -246,8 +246,17 @@ class CoreWorker(Waiting, PollingRole):
         return ObjectRef(oid, self.address_packed)
 
     def _store(self, oid: bytes, frames: list, size: int) -> int:
-        """Write a value into this node's shared-memory store."""
-        total = shm.create(self.shm_prefix + oid.hex(), frames)
+        """Write a value into this node's shared-memory store, in room the raylet reserved."""
+        total = shm.layout_size(frames)
+        h, _ = self.request(self.raylet_ipc, {"t": protocol.CREATE_OBJECT, "oid": oid,
+                                              "size": total, "wid": self.worker_id})
+        if not h.get("ok"):
+            raise exc.ObjectStoreFullError(h.get("msg") or "object store full")
+        try:
+            total = shm.create(self.shm_prefix + oid.hex(), frames)
+        except BaseException:
+            self.raylet.send({"t": protocol.FREE_OBJECTS, "oids": [oid]})  # the reservation
+            raise
         self.raylet.send({"t": protocol.OBJECT_SEALED, "oid": oid, "size": total,
                           "own": self.address_packed})
         return total
@@ -262,6 +271,8 @@ class CoreWorker(Waiting, PollingRole):
         h, _ = self.request(self.raylet_ipc, {"t": protocol.PULL_OBJECT, "oid": oid, "node": node,
                                               "own": owner})
         if not h.get("ok"):
+            if h.get("full"):  # no room to restore or copy it here
+                raise exc.ObjectStoreFullError(h.get("msg"))
             raise exc.ObjectLostError(oid.hex(), str(owner))
         return shm.read(name)
 
@@ -371,7 +382,7 @@ class CoreWorker(Waiting, PollingRole):
 
     def _h_worker_died(self, h: dict, payload: list) -> None:
         with self.lock:
-            self._do(ev.WorkerDied(h["wid"], h.get("reason", "worker died")))
+            self._do(ev.WorkerDied(h["wid"], h.get("reason", "worker died"), bool(h.get("oom"))))
 
     def _h_tasks_returned(self, h: dict, payload: list) -> None:
         with self.lock:
@@ -459,6 +470,7 @@ class CoreWorker(Waiting, PollingRole):
         protocol.KV_REPLY: _h_reply,
         protocol.NODES_REPLY: _h_reply,
         protocol.PULL_DONE: _h_reply,
+        protocol.CREATE_OBJECT_REPLY: _h_reply,
         protocol.PONG: lambda self, h, p: self._h_pong(h),
         protocol.LEASE_GRANTED: _h_lease_granted,
         protocol.LEASE_SPILLBACK: _h_lease_spillback,
@@ -607,6 +619,8 @@ class CoreWorker(Waiting, PollingRole):
         dest = i.dest or self.raylet_ipc
         h = {"t": protocol.REQUEST_LEASE, "lrid": i.lrid, "res": i.res,
              "ra": self.my_addr_for(dest), "own": self.address_packed}
+        if not i.retriable:
+            h["rt"] = False  # its memory monitor kills retriable work first
         if i.strategy is not None:
             h["strat"] = protocol.strategy_wire(i.strategy)
         self.conns.send(dest, h)

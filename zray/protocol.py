@@ -33,6 +33,12 @@ MAC_LEN = 16
 MAX_HEADER = 64 << 20  # a header larger than this is malformed
 
 
+# A message's header (a msgpack map; "t" is its type) and its payload frames (bytes,
+# memoryviews or zmq.Frames): the types the state machines' event methods take.
+Header = dict[str, Any]
+Frames = list[Any]
+
+
 class ProtocolError(Exception):
     """A malformed, unauthenticated or unknown message (it is dropped and logged)."""
 
@@ -74,6 +80,8 @@ PULL_DONE = 37
 CHUNK_REQUEST = 38  # raylet -> raylet
 CHUNK = 39
 CHUNKS_WRITTEN = 52  # raylet's writer threads -> the raylet itself (ipc): copies landed
+CREATE_OBJECT = 53  # core worker -> raylet (request): reserve room before writing a segment
+CREATE_OBJECT_REPLY = 54
 # GCS
 KV_PUT = 40
 KV_GET = 41
@@ -234,8 +242,9 @@ _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 # pyzmq's Python-level send/recv wrappers cost ~5 us per frame in flag and type
 # handling; the hot path calls the Cython methods underneath directly.
-_raw_send = zmq.Socket.__mro__[1].send
-_raw_recv = zmq.Socket.__mro__[1].recv
+_socket_base: Any = zmq.Socket.__mro__[1]
+_raw_send = _socket_base.send
+_raw_recv = _socket_base.recv
 
 
 def send_frames(sock: zmq.Socket, frames: list) -> None:
@@ -324,7 +333,7 @@ class Inbound:
         # copy=False lets bulk data be written to shm straight from ZeroMQ's buffer.
         self.copy = copy
         self.socks: list[tuple[zmq.Socket, bytes | None]] = []
-        self.ipc_addr = self.tcp_addr = None
+        self.ipc_addr = self.tcp_addr = ""  # "": not listening there
         ctx = context()
         if ipc_path:
             s = ctx.socket(zmq.ROUTER)
@@ -383,7 +392,7 @@ class Inbound:
             handler(header, payload)
         except Exception:
             log.exception("handler failed on %s; message dropped",
-                          NAMES.get(header.get("t"), header.get("t")))
+                          NAMES.get(header.get("t", -1), header.get("t")))
         return True
 
     def close(self) -> None:
@@ -459,6 +468,6 @@ class Connections:
 
     def close(self, linger_ms: int = 0) -> None:
         with self._lock:
-            conns, self._conns = list(self._conns.values()), {}
+            conns, self._conns = list(self._conns.values()), collections.OrderedDict()
         for c in conns:
             c.close(linger_ms)

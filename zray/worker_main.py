@@ -313,7 +313,11 @@ class Executor:
             contained.append((r._id, r._owner))
         size = serialization.frames_size(frames)
         if size > config.INLINE_MAX and not err:
-            total = self.cw._store(oid, frames, size)
+            try:
+                total = self.cw._store(oid, frames, size)
+            except exc.ObjectStoreFullError as e:  # no room for it: the task fails with that
+                frames, _ = serialization.serialize(self.task_error(self.cw.current_task_name, e))
+                return [INLINE, len(frames), True], frames
             return [STORED, self.cw.node_id, total], []
         return [INLINE, len(frames), err], frames
 

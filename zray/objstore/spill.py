@@ -9,6 +9,7 @@ what is already gone is not an error.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -61,6 +62,10 @@ def _copy(src_fd: int, dst_fd: int) -> int:
             done += n
 
 
+class SegmentInUse(OSError):
+    """A spill victim is mapped by a reader or writer: spilling it would free nothing."""
+
+
 class StoreExecutor:
     """Performs Spill/Restore/Evict/Unlink/DeleteSpilled for one node's store."""
 
@@ -95,6 +100,14 @@ class StoreExecutor:
         tmp = final + ".part"
         src = _open_ours(shm.segment_path(self.segment_name(object_id)))
         try:
+            # A segment somebody maps (a reader, a writer) is not spilled: unlinking
+            # it would free no memory (the hard limit counts on it) while a second
+            # copy lands on disk. Held while we copy: a reader that opens it
+            # meanwhile waits, then finds it gone and asks for a restore.
+            try:
+                fcntl.flock(src, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                raise SegmentInUse(f"{object_id.hex()} is mapped: not spilled") from e
             dst = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
             try:
                 n = _copy(src, dst)
@@ -103,10 +116,10 @@ class StoreExecutor:
                 _remove(tmp)
                 raise
             os.close(dst)
+            os.replace(tmp, final)
+            shm.unlink(self.segment_name(object_id))
         finally:
             os.close(src)
-        os.replace(tmp, final)
-        shm.unlink(self.segment_name(object_id))
         return n
 
     def restore(self, object_id: ObjectId) -> int:
@@ -164,7 +177,7 @@ class StoreExecutor:
         Actions that are not I/O (Ready, Missing, StoreFull) return None too:
         they are for the shell to answer readers or log.
         """
-        oid = getattr(action, "object_id", None)
+        oid: ObjectId = getattr(action, "object_id", b"")
         if isinstance(action, Spill):
             try:
                 self.spill(oid)

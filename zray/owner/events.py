@@ -122,6 +122,7 @@ class LeaseFailed:
 class WorkerDied:
     wid: bytes
     reason: str
+    oom: bool = False  # killed by its raylet's memory monitor
 
 
 @_dc

@@ -21,6 +21,7 @@ class RequestLease:
     dest: str | None
     res: dict
     strategy: Any
+    retriable: bool = True  # False: the raylet's memory monitor kills retriable work first
 
 
 @_dc

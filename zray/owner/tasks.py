@@ -149,7 +149,8 @@ class TasksMixin:
         ks.pending_leases.add(rid)
         self.lease_reqs[rid] = ks
         self.lease_dest[rid] = dest
-        self.out.append(ins.RequestLease(rid, dest, ks.res, ks.strategy))
+        retriable = not (ks.queue and ks.queue[0].retries == 0)
+        self.out.append(ins.RequestLease(rid, dest, ks.res, ks.strategy, retriable))
 
     def _push(self, t: Task, w: LeasedWorker) -> None:
         t.state = "running"
@@ -199,7 +200,7 @@ class TasksMixin:
             w.inflight.clear()
             self._requeue_unstarted(ks, tasks[1:])
             if tasks:
-                self._task_lost(tasks[0])
+                self._task_lost(tasks[0], e_.reason, e_.oom)
             self._dispatch(ks)
 
     def _requeue_unstarted(self, ks: KeyState, tasks: list) -> None:
@@ -228,7 +229,7 @@ class TasksMixin:
             self._requeue_unstarted(ks, tasks)
             self._dispatch(ks)
 
-    def _task_lost(self, t: Task) -> None:
+    def _task_lost(self, t: Task, reason: str = "", oom: bool = False) -> None:
         t.worker = None
         if t.cancelled:
             self._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
@@ -238,7 +239,9 @@ class TasksMixin:
             t.state = "queued"
             self.keys[t.key].queue.appendleft(t)
         else:
-            self._finish_with_error(t, exc.WorkerCrashedError())
+            # Killed by its raylet's memory monitor: Ray's OutOfMemoryError, its message.
+            self._finish_with_error(t, exc.OutOfMemoryError(reason) if oom
+                                    else exc.WorkerCrashedError())
 
     # ------------------------------------------------------------- replies
     def _on_task_reply(self, r: ev.TaskReply) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 if TYPE_CHECKING:
-    from zray.core_worker import CoreWorker
+    pass
 
 # CoreWorker._leader when the I/O thread polls (otherwise a thread ident, or None).
 IO = -1
@@ -66,7 +66,7 @@ class Waiter:
 
     __slots__ = ("cw", "ident", "cond", "leading", "sticky")
 
-    def __init__(self, cw: CoreWorker, sticky: bool | None = None):
+    def __init__(self, cw: Any, sticky: bool | None = None):
         self.cw = cw
         self.ident = threading.get_ident()
         self.cond: threading.Condition | None = None
@@ -103,6 +103,12 @@ class PollingRole:
     lock: Any
     inbound: Any
     _running: bool
+    _decrefs: Any
+
+    if TYPE_CHECKING:  # the CoreWorker's
+        def _process_decrefs(self) -> None: ...
+        def _handle(self, h: dict[str, Any], payload: list[Any]) -> None: ...
+        def _tick(self, now: float) -> None: ...
 
     def _init_polling(self) -> None:
         """(from CoreWorker.__init__, once ``lock`` and ``inbound`` exist)"""

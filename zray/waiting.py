@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zray import exceptions as exc
 from zray import ids, protocol
@@ -38,6 +38,18 @@ class Waiting:
     _any_waiters: list
     _ready_log: Any
     _ready_seq: int
+    worker_id: bytes
+    address_packed: list[Any]
+    tasks: dict[bytes, Any]
+    owner: Any
+
+    if TYPE_CHECKING:  # the CoreWorker's (and its PollingRole's)
+        def _wait_until(self, w: Waiter, ready: Any, deadline: float | None) -> bool: ...
+        def _ensure_poller(self) -> None: ...
+        def _entry_for(self, ref: ObjectRef) -> Any: ...
+        def _ensure_fetch(self, oid: bytes, e: Any) -> None: ...
+        def _value_of(self, oid: bytes, e: Any) -> Any: ...
+        def _do(self, event: Any) -> None: ...
 
     def _await(self, entries: list, need: int, stop_on_fail: bool,
                deadline: float | None) -> bool:
@@ -83,10 +95,11 @@ class Waiting:
             for e, cb in mine:
                 e.callbacks.remove(cb)
             return True
-        def done() -> bool:
-            return st[0] >= need or (stop_on_fail and st[1])
 
-        return self._await_blocked(w, done, deadline, mine)
+        def all_done() -> bool:
+            return bool(st[0] >= need or (stop_on_fail and st[1]))
+
+        return self._await_blocked(w, all_done, deadline, mine)
 
     def _await_blocked(self, w: Waiter, done, deadline: float | None, mine: list) -> bool:
         """_await's wait (lock held); removes the callbacks in ``mine`` at the end."""
@@ -110,7 +123,7 @@ class Waiting:
     def _entries(self, refs: list) -> list:
         # Hot in wait() loops over long lists: inline lookups, fetch only what must be.
         objs = self.objects
-        entries = []
+        entries: list[Any] = []
         append = entries.append
         for r in refs:
             e = objs.get(r._id)
@@ -165,7 +178,7 @@ class Waiting:
                 since = self._ready_seq - known[0]
                 if since:
                     for oid in itertools.islice(log, len(log) - since, None):
-                        if oid in ids_:
+                        if ids_ is not None and oid in ids_:
                             cand.add(oid)
                 objs = self.objects
                 # (an object lost with its node is pending again while it is rebuilt)
@@ -246,7 +259,7 @@ class Waiting:
         return ready
 
     @staticmethod
-    def _add_hits(refs: list, ready: list, hit_ids: list, need: int) -> list:
+    def _add_hits(refs: list, ready: list, hit_ids: Any, need: int) -> list:
         """``ready`` plus the indices of ``hit_ids`` (became ready while blocked), first ``need``.
 
         Looks from the front only as far as the hits are: in a wait loop they are near it.

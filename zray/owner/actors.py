@@ -16,11 +16,13 @@ actor, so calls re-sent after a restart stay in order.
 from __future__ import annotations
 
 import collections
+from typing import Any
 
 import zray.exceptions as exc
 from zray import ids
 from zray.owner import events as ev
 from zray.owner import instructions as ins
+from zray.owner.base import OwnerBase
 from zray.owner.state import Task
 
 # ActorState.state (Ray's names)
@@ -34,7 +36,7 @@ class Call:
 
     __slots__ = ("aid", "meta", "st", "h", "payload")
 
-    def __init__(self, aid: bytes, meta: dict, h: dict, payload: list):
+    def __init__(self, aid: bytes, meta: dict[Any, Any], h: dict[Any, Any], payload: list[Any]):
         self.aid = aid
         self.meta = meta
         self.st: ActorState | None = None  # set by the owner at Submit
@@ -45,7 +47,7 @@ class Call:
 class ActorState:
     """This process's view of one actor."""
 
-    def __init__(self, aid: bytes, meta: dict):
+    def __init__(self, aid: bytes, meta: dict[Any, Any]):
         self.aid = aid
         self.meta = meta
         self.state = PENDING
@@ -62,17 +64,17 @@ class ActorState:
         self.handles = 0  # ActorHandle instances in this process
         self.escaped = False  # a handle was pickled (passed elsewhere)
         self.terminating = False
-        self.pins: list | None = None  # refs the constructor's arguments need
+        self.pins: list[Any] | None = None  # refs the constructor's arguments need
 
     @property
     def cls_name(self) -> str:
-        return self.meta.get("cls", "Actor")
+        return str(self.meta.get("cls", "Actor"))
 
 
-class ActorsMixin:
+class ActorsMixin(OwnerBase):
     """The Owner's actor handlers (see zray/owner/core.py)."""
 
-    def _actor(self, aid: bytes, meta: dict | None) -> ActorState:
+    def _actor(self, aid: bytes, meta: dict[Any, Any] | None) -> ActorState:
         """The state of an actor; subscribes to it on first sight."""
         st = self.actors.get(aid)
         if st is None:
@@ -152,6 +154,7 @@ class ActorsMixin:
         t.state = "running"
         t.attempt += 1
         st.inflight[t.tid] = t
+        assert st.addr is not None, "calls are sent to an ALIVE actor only"
         self.out.append(ins.SendActorCall(st.addr, h, call.payload))
 
     def _actor_reply(self, t: Task, r: ev.TaskReply) -> None:
@@ -250,8 +253,9 @@ class ActorsMixin:
         st.queue.extendleft(reversed(retry))
 
     def _fail_inflight(self, st: ActorState) -> None:
+        err = st.error or exc.ActorDiedError()
         for t in list(st.inflight.values()):
-            self._finish_with_error(t, st.error)
+            self._finish_with_error(t, err)
         st.inflight.clear()
         self._forget(st)
 

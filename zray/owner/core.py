@@ -31,9 +31,9 @@ from zray.owner.tasks import TasksMixin
 
 
 class Owner(RefsMixin, TasksMixin, LineageMixin, ActorsMixin):
-    def __init__(self, node_id: bytes, ipc: str, me: list, me_str: str,
-                 encode_error: Callable[[BaseException], list],
-                 decode: Callable[[list], Any]):
+    def __init__(self, node_id: bytes, ipc: str, me: list[Any], me_str: str,
+                 encode_error: Callable[[BaseException], list[Any]],
+                 decode: Callable[[list[Any]], Any]):
         self.node_id = node_id
         self.ipc = ipc  # this process's ipc address: with node_id, tells owned refs apart
         self.me = me  # this process's packed address
@@ -46,18 +46,18 @@ class Owner(RefsMixin, TasksMixin, LineageMixin, ActorsMixin):
         self.lease_reqs: dict[int, KeyState] = {}
         self.lease_dest: dict[int, str | None] = {}  # lease request id -> raylet asked
         self._lease_rid = 0
-        self.children: dict[bytes, set] = {}  # parent task id -> child task ids
+        self.children: dict[bytes, set[Any]] = {}  # parent task id -> child task ids
         self.lineage: dict[bytes, Task] = {}
         self.raylet_addrs: dict[bytes, str] = {}  # other nodes' raylets (tcp)
         self.dead_nodes: set[bytes] = set()
-        self._borrow_releases: collections.deque = collections.deque()
+        self._borrow_releases: collections.deque[list[Any]] = collections.deque()
         self.actors: dict[bytes, ActorState] = {}
-        self._actor_timers: list = []  # [deadline (None until the next Tick), ActorState]
-        self.out: list = []
-        self._ready_oids: list = []
-        self._ready_entries: list = []
+        self._actor_timers: list[Any] = []  # [deadline (None until the next Tick), ActorState]
+        self.out: list[Any] = []
+        self._ready_oids: list[Any] = []
+        self._ready_entries: list[Any] = []
 
-    def handle(self, event: Any) -> list:
+    def handle(self, event: Any) -> list[Any]:
         """Apply one event; return the instructions it produced, in order."""
         _HANDLERS[type(event)](self, event)
         if self._ready_oids:

@@ -12,200 +12,198 @@ from typing import Any
 
 from zray.owner.state import Task
 
-_dc = dataclass(frozen=True, slots=True)
-
 
 # ------------------------------------------------------------- references
-@_dc
+@dataclass(frozen=True, slots=True)
 class RefAdded:
     """An ObjectRef to ``oid`` was made in this process (``owner``: None if ours)."""
     oid: bytes
-    owner: list | None
+    owner: list[Any] | None
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class RefsDropped:
     """ObjectRef instances were garbage-collected (one item per instance)."""
-    oids: list
+    oids: list[Any]
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class BorrowerAdded:
     oid: bytes
     addr: str
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class BorrowerRemoved:
     oid: bytes
     addr: str
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Lend:
     """Refs inside a return value this process sends to ``caller``: it borrows them now."""
-    contained: list  # (oid, owner)
-    caller: list  # packed address
+    contained: list[Any]  # (oid, owner)
+    caller: list[Any]  # packed address
     caller_addr: str
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Put:
     """A value this process made with put(): inline ``frames`` or stored on ``node``."""
     oid: bytes
-    frames: list | None
+    frames: list[Any] | None
     node: bytes | None
     size: int
-    nested: list  # ObjectRefs inside the value
+    nested: list[Any]  # ObjectRefs inside the value
 
 
 # ---------------------------------------------------------------- objects
-@_dc
+@dataclass(frozen=True, slots=True)
 class Fetch:
     """A borrowed object is needed here: ask its owner (once)."""
     oid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ObjectValue:
     """OBJECT_VALUE: the owner of a borrowed object sent its value or location."""
     oid: bytes
-    frames: list | None
+    frames: list[Any] | None
     node: bytes | None
     size: int
     is_error: bool
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class GetObject:
     """GET_OBJECT: a borrower asks for a value we own; answer to ``ra``."""
     oid: bytes
     ra: str
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ObjectsFailed:
     """Objects fail for a reason found by the shell (owner unreachable or dead)."""
-    items: list  # (oid, exception)
+    items: list[Any]  # (oid, exception)
 
 
 # ------------------------------------------------------------------ tasks
-@_dc
+@dataclass(frozen=True, slots=True)
 class Submit:
     task: Task
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class LeaseGranted:
     lrid: int
     wid: bytes
     waddr: str
     lease: int
     node: bytes
-    res: dict
-    raylet: list  # packed address of the granting raylet
+    res: dict[Any, Any]
+    raylet: list[Any]  # packed address of the granting raylet
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Spillback:
     lrid: int
     raylet: str  # the raylet to ask instead
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class LeaseFailed:
     lrid: int
     error: BaseException
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class WorkerDied:
     wid: bytes
     reason: str
     oom: bool = False  # killed by its raylet's memory monitor
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class TasksReturned:
     """A worker hands back pipelined tasks it did not start (its task runs long)."""
-    tids: list
+    tids: list[Any]
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class TaskReply:
     tid: bytes
-    rets: list
-    payload: list
+    rets: list[Any]
+    payload: list[Any]
     err: bool = False
     dt: float | None = None
     exiting: bool = False
-    contained: list | None = None
+    contained: list[Any] | None = None
     gen_n: int | None = None
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class GeneratorItem:
     tid: bytes
     i: int
-    ret: list
-    payload: list
-    contained: list | None
+    ret: list[Any]
+    payload: list[Any]
+    contained: list[Any] | None
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class GeneratorTaken:
     """next() of an ObjectRefGenerator handed out item ``oid``: the generator's pin ends."""
     oid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class GeneratorReleased:
     """An ObjectRefGenerator was dropped after ``consumed`` items."""
     tid: bytes
     consumed: int
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Cancel:
     tid: bytes
     force: bool
     recursive: bool
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class CancelChildren:
     parent: bytes
     force: bool
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class FailTask:
     """End a task with an error the shell found (e.g. its actor is dead)."""
     tid: bytes
     error: BaseException
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class LocalRayletDied:
     pass
 
 
 # ---------------------------------------------------------------- cluster
-@_dc
+@dataclass(frozen=True, slots=True)
 class NodeDied:
     node: bytes
     raylet_tcp: str | None
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class LocationAdded:
     """OBJECT_LOCATION_ADD: a raylet pulled a copy of a value we own."""
     oid: bytes
     node: bytes
-    raylet: list | None
+    raylet: list[Any] | None
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class GetLocations:
     """GET_OBJECT_LOCATIONS from a raylet whose pull found no copy."""
     oid: bytes
@@ -213,51 +211,51 @@ class GetLocations:
     rid: Any
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Tick:
     now: float
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Return every lease."""
 
 
 
 # ----------------------------------------------------------------- actors
-@_dc
+@dataclass(frozen=True, slots=True)
 class ActorRegistered:
     """This process created the actor (REGISTER_ACTOR accepted)."""
     aid: bytes
-    meta: dict
+    meta: dict[Any, Any]
     detached: bool
-    pins: list  # refs the constructor's arguments need
+    pins: list[Any]  # refs the constructor's arguments need
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ActorForgotten:
     aid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ActorHandleMade:
     aid: bytes
-    meta: dict | None
+    meta: dict[Any, Any] | None
     owned: bool = False
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ActorHandleDropped:
     aid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ActorEscaped:
     """A handle was pickled (passed to another process)."""
     aid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ActorAlive:
     aid: bytes
     inc: int  # the incarnation
@@ -265,17 +263,17 @@ class ActorAlive:
     pid: int
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ActorRestarting:
     aid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ActorPending:
     aid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ActorDead:
     aid: bytes
     error: BaseException

@@ -12,59 +12,57 @@ from typing import Any
 
 from zray.owner.state import Entry, LeasedWorker, Task
 
-_dc = dataclass(frozen=True, slots=True)
 
-
-@_dc
+@dataclass(frozen=True, slots=True)
 class RequestLease:
     lrid: int
     dest: str | None
-    res: dict
+    res: dict[Any, Any]
     strategy: Any
     retriable: bool = True  # False: the raylet's memory monitor kills retriable work first
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class PushTask:
     task: Task
     worker: LeasedWorker
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ReturnLease:
-    raylet: list | str
+    raylet: list[Any] | str
     lease: int
     exiting: bool
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class FreeObjects:
-    dest: str | list | None
-    oids: list
+    dest: str | list[Any] | None
+    oids: list[Any]
     node: bytes | None = None  # the node meant (a forwarding raylet needs it)
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class AddBorrower:
-    owner: list
+    owner: list[Any]
     oid: bytes
-    borrower: list | None = None  # packed address; None: this process
+    borrower: list[Any] | None = None  # packed address; None: this process
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class RemoveBorrower:
-    owner: list
+    owner: list[Any]
     oid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class FetchObject:
     """Ask the owner of a borrowed object for its value (GET_OBJECT)."""
     oid: bytes
     entry: Entry
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class SendValue:
     """OBJECT_VALUE to a borrower: the entry's value or location, or ``error_frames``."""
     ra: str
@@ -73,19 +71,19 @@ class SendValue:
     error: BaseException | None = None
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ObjectsReady:
     """These objects became ready or failed: wake what waits for them."""
-    oids: list
-    entries: list
+    oids: list[Any]
+    entries: list[Any]
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class GeneratorEnded:
     tid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class CancelRunning:
     addr: str
     tid: bytes
@@ -93,33 +91,33 @@ class CancelRunning:
     recursive: bool
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class LocationsReply:
     ra: str
     rid: Any
     oid: bytes
-    nodes: list
+    nodes: list[Any]
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class DropConnection:
     addr: str
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class SubscribeActor:
     aid: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class SendActorCall:
     addr: str
-    header: dict
-    payload: list
+    header: dict[Any, Any]
+    payload: list[Any]
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class TerminateActor:
     """Every handle of an actor this process owns is gone: end it after its calls."""
     aid: bytes
-    meta: dict
+    meta: dict[Any, Any]

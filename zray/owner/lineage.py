@@ -23,14 +23,17 @@ every local client as PUBLISH ch=node ev=dead), an owner:
 
 from __future__ import annotations
 
+from typing import Any
+
 import zray.exceptions as exc  # (not "from zray import": that loads zray.api)
 from zray import ids
 from zray.owner import events as ev
 from zray.owner import instructions as ins
+from zray.owner.base import OwnerBase
 from zray.owner.state import PENDING, READY, Entry, Task
 
 
-class LineageMixin:
+class LineageMixin(OwnerBase):
     """The Owner's handlers for object locations, lineage and node death."""
 
     def raylet_for(self, node: bytes) -> str | None:
@@ -39,7 +42,7 @@ class LineageMixin:
             return None
         return self.raylet_addrs.get(node)
 
-    def _learn_raylet(self, node: bytes, packed: list | None) -> None:
+    def _learn_raylet(self, node: bytes, packed: list[Any] | None) -> None:
         if node and packed and node != self.node_id and len(packed) > 2 and packed[2]:
             self.raylet_addrs[node] = packed[2]
 
@@ -75,7 +78,7 @@ class LineageMixin:
                 e.loc_waiters = []
             e.loc_waiters.append(q)
             return
-        nodes: list = []
+        nodes: list[Any] = []
         if e is not None and e.owned and e.state == READY and e.node is not None:
             nodes = [n for n in [e.node, *(e.locs or ())] if n not in self.dead_nodes]
         self.out.append(ins.LocationsReply(q.ra, q.rid, q.oid, nodes))
@@ -95,14 +98,16 @@ class LineageMixin:
     def _release_lineage(self, e: Entry) -> None:
         """A value was freed: drop its task's lineage once no return of that task lives."""
         tid = e.task_id
-        t = self.lineage.get(tid) if tid is not None else None
+        if tid is None:
+            return
+        t = self.lineage.get(tid)
         if t is None or t.state != "done":
             return
         if any(o in self.objects for o in t.oids):
             return
         del self.lineage[tid]
         pins, t.arg_pins = t.arg_pins, []
-        t.args = None
+        t.args = []
         for aoid in pins:
             ae = self.objects.get(aoid)
             if ae is not None:
@@ -142,7 +147,7 @@ class LineageMixin:
                     self._lease_answered(rid)
             self.out.append(ins.DropConnection(tcp))
         # 3. Values stored there.
-        rerun: dict = {}
+        rerun: dict[Any, Any] = {}
         for oid, e in list(self.objects.items()):
             if e.locs:
                 e.locs.discard(node)
@@ -155,10 +160,10 @@ class LineageMixin:
             if e.locs:
                 e.node = e.locs.pop()  # a copy pulled earlier becomes the primary
                 continue
-            t = self.lineage.get(e.task_id) if e.task_id is not None else None
-            if t is not None and t.retries != 0:
+            lt = self.lineage.get(e.task_id) if e.task_id is not None else None
+            if lt is not None and lt.retries != 0:
                 e.state, e.node, e.size = PENDING, None, 0
-                rerun[t.tid] = t
+                rerun[lt.tid] = lt
             elif e.task_id is None or ids.index_of(oid) == ids.PUT_INDEX:
                 self._set_failed(oid, e, exc.ObjectLostError(oid.hex(), self.me_str))
             else:

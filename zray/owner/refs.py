@@ -10,14 +10,17 @@ ref that is passed on and comes straight back.
 
 from __future__ import annotations
 
+from typing import Any
+
 import zray.exceptions as exc  # (not "from zray import": that loads zray.api)
 from zray import config
 from zray.owner import events as ev
 from zray.owner import instructions as ins
+from zray.owner.base import OwnerBase
 from zray.owner.state import FAILED, PENDING, READY, Entry
 
 
-class RefsMixin:
+class RefsMixin(OwnerBase):
     """The Owner's reference-counting handlers (see zray/owner/core.py)."""
 
     # ------------------------------------------------------------ handlers
@@ -28,9 +31,9 @@ class RefsMixin:
             owned = self.is_mine(owner)
             e = Entry(owned, owner)
             self.objects[oid] = e
-            if not owned:
+            if owner is not None and not owned:
                 self.out.append(ins.AddBorrower(owner, oid))
-        elif not e.owned and e.local == 0 and e.pins == 0:
+        elif not e.owned and e.local == 0 and e.pins == 0 and e.owner is not None:
             # Re-borrow after we told (or are about to tell) the owner we were done.
             self.out.append(ins.AddBorrower(e.owner, oid))
         e.local += 1
@@ -76,10 +79,10 @@ class RefsMixin:
             e.pins -= 1  # the ref just made holds it now
 
     # -------------------------------------------------------------- helpers
-    def is_mine(self, owner: list | None) -> bool:
+    def is_mine(self, owner: list[Any] | None) -> bool:
         return owner is None or owner[1] == self.ipc and owner[0] == self.node_id
 
-    def entry_for(self, oid: bytes, owner: list | None) -> Entry:
+    def entry_for(self, oid: bytes, owner: list[Any] | None) -> Entry:
         """The entry of a ref that reached us without registration (made one if needed)."""
         e = self.objects.get(oid)
         if e is None:
@@ -118,7 +121,7 @@ class RefsMixin:
                     self._maybe_release(coid, ce)
             e.contained = None
 
-    def _pin_refs(self, refs: list) -> list:
+    def _pin_refs(self, refs: list[Any]) -> list[Any]:
         """Pin refs nested in a value this process keeps (args, put values)."""
         out = []
         for r in refs:
@@ -129,7 +132,7 @@ class RefsMixin:
             out.append((r._id, r._owner))
         return out
 
-    def _hold_contained(self, entries: list, contained: list) -> None:
+    def _hold_contained(self, entries: list[Any], contained: list[Any]) -> None:
         """Refs nested in returned values live as long as the value that holds them."""
         for i, coid, cowner in unpack_contained(contained):
             outer = entries[i] if i < len(entries) else None
@@ -231,13 +234,13 @@ class RefsMixin:
                 self._on_get_locations(q)
 
 
-def pack_contained(items: list) -> list:
+def pack_contained(items: list[Any]) -> list[Any]:
     """(return index, oid, owner) triples -> [[owner, [[index, oid], ...]], ...].
 
     Grouped by owner so that a value holding 10,000 refs of one owner does not
     repeat the owner's address 10,000 times in the header.
     """
-    groups: dict = {}
+    groups: dict[Any, Any] = {}
     for i, oid, owner in items:
         key = tuple(owner) if owner else None
         g = groups.get(key)
@@ -247,5 +250,5 @@ def pack_contained(items: list) -> list:
     return list(groups.values())
 
 
-def unpack_contained(wire: list) -> list:
+def unpack_contained(wire: list[Any]) -> list[Any]:
     return [(i, oid, owner) for owner, pairs in wire for i, oid in pairs]

@@ -24,9 +24,9 @@ class Entry:
                  "owner", "contained", "waiters", "callbacks", "fetching", "task_id",
                  "is_error", "locs", "dependents", "loc_waiters")
 
-    def __init__(self, owned: bool, owner: list | None = None):
+    def __init__(self, owned: bool, owner: list[Any] | None = None):
         self.state = PENDING
-        self.frames: list | None = None  # inline value or error
+        self.frames: list[Any] | None = None  # inline value or error
         self.node: bytes | None = None  # node holding the stored value
         self.size = 0
         self.local = 0  # ObjectRef instances in this process
@@ -34,15 +34,15 @@ class Entry:
         self.borrowers: set[str] | None = None  # made on first borrower: most never get one
         self.owned = owned
         self.owner = owner
-        self.contained: list | None = None  # (oid, owner) nested in the value
-        self.waiters: list | None = None  # borrowers' GET_OBJECT reply addresses
-        self.callbacks: list | None = None  # the shell's waiters (get, wait, run_when_ready)
+        self.contained: list[Any] | None = None  # (oid, owner) nested in the value
+        self.waiters: list[Any] | None = None  # borrowers' GET_OBJECT reply addresses
+        self.callbacks: list[Any] | None = None  # the shell's waiters (get, wait, run_when_ready)
         self.fetching = False
         self.task_id: bytes | None = None
         self.is_error = False
-        self.locs: set | None = None  # other nodes with a copy (owner/lineage.py)
-        self.dependents: list | None = None  # tasks waiting for this value as an argument
-        self.loc_waiters: list | None = None  # GET_OBJECT_LOCATIONS asked while pending
+        self.locs: set[Any] | None = None  # other nodes with a copy (owner/lineage.py)
+        self.dependents: list[Any] | None = None  # tasks waiting for this value as an argument
+        self.loc_waiters: list[Any] | None = None  # GET_OBJECT_LOCATIONS asked while pending
 
     def add_borrower(self, addr: str) -> None:
         if self.borrowers is None:
@@ -62,11 +62,11 @@ class Task:
                  "max_calls", "gen", "strategy", "gen_count", "gen_done", "arg_pins",
                  "attempt", "warned", "env", "actor", "nested", "user_nret")
 
-    def __init__(self, tid: bytes, fname: str, nret: Any, args: list, kwnames: list, *,
+    def __init__(self, tid: bytes, fname: str, nret: Any, args: list[Any], kwnames: list[Any], *,
                  fn_id: bytes | None = None, retries: int = 0, retry_exc: Any = False,
-                 max_calls: int = 0, res: dict | None = None, strategy: Any = None,
-                 env: dict | None = None, parent: bytes | None = None, actor: Any = None,
-                 nested: list | None = None):
+                 max_calls: int = 0, res: dict[Any, Any] | None = None, strategy: Any = None,
+                 env: dict[Any, Any] | None = None, parent: bytes | None = None, actor: Any = None,
+                 nested: list[Any] | None = None):
         self.tid = tid
         self.fn_id = fn_id
         self.fname = fname
@@ -93,7 +93,7 @@ class Task:
         self.gen_done = False
         self.attempt = 0
         self.warned = False
-        self.arg_pins: list = []
+        self.arg_pins: list[Any] = []
         n = self.nret if self.nret > 0 else (1 if self.nret == 0 else 0)
         self.oids = [tid + _SUFFIX[i] if i < 4 else object_id_for(tid, i + 1) for i in range(n)]
 
@@ -106,8 +106,8 @@ class LeasedWorker:
     __slots__ = ("wid", "addr", "lease", "node", "inflight", "idle_since", "res", "raylet",
                  "dead", "long")
 
-    def __init__(self, wid: bytes, addr: str, lease: int, node: bytes, res: dict,
-                 raylet: list | str):
+    def __init__(self, wid: bytes, addr: str, lease: int, node: bytes, res: dict[Any, Any],
+                 raylet: list[Any] | str):
         self.wid = wid
         self.addr = addr
         self.lease = lease
@@ -125,7 +125,7 @@ class KeyState:
 
     __slots__ = ("queue", "workers", "pending_leases", "res", "strategy", "task_s", "no_pipe")
 
-    def __init__(self, res: dict, strategy: Any):
+    def __init__(self, res: dict[Any, Any], strategy: Any):
         self.queue: collections.deque[Task] = collections.deque()
         self.workers: dict[bytes, LeasedWorker] = {}
         self.pending_leases: set[int] = set()

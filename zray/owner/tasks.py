@@ -11,10 +11,13 @@ zray/owner/actors.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import zray.exceptions as exc  # (not "from zray import": that loads zray.api)
 from zray import config, ids
 from zray.owner import events as ev
 from zray.owner import instructions as ins
+from zray.owner.base import OwnerBase
 from zray.owner.state import (
     FAILED,
     INLINE,
@@ -28,7 +31,7 @@ from zray.owner.state import (
 )
 
 
-class TasksMixin:
+class TasksMixin(OwnerBase):
     """The Owner's task handlers (see zray/owner/core.py)."""
 
     # ---------------------------------------------------------- submission
@@ -203,7 +206,7 @@ class TasksMixin:
                 self._task_lost(tasks[0], e_.reason, e_.oom)
             self._dispatch(ks)
 
-    def _requeue_unstarted(self, ks: KeyState, tasks: list) -> None:
+    def _requeue_unstarted(self, ks: KeyState, tasks: list[Any]) -> None:
         """Tasks pushed to a worker that never started them: queue them again, in order."""
         for t in reversed(tasks):
             t.worker = None
@@ -215,11 +218,11 @@ class TasksMixin:
                 ks.queue.appendleft(t)
 
     def _on_tasks_returned(self, e_: ev.TasksReturned) -> None:
-        by_key: dict = {}
+        by_key: dict[Any, Any] = {}
         for tid in e_.tids:
             t = self.tasks.get(tid)
             w = t.worker if t is not None else None
-            if w is None or w.inflight.pop(tid, None) is None:
+            if t is None or w is None or w.inflight.pop(tid, None) is None:
                 continue
             w.long = True
             by_key.setdefault(t.key, []).append(t)
@@ -289,7 +292,7 @@ class TasksMixin:
             self.out.append(ins.GeneratorEnded(t.tid))
         self._task_done(t)
 
-    def _should_retry_exception(self, t: Task, payload: list) -> bool:
+    def _should_retry_exception(self, t: Task, payload: list[Any]) -> bool:
         if not t.retry_exc or t.retries == 0:
             return False
         if t.retry_exc is True:
@@ -301,7 +304,7 @@ class TasksMixin:
         cause = getattr(err, "cause", err)
         return isinstance(cause, tuple(t.retry_exc))
 
-    def _store_returns(self, t: Task, rets: list, payload: list, contained: list | None) -> None:
+    def _store_returns(self, t: Task, rets: list[Any], payload: list[Any], contained: list[Any] | None) -> None:
         pos = 0
         objs = self.objects
         for oid, d in zip(t.oids, rets):
@@ -328,13 +331,13 @@ class TasksMixin:
     def _finish_with_error(self, t: Task, err: BaseException) -> None:
         self._finish_with_frames(t, self.encode_error(err))
 
-    def _finish_with_frames(self, t: Task, frames: list) -> None:
+    def _finish_with_frames(self, t: Task, frames: list[Any] | None) -> None:
         if t.gen:
             oid = ids.object_id_for(t.tid, t.gen_count + 1)
-            e = Entry(True)
-            e.task_id = t.tid
-            e.pins = 1
-            self.objects[oid] = e
+            item = Entry(True)
+            item.task_id = t.tid
+            item.pins = 1
+            self.objects[oid] = item
             t.oids.append(oid)
             t.gen_count += 1
             t.gen_done = True
@@ -367,7 +370,7 @@ class TasksMixin:
                 e.pins -= 1
                 self._maybe_release(oid, e)
         t.arg_pins = []
-        t.args = None
+        t.args = []
 
     def _on_fail_task(self, e_: ev.FailTask) -> None:
         t = self.tasks.get(e_.tid)

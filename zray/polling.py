@@ -27,9 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-if TYPE_CHECKING:
-    pass
-
 # CoreWorker._leader when the I/O thread polls (otherwise a thread ident, or None).
 IO = -1
 # The polling role left free by a user thread goes back to the I/O thread once no

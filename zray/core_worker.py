@@ -128,7 +128,7 @@ class CoreWorker(Waiting, PollingRole):
             _EXEC[type(i)](self, i)
 
     # ------------------------------------------------------------------ utils
-    def my_addr_for(self, dest: str) -> str:
+    def my_addr_for(self, dest: str) -> str | None:
         return self.address.ipc if dest.startswith("ipc://") else self.address.tcp
 
     def addr_of(self, packed: list) -> str:
@@ -157,7 +157,7 @@ class CoreWorker(Waiting, PollingRole):
         with self.lock:
             self._rid += 1
             rid = self._rid
-            slot = [w, None, None]
+            slot: list[Any] = [w, None, None]
             self.requests[rid] = slot
         header["rid"] = rid
         header["ra"] = self.my_addr_for(dest)
@@ -190,7 +190,7 @@ class CoreWorker(Waiting, PollingRole):
 
     def _complete(self, h: dict, payload: list) -> None:
         """A reply to request() (lock held)."""
-        slot = self.requests.pop(h.get("rid"), None)
+        slot = self.requests.pop(h.get("rid", 0), None)  # (rids start at 1)
         if slot is not None:
             slot[1], slot[2] = h, payload
             slot[0].notify()
@@ -261,7 +261,7 @@ class CoreWorker(Waiting, PollingRole):
                           "own": self.address_packed})
         return total
 
-    def _read_stored(self, oid: bytes, node: bytes, owner: list | None) -> list:
+    def _read_stored(self, oid: bytes, node: bytes | None, owner: list | None) -> list:
         name = self.shm_prefix + oid.hex()
         try:
             return shm.read(name)
@@ -389,7 +389,7 @@ class CoreWorker(Waiting, PollingRole):
             self._do(ev.TasksReturned(h["tids"]))
 
     def _h_task_reply(self, h: dict, payload: list) -> None:
-        r = ev.TaskReply(h["tid"], h.get("rets") or (), payload, bool(h.get("err")), h.get("dt"),
+        r = ev.TaskReply(h["tid"], h.get("rets") or [], payload, bool(h.get("err")), h.get("dt"),
                          bool(h.get("exiting")), h.get("contained"), h.get("gen_n"))
         with self.lock:
             self._do(r)
@@ -508,7 +508,7 @@ class CoreWorker(Waiting, PollingRole):
         """This process's actor submitter, made on first use."""
         s = self.actor_submitter
         if s is None:
-            factory = self._actor_calls_factory
+            factory = type(self)._actor_calls_factory
             if factory is None:
                 raise RuntimeError("zray.actor_submitter is not loaded")
             with self.lock:
@@ -541,7 +541,7 @@ class CoreWorker(Waiting, PollingRole):
 
     def _h_pong(self, h: dict) -> None:
         with self.lock:
-            addr = self._ping_rids.pop(h.get("rid"), None)
+            addr = self._ping_rids.pop(h.get("rid", 0), None)
             if addr is None:
                 self._complete(h, [])
                 return
@@ -663,6 +663,8 @@ class CoreWorker(Waiting, PollingRole):
         oid, e = i.oid, i.entry
         self._fetching[oid] = e  # watched by _check_liveness
         try:
+            if e.owner is None:
+                raise ConnectionError("no owner address")
             dest = self.addr_of(e.owner)
         except ConnectionError as err:
             log.warning("%s", err)
@@ -675,7 +677,7 @@ class CoreWorker(Waiting, PollingRole):
             self._send_value(i.ra, i.oid, i.entry)
             return
         self.conns.send(i.ra, {"t": protocol.OBJECT_VALUE, "oid": i.oid, "st": FAILED,
-                               "err": True}, _encode_error(i.error))
+                               "err": True}, _encode_error(i.error or exc.RaySystemError("lost")))
 
     def _x_cancel_running(self, i: ins.CancelRunning) -> None:
         self.conns.send(i.addr, {"t": protocol.CANCEL_TASK, "tid": i.tid, "force": i.force,

@@ -124,18 +124,18 @@ def test_no_limit_anywhere_reads_the_host(tmp_path):
 # ------------------------------------------------------------- the scheduler
 def test_leases_carry_retriable_and_an_oom_death_says_so():
     s = sch.NodeScheduler({"CPU": 2})
-    s.worker_registered(b"w1")
-    s.worker_registered(b"w2")
+    s.handle(sch.WorkerRegistered(b"w1"))
+    s.handle(sch.WorkerRegistered(b"w2"))
     r = sch.LeaseRequest(1, "ipc://a", {"CPU": 1}, None, 0.0)
     r.retriable = False
-    [g1] = s.request(r)
-    [g2] = s.request(sch.LeaseRequest(2, "ipc://b", {"CPU": 1}, None, 0.0))
+    [g1] = s.handle(sch.LeaseRequested(r))
+    [g2] = s.handle(sch.LeaseRequested(sch.LeaseRequest(2, "ipc://b", {"CPU": 1}, None, 0.0)))
     assert s.leases[g1.lease_id].retriable is False and s.leases[g2.lease_id].retriable
     assert g2.lease_id > g1.lease_id  # newer lease, higher id: the policy's order
-    [died] = [a for a in s.worker_exited(g2.wid, oom="low on memory")
+    [died] = [a for a in s.handle(sch.WorkerExited(g2.wid, oom="low on memory"))
               if isinstance(a, sch.NotifyWorkerDied)]
     assert died.oom and died.reason == "low on memory" and died.ra == "ipc://b"
-    [died] = [a for a in s.worker_exited(g1.wid) if isinstance(a, sch.NotifyWorkerDied)]
+    [died] = [a for a in s.handle(sch.WorkerExited(g1.wid)) if isinstance(a, sch.NotifyWorkerDied)]
     assert not died.oom and died.reason == "the worker process died"
 
 

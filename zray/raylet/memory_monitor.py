@@ -168,9 +168,10 @@ def _cgroup_usages(root: str, pid: int | str) -> list[Usage]:
     return out
 
 
-def _cgroup_mounts(root: str, pid: int | str) -> dict[str, str]:
-    """{"cgroup2": mount point, "memory": v1 memory mount point}, as mapped under root."""
-    out: dict[str, str] = {}
+def _cgroup_mounts(root: str, pid: int | str) -> dict[str, tuple[str, str]]:
+    """{"cgroup2": (mount point, sub-tree), "memory": (v1 memory mount point, sub-tree)},
+    as mapped under root."""
+    out: dict[str, tuple[str, str]] = {}
     try:
         with open(os.path.join(root, f"proc/{pid}/mountinfo")) as f:
             lines = f.read().splitlines()

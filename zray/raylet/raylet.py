@@ -113,14 +113,14 @@ class Raylet:
                                              stderr=subprocess.STDOUT, close_fds=True)
             except OSError as e:
                 log.error("cannot start a worker: %s", e)
-                self.apply(self.sched.worker_start_failed())
+                self.apply(self.sched.handle(sch.WorkerStartFailed()))
                 continue
             self.procs[wid] = p
             try:
                 fd = os.pidfd_open(p.pid)
             except ProcessLookupError:  # died at once: treat as a failed start
                 self.procs.pop(wid)
-                self.apply(self.sched.worker_start_failed())
+                self.apply(self.sched.handle(sch.WorkerStartFailed()))
                 continue
             self.pidfds[fd] = wid
             self.poller.register(fd, zmq.POLLIN)
@@ -137,7 +137,7 @@ class Raylet:
         waddr = self.workers_addr.pop(wid, None)
         if waddr is not None:
             # Leases this worker held as an owner (nested tasks) end with it.
-            self.apply(self.sched.owner_died(waddr[1]))
+            self.apply(self.sched.handle(sch.OwnerDied(waddr[1])))
         self._remove_worker_socket(wid)
         self.room.writer_gone(wid)
         self._dirty = True
@@ -145,7 +145,7 @@ class Raylet:
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid,
                        "addr": waddr[1] if waddr is not None else None})
         self.memory.worker_exited(wid)
-        self.apply(self.sched.worker_exited(wid, oom=self.oom_killed.pop(wid, None)))
+        self.apply(self.sched.handle(sch.WorkerExited(wid, oom=self.oom_killed.pop(wid, None))))
 
     def _remove_worker_socket(self, wid: bytes) -> None:
         # A killed worker cannot remove its own ipc socket file.
@@ -172,7 +172,7 @@ class Raylet:
         self._dirty = True
         # Its job's non-detached actors end with it (the GCS decides which).
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid, "addr": ra, "driver": True})
-        self.apply(self.sched.owner_died(ra))
+        self.apply(self.sched.handle(sch.OwnerDied(ra)))
 
     def check_memory(self, now: float) -> None:
         """The memory monitor's turn: kill a leased worker if the node is short of memory."""
@@ -253,7 +253,7 @@ class Raylet:
         if self.view.ready and not was_ready:
             self.om.view_ready()
         if changed or h.get("ev") == "snapshot":
-            self.apply(self.sched.peers_changed(self.view.res, self.view.dead, changed))
+            self.apply(self.sched.handle(sch.PeersChanged(self.view.res, self.view.dead, changed)))
 
     def store_apply(self, acts: list) -> list:
         """Carry out the object store's actions inline; return Ready/Missing/StoreFull."""
@@ -277,18 +277,18 @@ class Raylet:
             if "hold" in h:  # an actor's lease (the GCS asks): what it holds once granted
                 req.hold = {k: float(v) for k, v in h["hold"].items()}
             req.retriable = bool(h.get("rt", True))
-            self.apply(self.sched.request(req))
+            self.apply(self.sched.handle(sch.LeaseRequested(req)))
         elif t == protocol.RETURN_LEASE:
             self._dirty = True
-            self.apply(self.sched.lease_returned(h["lease"], bool(h.get("exit"))))
+            self.apply(self.sched.handle(sch.LeaseReturned(h["lease"], bool(h.get("exit")))))
         elif t == protocol.REGISTER_CLIENT:
             self._register_client(h)
         elif t == protocol.WORKER_BLOCKED:
             self._dirty = True
-            self.apply(self.sched.blocked(h["wid"]))
+            self.apply(self.sched.handle(sch.WorkerBlocked(h["wid"])))
         elif t == protocol.WORKER_UNBLOCKED:
             self._dirty = True
-            self.apply(self.sched.unblocked(h["wid"]))
+            self.apply(self.sched.handle(sch.WorkerUnblocked(h["wid"])))
         elif t == protocol.CREATE_OBJECT:
             ra, rid = h["ra"], h["rid"]
 
@@ -299,8 +299,8 @@ class Raylet:
         elif t == protocol.OBJECT_SEALED:
             self.room.sealed(h["oid"])
             self.spares.note(int(h["size"]))
-            self.store_apply(self.store.seal(h["oid"], int(h["size"]),
-                                             primary=not h.get("secondary")))
+            self.store_apply(self.store.handle(ostore.Seal(h["oid"], int(h["size"]),
+                                                           primary=not h.get("secondary"))))
         elif t == protocol.FREE_OBJECTS:
             node = h.get("node")
             if node and node != self.node_id:  # the owner does not know that raylet: forward
@@ -312,7 +312,7 @@ class Raylet:
             for oid in h["oids"]:
                 self.room.cancel(oid)  # a writer that gave up before its seal
                 if self.store.contains(oid):
-                    self.store_apply(self.store.delete(oid))
+                    self.store_apply(self.store.handle(ostore.Delete(oid)))
                 elif not self.spares.recycle(self.shm_prefix + oid.hex()):
                     shm.unlink(self.shm_prefix + oid.hex())
         elif t == protocol.PULL_OBJECT:
@@ -328,7 +328,7 @@ class Raylet:
             ok = False
             if self.store.contains(h["oid"]):
                 ok = any(isinstance(a, ostore.Ready) for a in self.store_apply(
-                    self.store.get(h["oid"])))
+                    self.store.handle(ostore.Get(h["oid"]))))
             self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
         elif t == protocol.CHUNK_REQUEST:
             self.om.serve(h)
@@ -341,7 +341,7 @@ class Raylet:
         elif t == protocol.PUBLISH:
             self._on_publish(h)
         elif t == protocol.CANCEL_LEASE_REQUEST:
-            self.apply(self.sched.cancel(h["ra"], h["lrid"]))
+            self.apply(self.sched.handle(sch.RequestCancelled(h["ra"], h["lrid"])))
         elif t == protocol.KILL_WORKER:  # the GCS ends a killed actor's worker
             self.kill_worker(h["wid"], signal.SIGKILL)
         elif t == protocol.WORKER_EXITING:
@@ -372,9 +372,9 @@ class Raylet:
         if why:
             reply.update(full=True, msg=why)
         else:
-            self.store.cancel(h["oid"])  # the restore counts its own bytes
+            self.store.handle(ostore.Unreserve(h["oid"]))  # the restore counts its own bytes
             reply["ok"] = any(isinstance(a, ostore.Ready) for a in self.store_apply(
-                self.store.get(h["oid"])))
+                self.store.handle(ostore.Get(h["oid"]))))
         self.conns.send(h["ra"], reply)
 
     def _register_client(self, h: dict) -> None:
@@ -384,7 +384,7 @@ class Raylet:
         wid = h["wid"]
         if h.get("kind") == "worker":
             self.workers_addr[wid] = h["addr"]
-            self.apply(self.sched.worker_registered(wid))
+            self.apply(self.sched.handle(sch.WorkerRegistered(wid)))
         else:
             self.drivers[wid] = h["ra"]
             self._watch_driver(wid, int(h.get("pid", 0)), h["ra"])
@@ -460,7 +460,7 @@ class Raylet:
         self.register_with_gcs()
         self.apply_gcs(self.gcs_watch.start(time.monotonic()))
         self.start_workers(min(config.PRESTART_WORKERS, max(int(self.sched.total.get("CPU", 1)), 1)))
-        self.sched.starting = len(self.procs)
+        self.sched.handle(sch.WorkersStarting(len(self.procs)))
         tick = 0.0
         while self.running:
             ready = dict(self.poller.poll(50))
@@ -480,7 +480,7 @@ class Raylet:
                 self.check_memory(now)
             if now - tick > 0.25:
                 tick = now
-                self.apply(self.sched.tick(now, config.INFEASIBLE_WARN_S))
+                self.apply(self.sched.handle(sch.Tick(now, config.INFEASIBLE_WARN_S)))
                 self.om.tick(now)
                 self.room.retry(now)
                 self.apply_gcs(self.gcs_watch.tick(now))

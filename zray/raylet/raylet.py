@@ -263,6 +263,9 @@ class Raylet:
             self._dirty = True
             self.apply(self.sched.unblocked(h["wid"]))
         elif t == protocol.CREATE_OBJECT:
+            if h.get("cancel"):  # the writer could not write it: the bytes are free again
+                self.room.cancel(h["oid"])
+                return
             ra, rid = h["ra"], h["rid"]
 
             def created(why: str, ra=ra, rid=rid) -> None:

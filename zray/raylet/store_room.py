@@ -72,6 +72,10 @@ class RoomKeeper:
             return True
         if not store.fits(w.size):
             self.r.store_apply(store.room_for(w.size))
+        om = getattr(self.r, "om", None)
+        if not store.fits(w.size) and om is not None and om.drop_served():
+            # Segments kept mapped for serving peers cannot spill: let go, try again.
+            self.r.store_apply(store.room_for(w.size))
         if not store.fits(w.size):
             return False
         store.reserve(w.oid, w.size)

@@ -167,3 +167,15 @@ def test_a_session_of_ours_that_others_can_enter_is_refused(shared_root, bait):
     p = init_auto(shared_root)
     assert "CONNECTION_ERROR" in p.stdout and "Passed over" not in p.stdout, p.stdout + p.stderr
     assert not bait.touched()
+
+
+def test_zray_stop_leaves_another_users_session_alone(shared_root, bait):
+    planted = plant_session(shared_root, bait.port)
+    subprocess.run([*NOBODY, "sh", "-c", f"mkdir -m 0755 {planted}/pids && "
+                    f"echo '{{\"pid\": 1, \"create_time\": 0, \"role\": \"gcs\"}}' "
+                    f"> {planted}/pids/gcs-000000000000.json"], check=True, timeout=30)
+    p = subprocess.run([*CLI, "stop"], env=_env(shared_root), text=True, capture_output=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for name in ("secret", "gcs_address", "pids/gcs-000000000000.json", "sockets"):
+        assert os.path.lexists(os.path.join(planted, name)), name

@@ -97,7 +97,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None, num_gpus: i
                 address = None
         if address is None:
             head = node.start_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                   object_store_memory=object_store_memory, embedded=True)
+                                   object_store_memory=object_store_memory, embedded=True,
+                                   system_config=kwargs.get("_system_config"))
             session_dir, node_id, raylet_ipc = head.session_dir, head.node_id, head.raylet_ipc
             _head = head
         else:
@@ -144,7 +145,7 @@ def _connectable_session(address: str) -> str:
         conns.send("tcp://" + gaddr, {"t": protocol.PING, "ra": inbound.tcp_addr, "rid": 1})
         poller = zmq.Poller()
         inbound.register(poller)
-        got = []
+        got: list[dict] = []
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             ready = dict(poller.poll(100))

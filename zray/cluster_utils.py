@@ -75,7 +75,7 @@ class Cluster:
                  head_node_args: dict | None = None, shutdown_at_exit: bool = True):
         self.head_node: ClusterNode | None = None
         self.worker_nodes: list[ClusterNode] = []
-        self.session_dir: str | None = None
+        self.session_dir = ""  # set by the head node
         self._gcs_address: str | None = None
         self._pids: dict[int, float] = {}  # every process we know of -> create time
         self._down = False
@@ -93,7 +93,7 @@ class Cluster:
     def address(self) -> str:
         """host:port of the cluster's GCS (what zray.init(address=...) takes)."""
         if self._gcs_address is None:
-            if self.session_dir is None:
+            if not self.session_dir:
                 raise RuntimeError("the cluster has no head node yet")
             path = os.path.join(self.session_dir, "gcs_address")
             deadline = time.monotonic() + 30
@@ -124,7 +124,7 @@ class Cluster:
         """The GCS's node table (as zray.nodes() returns it)."""
         from zray.api import _session_nodes
 
-        if self.session_dir is None:
+        if not self.session_dir:
             return []
         return _session_nodes(self.session_dir)
 

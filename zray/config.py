@@ -69,3 +69,10 @@ SESSION_ROOT = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray-sessions")
 # Liveness of the raylet and of owners we wait on: ping period and give-up time.
 LIVENESS_PING_S = _env("LIVENESS_PING_S", 2.0)
 LIVENESS_TIMEOUT_S = _env("LIVENESS_TIMEOUT_S", 10.0)
+# The raylet's memory monitor (raylet/memory_monitor.py, Ray's names): above this fraction
+# of the node's memory (its cgroup's limit if it has one) it kills the worker of the newest
+# retriable task; checked every MEMORY_MONITOR_REFRESH_MS (0: never).
+MEMORY_USAGE_THRESHOLD = _env("MEMORY_USAGE_THRESHOLD",
+                              env_number("RAY_memory_usage_threshold", 0.95))
+MEMORY_MONITOR_REFRESH_MS = int(_env("MEMORY_MONITOR_REFRESH_MS",
+                                     env_number("RAY_memory_monitor_refresh_ms", 250)))

@@ -259,7 +259,7 @@ class CoreWorker:
         self.on_cancel_task = None
         # Actor calls made by this process (made on first use: actor_calls()).
         self.actor_submitter: ActorCalls | None = None
-        self.log_sink = None  # driver prints LOG_LINES through this
+        self.log_sink: Callable[[dict, list], None] | None = None  # driver: prints LOG_LINES
         self._liveness: dict[str, list] = {}  # addr -> [last ping sent, outstanding rid]
         self._fetching: dict[bytes, Entry] = {}  # borrowed objects asked of their owners
         self._ping_rids: dict[int, str] = {}
@@ -989,6 +989,8 @@ class CoreWorker:
         self.lease_dest[rid] = dest
         h = {"t": protocol.REQUEST_LEASE, "lrid": rid, "res": ks.res, "ra": self.my_addr_for(dest),
              "own": self.address_packed}
+        if ks.queue and ks.queue[0].retries == 0:
+            h["rt"] = False  # its memory monitor kills retriable work first
         if ks.strategy is not None:
             h["strat"] = protocol.strategy_wire(ks.strategy)
         self.conns.send(dest, h)
@@ -1094,7 +1096,7 @@ class CoreWorker:
                 w.inflight.clear()
                 self._requeue_unstarted(ks, tasks[1:])
                 if tasks:
-                    self._task_lost(tasks[0], h.get("reason", "worker died"))
+                    self._task_lost(tasks[0], h.get("reason", "worker died"), bool(h.get("oom")))
                 self._dispatch(ks)
 
     def _requeue_unstarted(self, ks: KeyState, tasks: list) -> None:
@@ -1125,7 +1127,7 @@ class CoreWorker:
                 self._requeue_unstarted(ks, tasks)
                 self._dispatch(ks)
 
-    def _task_lost(self, t: Task, reason: str) -> None:
+    def _task_lost(self, t: Task, reason: str, oom: bool = False) -> None:
         t.worker = None
         if t.cancelled:
             self._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
@@ -1136,7 +1138,9 @@ class CoreWorker:
             ks = self.keys[t.key]
             ks.queue.appendleft(t)
         else:
-            self._finish_with_error(t, exc.WorkerCrashedError())
+            # Killed by its raylet's memory monitor: Ray's OutOfMemoryError, its message.
+            self._finish_with_error(t, exc.OutOfMemoryError(reason) if oom
+                                    else exc.WorkerCrashedError())
 
     def _h_task_reply(self, h: dict, payload: list) -> None:
         with self.lock:

@@ -165,7 +165,8 @@ class ObjectStoreFullError(RayError):
 
 
 class OutOfMemoryError(RayError):
-    pass
+    """The node ran low on memory and its raylet's memory monitor killed the worker of this
+    task (Ray's name); the message says the threshold and the usage."""
 
 
 class OutOfDiskError(RayError):

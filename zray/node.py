@@ -145,11 +145,33 @@ def shm_prefix_for(session_dir: str, node_id: bytes) -> str:
     return f"zray-{os.path.basename(session_dir.rstrip('/'))[-8:]}-{node_id.hex()[:8]}-"
 
 
+# Ray's _system_config keys zray honours, and the settings (config.py) they set.
+SYSTEM_CONFIG = {"memory_usage_threshold": ("ZRAY_MEMORY_USAGE_THRESHOLD", float),
+                 "memory_monitor_refresh_ms": ("ZRAY_MEMORY_MONITOR_REFRESH_MS", int)}
+
+
+def system_config_env(system_config: dict | None) -> dict:
+    """The environment that carries init(_system_config=...) to the processes we start
+    (keys zray has no use for are ignored, as before)."""
+    out = {}
+    for k, v in (system_config or {}).items():
+        if k not in SYSTEM_CONFIG:
+            continue
+        var, kind = SYSTEM_CONFIG[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ValueError(f"_system_config[{k!r}] must be a number ({kind.__name__}), "
+                             f"got {v!r}")
+        out[var] = str(kind(v))
+    return out
+
+
 def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
                resources: dict | None = None, object_store_memory: int | None = None,
                host: str = "127.0.0.1", port: int = 0, embedded: bool = True,
-               session_dir: str | None = None) -> NodeProcesses:
+               session_dir: str | None = None,
+               system_config: dict | None = None) -> NodeProcesses:
     """Start a GCS and a raylet on this machine (without waiting for them)."""
+    settings = system_config_env(system_config)
     session_dir = session_dir or new_session_dir()
     write_secret(session_dir, secrets.token_bytes(32))
     node_id = ids.new_unique_id()
@@ -157,6 +179,7 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
     gcs_ipc = "ipc://" + os.path.join(session_dir, "sockets", "gcs")
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(settings)
     gcs = spawn_gcs(session_dir, host, port, embedded, env)
     res = node_resources(num_cpus, num_gpus, resources, object_store_memory, node_ip, True)
     raylet = _spawn_raylet(session_dir, node_id, gcs_ipc, node_ip, res, object_store_memory,

@@ -33,6 +33,12 @@ MAC_LEN = 16
 MAX_HEADER = 64 << 20  # a header larger than this is malformed
 
 
+# A message's header (a msgpack map; "t" is its type) and its payload frames (bytes,
+# memoryviews or zmq.Frames): the types the state machines' event methods take.
+Header = dict[str, Any]
+Frames = list[Any]
+
+
 class ProtocolError(Exception):
     """A malformed, unauthenticated or unknown message (it is dropped and logged)."""
 
@@ -236,8 +242,9 @@ _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 # pyzmq's Python-level send/recv wrappers cost ~5 us per frame in flag and type
 # handling; the hot path calls the Cython methods underneath directly.
-_raw_send = zmq.Socket.__mro__[1].send
-_raw_recv = zmq.Socket.__mro__[1].recv
+_socket_base: Any = zmq.Socket.__mro__[1]
+_raw_send = _socket_base.send
+_raw_recv = _socket_base.recv
 
 
 def send_frames(sock: zmq.Socket, frames: list) -> None:
@@ -326,7 +333,7 @@ class Inbound:
         # copy=False lets bulk data be written to shm straight from ZeroMQ's buffer.
         self.copy = copy
         self.socks: list[tuple[zmq.Socket, bytes | None]] = []
-        self.ipc_addr = self.tcp_addr = None
+        self.ipc_addr = self.tcp_addr = ""  # "": not listening there
         ctx = context()
         if ipc_path:
             s = ctx.socket(zmq.ROUTER)
@@ -385,7 +392,7 @@ class Inbound:
             handler(header, payload)
         except Exception:
             log.exception("handler failed on %s; message dropped",
-                          NAMES.get(header.get("t"), header.get("t")))
+                          NAMES.get(header.get("t", -1), header.get("t")))
         return True
 
     def close(self) -> None:
@@ -461,6 +468,6 @@ class Connections:
 
     def close(self, linger_ms: int = 0) -> None:
         with self._lock:
-            conns, self._conns = list(self._conns.values()), {}
+            conns, self._conns = list(self._conns.values()), collections.OrderedDict()
         for c in conns:
             c.close(linger_ms)

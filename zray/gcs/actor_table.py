@@ -11,7 +11,7 @@ Calls never pass through here: callers learn the actor's address from
 
 States (Ray's names): PENDING_CREATION -> ALIVE -> (RESTARTING -> ALIVE)* -> DEAD.
 
-Each event method returns a list of instructions (gcs/tables.py): ``Send``,
+Each event method returns a list of instructions (gcs/instructions.py): ``Send``,
 ``DropConn``, and ``Persist("actor", aid, record)`` for every record the event
 changed (a record notes its own changes: ``ActorRecord.__setattr__``), so that a
 restarted GCS finds every actor as it was (``restore``).
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from zray import protocol
-from zray.gcs.tables import DropConn, Persist, Send, pack, unpack
+from zray.gcs.instructions import DropConn, Persist, Send, pack, unpack
 
 # States and death causes are wire values (protocol.py): callers read them too.
 PENDING = protocol.ACTOR_PENDING
@@ -261,7 +261,7 @@ class ActorTable:
         rec.lease_node = info.node_id
         h = {"t": protocol.REQUEST_LEASE, "lrid": rec.lrid, "ra": self.gcs_addr,
              "res": rec.spec.get("res") or {}, "hold": rec.spec.get("hold") or {},
-             "own": rec.owner, "actor": rec.aid}
+             "own": rec.owner, "actor": rec.aid, "rt": rec.can_restart()}
         if rec.spec.get("strat"):
             h["strat"] = rec.spec["strat"]
         # Always say it: a raylet takes a request from a tcp address for a spilled one.
@@ -271,14 +271,14 @@ class ActorTable:
     def lease_granted(self, h: dict) -> list:
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
-        if rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
+        if aid is None or rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
             # Nobody wants it any more: give the worker back.
             return [Send(_raylet_addr(h["raylet"]), {"t": protocol.RETURN_LEASE,
                                                      "lease": h["lease"], "exit": False})]
         rec.lrid = rec.lease_dest = rec.lease_node = None
         rec.wid, rec.addr, rec.node = h["wid"], h["waddr"], h["node"]
         rec.lease, rec.raylet, rec.res = h["lease"], h["raylet"], h.get("res") or {}
-        self.by_worker[rec.wid] = aid
+        self.by_worker[h["wid"]] = aid
         ch = {"t": protocol.CREATE_ACTOR, "aid": aid, "inc": rec.num_restarts,
               "ra": self.gcs_addr, "spec": rec.spec, "args": rec.args, "kw": rec.kw,
               "own": rec.owner, "drv": rec.drv, "job": rec.job, "res": rec.res,
@@ -351,7 +351,7 @@ class ActorTable:
                     out.append({"name": name, "namespace": ns})
             reply["actors"] = out
             return [Send(h["ra"], reply)]
-        aid = self.names.get((h.get("ns") or "", h.get("name")))
+        aid = self.names.get((h.get("ns") or "", h.get("name") or ""))
         if aid is None and h.get("aid") is not None:
             aid = h["aid"] if h["aid"] in self.actors else None
         if aid is None:
@@ -470,7 +470,8 @@ class ActorTable:
                     "their owner's fate."))
                 continue
             if rec.node == node:
-                self.by_worker.pop(rec.wid, None)
+                if rec.wid is not None:
+                    self.by_worker.pop(rec.wid, None)
                 if rec.addr:
                     acts.append(DropConn(_worker_addr(rec.addr)))
                 rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None

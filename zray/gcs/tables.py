@@ -16,12 +16,19 @@ on disk when it hears it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from zray import protocol
+from zray.gcs import actor_table
+from zray.gcs.instructions import (  # noqa: F401  (the shell takes them from here too)
+    DropConn,
+    Persist,
+    Send,
+    Stop,
+    pack,
+    unpack,
+)
 
 
 # --------------------------------------------------------------- events
@@ -43,44 +50,6 @@ class Restore:
 
     rows: list
     now: float
-
-
-# --------------------------------------------------------- instructions
-@dataclass
-class Send:
-    dest: str
-    header: dict
-    payload: list = field(default_factory=list)
-
-
-@dataclass
-class DropConn:
-    """Close the GCS's connection to a process that is gone (a dead actor's worker, a
-    dead subscriber), so that connections do not pile up."""
-
-    dest: str
-
-
-@dataclass
-class Persist:
-    """Write ``value`` (None: delete) under (table, key) in the durable copy."""
-
-    table: str
-    key: bytes
-    value: bytes | None
-
-
-@dataclass
-class Stop:
-    """SHUTDOWN: the GCS ends (a clean stop: the durable copy is no longer wanted)."""
-
-
-def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def unpack(b: bytes) -> Any:
-    return msgpack.unpackb(b, raw=False)
 
 
 @dataclass
@@ -137,8 +106,6 @@ def _kv_key(ns: str, key: bytes) -> bytes:
 
 class GcsTables:
     def __init__(self, node_death_s: float, gcs_address: str = "", session: str = ""):
-        from zray.gcs import actor_table  # it imports the instructions above
-
         self.node_death_s = node_death_s
         self.nodes: dict[bytes, NodeInfo] = {}
         self.kv: dict[tuple[str, bytes], bytes] = {}

@@ -324,7 +324,7 @@ class _WriterMaps:
         self._threading = threading
         self.lock = threading.Lock()
         self.maps: dict[tuple[int, int], _Mapping] = {}
-        self.reaper = None
+        self.reaper: threading.Thread | None = None
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -644,7 +644,7 @@ def fits(spare_bytes: int, size: int) -> bool:
 def spares(prefix: str) -> list[tuple[int, str]]:
     """(bytes, name) of the node's spares, by their names."""
     dpath, dname, head = _split(prefix + TAG)
-    out = []
+    out: list[tuple[int, str]] = []
     try:
         names = os.listdir(dpath)
     except OSError:

@@ -186,7 +186,7 @@ class StoreExecutor:
         Actions that are not I/O (Ready, Missing, StoreFull) return None too:
         they are for the shell to answer readers or log.
         """
-        oid = getattr(action, "object_id", None)
+        oid: ObjectId = getattr(action, "object_id", b"")
         if isinstance(action, Spill):
             try:
                 self.spill(oid)

@@ -77,6 +77,7 @@ import lz4.block
 
 from zray import config, protocol
 from zray.objstore import shm
+from zray.objstore import store as ostore
 from zray.raylet import bulk as bulkplane
 
 log = logging.getLogger("zray.object_manager")
@@ -1118,9 +1119,10 @@ class ObjectManager:
             if why[0]:
                 log.warning("cannot restore %s to serve it: %s", oid.hex(), why[0])
                 return False
-            store.cancel(oid)  # the restore counts its own bytes
+            store.handle(ostore.Unreserve(oid))  # the restore counts its own bytes
         try:
-            return any(type(a).__name__ == "Ready" for a in self.r.store_apply(store.get(oid)))
+            acts = self.r.store_apply(store.handle(ostore.Get(oid)))
+            return any(isinstance(a, ostore.Ready) for a in acts)
         except Exception:
             log.exception("cannot restore %s to serve it", oid.hex())
             return False

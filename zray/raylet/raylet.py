@@ -23,6 +23,7 @@ from zray.objstore.capacity import default_capacity
 from zray.objstore.spare import SpareFiller
 from zray.objstore.spill import StoreExecutor, run_sync
 from zray.raylet import gcs_watch as gw
+from zray.raylet import memory_monitor as mm
 from zray.raylet import scheduler as sch
 from zray.raylet.object_manager import ObjectManager
 from zray.raylet.peers import PeerView
@@ -89,6 +90,10 @@ class Raylet:
         self._last_report = 0.0
         self.log_dir = os.path.join(session_dir, "logs")
         self.zygote: Zygote | None = None  # set by the raylet's main before run()
+        # The memory monitor (raylet/memory_monitor.py): workers it killed -> its message.
+        self.memory = mm.MemoryPolicy(config.MEMORY_USAGE_THRESHOLD, node_ip, node_id)
+        self.oom_killed: dict[bytes, str] = {}
+        self._memory_next = 0.0
         os.makedirs(self.log_dir, exist_ok=True)
 
     # ------------------------------------------------------------- workers
@@ -109,14 +114,14 @@ class Raylet:
                                              stderr=subprocess.STDOUT, close_fds=True)
             except OSError as e:
                 log.error("cannot start a worker: %s", e)
-                self.apply(self.sched.worker_start_failed())
+                self.apply(self.sched.handle(sch.WorkerStartFailed()))
                 continue
             self.procs[wid] = p
             try:
                 fd = os.pidfd_open(p.pid)
             except ProcessLookupError:  # died at once: treat as a failed start
                 self.procs.pop(wid)
-                self.apply(self.sched.worker_start_failed())
+                self.apply(self.sched.handle(sch.WorkerStartFailed()))
                 continue
             self.pidfds[fd] = wid
             self.poller.register(fd, zmq.POLLIN)
@@ -133,14 +138,15 @@ class Raylet:
         waddr = self.workers_addr.pop(wid, None)
         if waddr is not None:
             # Leases this worker held as an owner (nested tasks) end with it.
-            self.apply(self.sched.owner_died(waddr[1]))
+            self.apply(self.sched.handle(sch.OwnerDied(waddr[1])))
         self._remove_worker_socket(wid)
         self.room.writer_gone(wid)
         self._dirty = True
         # Actors owned by this worker share its fate: the GCS ends them.
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid,
                        "addr": waddr[1] if waddr is not None else None})
-        self.apply(self.sched.worker_exited(wid))
+        self.memory.worker_exited(wid)
+        self.apply(self.sched.handle(sch.WorkerExited(wid, oom=self.oom_killed.pop(wid, None))))
 
     def _remove_worker_socket(self, wid: bytes) -> None:
         # A killed worker cannot remove its own ipc socket file.
@@ -167,7 +173,25 @@ class Raylet:
         self._dirty = True
         # Its job's non-detached actors end with it (the GCS decides which).
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid, "addr": ra, "driver": True})
-        self.apply(self.sched.owner_died(ra))
+        self.apply(self.sched.handle(sch.OwnerDied(ra)))
+
+    def check_memory(self, now: float) -> None:
+        """The memory monitor's turn: kill a leased worker if the node is short of memory."""
+        usage = mm.read_usage()
+        if usage.fraction < self.memory.threshold:
+            return
+        running = []
+        for lid, lease in self.sched.leases.items():
+            p = self.procs.get(lease.wid)
+            if p is not None and p.poll() is None:
+                running.append(mm.Running(lease.wid, lid, lease.retriable, p.pid, _rss(p.pid)))
+        for a in self.memory.check(now, usage, running):
+            if isinstance(a, mm.Kill):
+                log.warning("%s", a.message)
+                self.oom_killed[a.wid] = a.message
+                self.kill_worker(a.wid, signal.SIGKILL)
+            else:
+                log.warning("%s", a.message)
 
     def kill_worker(self, wid: bytes, sig: int = signal.SIGTERM) -> None:
         p = self.procs.get(wid)
@@ -198,8 +222,11 @@ class Raylet:
                 self.conns.send(a.req.ra, {"t": protocol.LEASE_SPILLBACK, "lrid": a.req.lrid,
                                            "raylet": self.peer_addr(a.node)})
             elif isinstance(a, sch.NotifyWorkerDied):
-                self.conns.send(a.ra, {"t": protocol.WORKER_DIED, "wid": a.wid,
-                                       "lease": a.lease_id, "reason": a.reason})
+                died = {"t": protocol.WORKER_DIED, "wid": a.wid, "lease": a.lease_id,
+                        "reason": a.reason}
+                if a.oom:
+                    died["oom"] = True
+                self.conns.send(a.ra, died)
             elif isinstance(a, sch.KillWorker):
                 self.kill_worker(a.wid)
 
@@ -227,7 +254,7 @@ class Raylet:
         if self.view.ready and not was_ready:
             self.om.view_ready()
         if changed or h.get("ev") == "snapshot":
-            self.apply(self.sched.peers_changed(self.view.res, self.view.dead, changed))
+            self.apply(self.sched.handle(sch.PeersChanged(self.view.res, self.view.dead, changed)))
 
     def store_apply(self, acts: list) -> list:
         """Carry out the object store's actions inline; return Ready/Missing/StoreFull."""
@@ -250,18 +277,19 @@ class Raylet:
                                    else h["ra"].startswith("tcp://"))
             if "hold" in h:  # an actor's lease (the GCS asks): what it holds once granted
                 req.hold = {k: float(v) for k, v in h["hold"].items()}
-            self.apply(self.sched.request(req))
+            req.retriable = bool(h.get("rt", True))
+            self.apply(self.sched.handle(sch.LeaseRequested(req)))
         elif t == protocol.RETURN_LEASE:
             self._dirty = True
-            self.apply(self.sched.lease_returned(h["lease"], bool(h.get("exit"))))
+            self.apply(self.sched.handle(sch.LeaseReturned(h["lease"], bool(h.get("exit")))))
         elif t == protocol.REGISTER_CLIENT:
             self._register_client(h)
         elif t == protocol.WORKER_BLOCKED:
             self._dirty = True
-            self.apply(self.sched.blocked(h["wid"]))
+            self.apply(self.sched.handle(sch.WorkerBlocked(h["wid"])))
         elif t == protocol.WORKER_UNBLOCKED:
             self._dirty = True
-            self.apply(self.sched.unblocked(h["wid"]))
+            self.apply(self.sched.handle(sch.WorkerUnblocked(h["wid"])))
         elif t == protocol.CREATE_OBJECT:
             if h.get("cancel"):  # the writer could not write it: the bytes are free again
                 self.room.cancel(h["oid"])
@@ -275,8 +303,8 @@ class Raylet:
         elif t == protocol.OBJECT_SEALED:
             self.room.sealed(h["oid"])
             self.spares.note(int(h["size"]))
-            self.store_apply(self.store.seal(h["oid"], int(h["size"]),
-                                             primary=not h.get("secondary")))
+            self.store_apply(self.store.handle(ostore.Seal(h["oid"], int(h["size"]),
+                                                           primary=not h.get("secondary"))))
         elif t == protocol.FREE_OBJECTS:
             node = h.get("node")
             if node and node != self.node_id:  # the owner does not know that raylet: forward
@@ -288,7 +316,7 @@ class Raylet:
             for oid in h["oids"]:
                 self.room.cancel(oid)  # a writer that gave up before its seal
                 if self.store.contains(oid):
-                    self.store_apply(self.store.delete(oid))
+                    self.store_apply(self.store.handle(ostore.Delete(oid)))
                 elif not self.spares.recycle(self.shm_prefix + oid.hex()):
                     shm.unlink(self.shm_prefix + oid.hex())
         elif t == protocol.PULL_OBJECT:
@@ -304,7 +332,7 @@ class Raylet:
             ok = False
             if self.store.contains(h["oid"]):
                 ok = any(isinstance(a, ostore.Ready) for a in self.store_apply(
-                    self.store.get(h["oid"])))
+                    self.store.handle(ostore.Get(h["oid"]))))
             self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
         elif t == protocol.CHUNK_REQUEST:
             self.om.serve(h)
@@ -317,7 +345,7 @@ class Raylet:
         elif t == protocol.PUBLISH:
             self._on_publish(h)
         elif t == protocol.CANCEL_LEASE_REQUEST:
-            self.apply(self.sched.cancel(h["ra"], h["lrid"]))
+            self.apply(self.sched.handle(sch.RequestCancelled(h["ra"], h["lrid"])))
         elif t == protocol.KILL_WORKER:  # the GCS ends a killed actor's worker
             self.kill_worker(h["wid"], signal.SIGKILL)
         elif t == protocol.WORKER_EXITING:
@@ -348,9 +376,9 @@ class Raylet:
         if why:
             reply.update(full=True, msg=why)
         else:
-            self.store.cancel(h["oid"])  # the restore counts its own bytes
+            self.store.handle(ostore.Unreserve(h["oid"]))  # the restore counts its own bytes
             reply["ok"] = any(isinstance(a, ostore.Ready) for a in self.store_apply(
-                self.store.get(h["oid"])))
+                self.store.handle(ostore.Get(h["oid"]))))
         self.conns.send(h["ra"], reply)
 
     def _register_client(self, h: dict) -> None:
@@ -360,7 +388,7 @@ class Raylet:
         wid = h["wid"]
         if h.get("kind") == "worker":
             self.workers_addr[wid] = h["addr"]
-            self.apply(self.sched.worker_registered(wid))
+            self.apply(self.sched.handle(sch.WorkerRegistered(wid)))
         else:
             self.drivers[wid] = h["ra"]
             self._watch_driver(wid, int(h.get("pid", 0)), h["ra"])
@@ -436,7 +464,7 @@ class Raylet:
         self.register_with_gcs()
         self.apply_gcs(self.gcs_watch.start(time.monotonic()))
         self.start_workers(min(config.PRESTART_WORKERS, max(int(self.sched.total.get("CPU", 1)), 1)))
-        self.sched.starting = len(self.procs)
+        self.sched.handle(sch.WorkersStarting(len(self.procs)))
         tick = 0.0
         while self.running:
             ready = dict(self.poller.poll(50))
@@ -451,9 +479,12 @@ class Raylet:
             now = time.monotonic()
             if self._dirty and now - self._last_report > 0.02 or now - self._last_report > config.HEARTBEAT_S:
                 self.report(now)
+            if config.MEMORY_MONITOR_REFRESH_MS > 0 and now >= self._memory_next:
+                self._memory_next = now + config.MEMORY_MONITOR_REFRESH_MS / 1000
+                self.check_memory(now)
             if now - tick > 0.25:
                 tick = now
-                self.apply(self.sched.tick(now, config.INFEASIBLE_WARN_S))
+                self.apply(self.sched.handle(sch.Tick(now, config.INFEASIBLE_WARN_S)))
                 self.om.tick(now)
                 self.room.retry(now)
                 self.apply_gcs(self.gcs_watch.tick(now))
@@ -491,3 +522,12 @@ class Raylet:
             os.unlink(self.address.ipc[len("ipc://"):])
         except OSError:
             pass
+
+
+def _rss(pid: int) -> int | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except Exception:
+        return None

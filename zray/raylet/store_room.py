@@ -3,7 +3,7 @@
 Every writer of a segment on this node asks first: a put or a task return
 (``CREATE_OBJECT`` from a core worker), a pulled copy and a restore (the raylet
 itself). ``RoomKeeper.reserve`` makes room (evicts secondary copies, spills
-unmapped primary copies: ``store.room_for``, run inline) and reserves the bytes
+unmapped primary copies: ``MakeRoom``, run inline) and reserves the bytes
 only if they fit. A request that does not fit waits up to
 ``ZRAY_OBJECT_STORE_FULL_WAIT_S`` (room frees as readers drop their mappings
 and owners free objects; retried on every free and every tick), then fails
@@ -25,6 +25,8 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from zray.objstore import store as ostore
 
 log = logging.getLogger("zray.raylet")
 
@@ -71,16 +73,16 @@ class RoomKeeper:
         if store.is_reserved(w.oid):
             return True
         if not store.fits(w.size):
-            self.r.store_apply(store.room_for(w.size))
+            self.r.store_apply(store.handle(ostore.MakeRoom(w.size)))
         om = getattr(self.r, "om", None)
         if not store.fits(w.size) and om is not None and om.drop_served():
             # Segments kept mapped for serving peers cannot spill: let go, try again.
-            self.r.store_apply(store.room_for(w.size))
+            self.r.store_apply(store.handle(ostore.MakeRoom(w.size)))
         if not store.fits(w.size):
             return False
-        store.reserve(w.oid, w.size)
+        store.handle(ostore.Reserve(w.oid, w.size))
         # Spares live in the room the objects leave, but for one the writer may claim.
-        room = self.r.capacity - store._used
+        room = self.r.capacity - store.occupied()
         spares = self.r.spares
         if spares.held_max > room + w.size:
             spares.trim(room + w.size)
@@ -120,7 +122,7 @@ class RoomKeeper:
     def cancel(self, oid: bytes) -> bool:
         """The writer gave up before its seal."""
         self.sealed(oid)
-        return self.r.store.cancel(oid)
+        return _unreserve(self.r.store, oid)
 
     def writer_gone(self, wid: bytes) -> None:
         """A writer died: its unsealed reservations and half-written segments go."""
@@ -128,7 +130,7 @@ class RoomKeeper:
 
         for oid in self.by_writer.pop(wid, ()):
             self.writer_of.pop(oid, None)
-            if self.r.store.cancel(oid):
+            if _unreserve(self.r.store, oid):
                 shm.unlink(self.r.shm_prefix + oid.hex())
         self.waiting = [w for w in self.waiting if w.owner != wid]
 
@@ -211,3 +213,10 @@ class RoomKeeper:
             else:
                 still.append(w)
         self.waiting = still
+
+
+def _unreserve(store: ostore.ObjectStoreState, oid: bytes) -> bool:
+    """Drop the object's reservation; whether it had one."""
+    had = store.is_reserved(oid)
+    store.handle(ostore.Unreserve(oid))
+    return had

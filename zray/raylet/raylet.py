@@ -451,13 +451,15 @@ class Raylet:
                        "workers": len(self.procs)})
 
     def register_with_gcs(self) -> None:
-        # "workers": who still runs here (a restarted GCS reconciles its actors with it).
+        # "workers": who still runs here, workers and drivers (a restarted GCS reconciles
+        # its actors with it).
         self.gcs.send({"t": protocol.REGISTER_NODE, "node": self.node_id,
                        "addr": self.address.pack(), "ra": self._gcs_ra(),
                        "ip": self.node_ip, "res": self.sched.total, "head": self.is_head,
                        "session": self.session_dir, "shm": self.shm_prefix,
                        "store": self.capacity, "pid": os.getpid(),
-                       "hostname": os.uname().nodename, "workers": list(self.procs)})
+                       "hostname": os.uname().nodename,
+                       "workers": [*self.procs, *self.drivers]})
         self.gcs.send({"t": protocol.SUBSCRIBE, "ch": "node", "ra": self._gcs_ra()})
 
     def run(self) -> None:

@@ -101,6 +101,7 @@ class CoreWorker(Waiting, PollingRole):
         self.gcs = ""  # set from the raylet's registration reply
         # Set while our raylet says the GCS is unreachable: GCS-bound calls fail fast with it.
         self.gcs_down = ""
+        self._gcs_news = False  # a PUBLISH ch=gcs came (newer than the registration reply)
         # What this process owns: the state machine this class is the shell of.
         self.owner = Owner(node_id, self.inbound.ipc_addr, self.address_packed,
                            str(self.address), _encode_error, serialization.deserialize)
@@ -184,6 +185,13 @@ class CoreWorker(Waiting, PollingRole):
                     self.requests.pop(rid, None)
                 raise dead if isinstance(dead, Exception) else RuntimeError(dead)
 
+    def registered_gcs_status(self, down: str) -> None:
+        """The raylet's registration reply said (gcs_down): unless newer news came meanwhile
+        (the I/O thread may have handled a PUBLISH ch=gcs before the caller got here)."""
+        with self.lock:
+            if not self._gcs_news:
+                self.gcs_down = down
+
     def _gcs_alive(self) -> Exception | None:
         down = self.gcs_down
         return exc.RpcError(down, rpc_code=exc.RpcError.UNAVAILABLE) if down else None
@@ -255,7 +263,7 @@ class CoreWorker(Waiting, PollingRole):
         try:
             total = shm.create(self.shm_prefix + oid.hex(), frames)
         except BaseException:
-            self.raylet.send({"t": protocol.FREE_OBJECTS, "oids": [oid]})  # the reservation
+            self.raylet.send({"t": protocol.CREATE_OBJECT, "oid": oid, "cancel": True})
             raise
         self.raylet.send({"t": protocol.OBJECT_SEALED, "oid": oid, "size": total,
                           "own": self.address_packed})
@@ -441,7 +449,9 @@ class CoreWorker(Waiting, PollingRole):
     def _h_publish(self, h: dict, payload: list) -> None:
         if h.get("ch") == "gcs":  # our raylet: the GCS went away / came back
             down = h.get("ev") == "down"
-            self.gcs_down = (h.get("msg") or "The GCS is unreachable.") if down else ""
+            with self.lock:
+                self._gcs_news = True
+                self.gcs_down = (h.get("msg") or "The GCS is unreachable.") if down else ""
         elif h.get("ch") == "node" and h.get("ev") == "dead":
             raylet = h.get("raylet")
             tcp = raylet[2] if raylet and len(raylet) > 2 else None

@@ -99,6 +99,36 @@ def test_embedded_gcs_sigkill_fails_fast_then_node_stops(short_reconnect):
     zray.shutdown()
 
 
+def test_unanswered_pings_mean_down_and_an_answer_means_up(monkeypatch):
+    """A GCS that stops answering without exiting (SIGSTOP here; a remote host gone in
+    life) is down after ZRAY_GCS_PING_TIMEOUT_S: calls fail fast; when it answers again
+    the raylet registers again and calls work."""
+    monkeypatch.setenv("ZRAY_GCS_PING_TIMEOUT_S", "2")
+    zray.init(num_cpus=1)
+    try:
+        @zray.remote
+        class A:
+            def f(self):
+                return 1
+
+        a = A.options(name="a").remote()
+        assert zray.get(a.f.remote(), timeout=60) == 1
+        gcs = api._head.procs[0]
+        gcs.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(RpcError, match="did not answer"):
+                zray.get_actor("a")
+            assert time.monotonic() - t0 < 20  # hang guard
+            assert zray.get(a.f.remote(), timeout=60) == 1  # actor calls need no GCS
+        finally:
+            gcs.send_signal(signal.SIGCONT)
+        assert wait_until(lambda: _try(lambda: zray.get_actor("a")) is not None, 30)
+        assert zray.get(zray.get_actor("a").f.remote(), timeout=60) == 1
+    finally:
+        zray.shutdown()
+
+
 def test_cli_head_gcs_sigkill_headless_node_exits(session_root):  # noqa: F811
     root = session_root
     env = {"ZRAY_GCS_RECONNECT_TIMEOUT_S": str(RECONNECT_S)}
@@ -202,3 +232,39 @@ def _try(fn):
         return fn()
     except Exception:
         return None
+
+
+@pytest.mark.slow
+def test_cluster_gcs_restart_two_nodes(short_reconnect):
+    """Cluster.head_node.kill_gcs_server()/start_gcs_server() (Ray's names): a worker node
+    (tcp to the GCS) registers again; its detached named actor survives; new work runs."""
+    from zray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        worker = cluster.add_node(num_cpus=1, resources={"w": 1})
+        cluster.connect()
+
+        @zray.remote(resources={"w": 0.5})
+        class Where:
+            def node(self):
+                return zray.get_runtime_context().get_node_id()
+
+        @zray.remote(resources={"w": 0.5})
+        def on_worker():
+            return zray.get_runtime_context().get_node_id()
+
+        w = Where.options(name="where", lifetime="detached").remote()
+        assert zray.get(w.node.remote(), timeout=60) == worker.node_id
+
+        cluster.head_node.kill_gcs_server()
+        with pytest.raises(RpcError):
+            zray.get_actor("where")
+        cluster.head_node.start_gcs_server()
+        # Within the reconnect timeout (4 s here): both raylets are back.
+        cluster.wait_for_nodes(30)
+        assert wait_until(lambda: _try(lambda: zray.get_actor("where")) is not None, 30)
+        assert zray.get(zray.get_actor("where").node.remote(), timeout=60) == worker.node_id
+        assert zray.get(on_worker.remote(), timeout=60) == worker.node_id
+    finally:
+        cluster.shutdown()

@@ -177,3 +177,24 @@ def test_shutdown_is_stop_and_unknown_messages_are_refused():
     assert [type(a) for a in t.handle(msg(protocol.SHUTDOWN))] == [Stop]
     with pytest.raises(ValueError, match="unexpected message"):
         t.handle(msg(protocol.PUSH_TASK))
+
+
+def test_reregistration_without_the_owner_ends_its_non_detached_actors():
+    """A driver (OWNER, on N1) that died while the GCS was down: the raylet's new
+    registration does not name it, so its non-detached actor ends; a detached one stays."""
+    t, disk = new()
+    register_node(t, disk)
+    create_actor(t, disk, name=None, detached=False)
+    t2, disk2 = new()
+    t2.handle(Restore([(k[0], k[1], v) for k, v in disk.items()], 0.0))
+    register_node(t2, disk2, now=1.0, workers=[b"W1", b"owner"])
+    assert t2.actors.actors[b"A" * 16].state == at.ALIVE  # owner and worker both alive
+    register_node(t2, disk2, now=2.0, workers=[b"W1"])
+    rec = t2.actors.actors[b"A" * 16]
+    assert rec.state == at.DEAD and rec.death_kind == at.OWNER_DIED
+
+    t3, disk3 = new()
+    register_node(t3, disk3)
+    create_actor(t3, disk3, detached=True)
+    register_node(t3, disk3, now=1.0, workers=[b"W1"])
+    assert t3.actors.actors[b"A" * 16].state == at.ALIVE

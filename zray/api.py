@@ -244,7 +244,7 @@ def _connect(session_dir: str, node_id: bytes, raylet_ipc: str, namespace: str |
         cw.driver_addr = cw.address_packed
         cw.shm_prefix = h["shm"]
         cw.gcs = h["gcs"]
-        cw.gcs_down = h.get("gcs_down", "")
+        cw.registered_gcs_status(h.get("gcs_down", ""))
         cw.node_ip = h.get("node_ip", "127.0.0.1")
         cw.gcs_address = h.get("gcs_address") or _read_gcs_address(session_dir)
         info = {"path": [os.getcwd(), *(p for p in sys.path[:1] if p)], "pid": os.getpid(),

@@ -253,6 +253,7 @@ class CoreWorker:
         self.gcs = ""  # set from the raylet's registration reply
         # Set while our raylet says the GCS is unreachable: GCS-bound calls fail fast with it.
         self.gcs_down = ""
+        self._gcs_news = False  # a PUBLISH ch=gcs came (newer than the registration reply)
         self.on_push_task = None  # set by the worker's executor
         self.on_blocked = None  # executor: the running task blocks in get/wait
         self.on_tick = None  # executor: called by the I/O thread every tick
@@ -341,6 +342,13 @@ class CoreWorker:
                 with self.lock:
                     self.requests.pop(rid, None)
                 raise dead if isinstance(dead, Exception) else RuntimeError(dead)
+
+    def registered_gcs_status(self, down: str) -> None:
+        """The raylet's registration reply said (gcs_down): unless newer news came meanwhile
+        (the I/O thread may have handled a PUBLISH ch=gcs before the caller got here)."""
+        with self.lock:
+            if not self._gcs_news:
+                self.gcs_down = down
 
     def _gcs_alive(self) -> Exception | None:
         down = self.gcs_down
@@ -481,7 +489,7 @@ class CoreWorker:
         try:
             total = shm.create(self.shm_prefix + oid.hex(), frames)
         except BaseException:
-            self.raylet.send({"t": protocol.FREE_OBJECTS, "oids": [oid]})  # the reservation
+            self.raylet.send({"t": protocol.CREATE_OBJECT, "oid": oid, "cancel": True})
             raise
         self.raylet.send({"t": protocol.OBJECT_SEALED, "oid": oid, "size": total,
                           "own": self.address_packed})
@@ -1428,7 +1436,9 @@ class CoreWorker:
     def _h_publish(self, h: dict, payload: list) -> None:
         if h.get("ch") == "gcs":  # our raylet: the GCS went away / came back
             down = h.get("ev") == "down"
-            self.gcs_down = (h.get("msg") or "The GCS is unreachable.") if down else ""
+            with self.lock:
+                self._gcs_news = True
+                self.gcs_down = (h.get("msg") or "The GCS is unreachable.") if down else ""
         elif h.get("ch") == "node" and h.get("ev") == "dead":
             with self.lock:
                 recovery.node_died(self, h["node"], h.get("raylet"))

@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     h, _ = cw.request(a.raylet, {"t": protocol.REGISTER_CLIENT, "kind": "worker",
                                  "wid": cw.worker_id, "addr": cw.address_packed, "pid": os.getpid()})
     cw.gcs = h["gcs"]
-    cw.gcs_down = h.get("gcs_down", "")
+    cw.registered_gcs_status(h.get("gcs_down", ""))
     cw.gcs_address = h.get("gcs_address", "")
     sys.stdout = LogStream(ex, False, sys.stdout)
     sys.stderr = LogStream(ex, True, sys.stderr)

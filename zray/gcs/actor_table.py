@@ -488,13 +488,22 @@ class ActorTable:
 
     # ------------------------------------------------------------- restart
     @_persisting
-    def node_workers(self, node: bytes, workers: set) -> list:
-        """A raylet (re-)registered naming its live workers: an actor of that node whose
-        worker is not among them died while the GCS was away."""
+    def node_workers(self, node: bytes, alive: set) -> list:
+        """A raylet (re-)registered naming its live workers and drivers: what the GCS missed
+        while it was away. An actor of that node whose worker is not among them died; a
+        non-detached actor whose owner was there and is gone shares its owner's fate."""
         acts: list = []
+        gone_owners: set = set()
         for rec in list(self.actors.values()):
-            if rec.node == node and rec.wid is not None and rec.wid not in workers:
+            if rec.state == DEAD:
+                continue
+            if rec.node == node and rec.wid is not None and rec.wid not in alive:
                 acts += self.worker_died(rec.wid, rec.lease, "it exited while the GCS was down")
+            if not rec.detached and rec.owner and rec.owner[0] == node and \
+                    rec.owner_wid not in alive:
+                gone_owners.add(rec.owner_wid)
+        for wid in gone_owners:
+            acts += self.client_died(wid, None)
         return acts
 
     def restore(self, rows: list, lrid: int = 0) -> list:

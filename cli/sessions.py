@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 
-from zray import config
-
 
 def root() -> str:
-    return os.environ.get("ZRAY_SESSION_ROOT", config.SESSION_ROOT)
+    from zray import session_lookup
+
+    return session_lookup.root()
 
 
 def latest_link() -> str:

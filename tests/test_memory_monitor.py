@@ -60,6 +60,28 @@ DRIVER = textwrap.dedent("""
         print("NORETRY", attempts("c"), flush=True)
 
     @zray.remote
+    class Hog:
+        def eat(self):
+            chunks = []
+            for _ in range(500):
+                chunks.append(b"x" * (4 << 20))
+                time.sleep(0.02)
+
+        def ping(self):
+            return "pong"
+
+    try:
+        zray.get(Hog.remote().eat.remote(), timeout=300)
+    except exc.ActorDiedError as e:
+        print("ACTOR", "running low on memory" in str(e), flush=True)
+    b = Hog.options(max_restarts=1).remote()
+    try:
+        zray.get(b.eat.remote(), timeout=300)
+    except exc.RayError as e:
+        print("RESTARTING", type(e).__name__, flush=True)
+    print("RESTARTED", zray.get(b.ping.remote(), timeout=60), flush=True)
+
+    @zray.remote
     def small():
         return 5
 
@@ -153,7 +175,7 @@ def _kernel_oom_kills(d: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_task_beyond_the_threshold_is_killed_retried_then_fails_with_oom(cgroup, tmp_path):
+def test_tasks_and_actors_beyond_the_threshold_are_killed_and_retried_or_fail_with_oom(cgroup, tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = {k: v for k, v in os.environ.items() if k not in ("ZRAY_ADDRESS", "RAY_ADDRESS")}
@@ -174,5 +196,9 @@ def test_a_task_beyond_the_threshold_is_killed_retried_then_fails_with_oom(cgrou
     assert "most recently scheduled task (none that can be retried" in msg
     assert lines["ONCE"] == "recovered 2"  # killed once, then ran to the end
     assert lines["NORETRY"] == "1"  # max_retries=0: not retried
+    # An actor's worker too: ActorDiedError with the monitor's message, or a restart.
+    assert lines["ACTOR"] == "True"
+    assert lines["RESTARTING"] in ("ActorUnavailableError", "ActorDiedError")
+    assert lines["RESTARTED"] == "pong"
     assert lines["AFTER"] == "5"  # the node is fine afterwards
     assert _kernel_oom_kills(cgroup) == 0  # the monitor acted, not the kernel

@@ -179,3 +179,54 @@ def test_zray_stop_leaves_another_users_session_alone(shared_root, bait):
     assert p.returncode == 0, p.stdout + p.stderr
     for name in ("secret", "gcs_address", "pids/gcs-000000000000.json", "sockets"):
         assert os.path.lexists(os.path.join(planted, name)), name
+
+
+START_AND_AUTO = textwrap.dedent("""
+    import subprocess, sys, zray
+    info = zray.init(num_cpus=1)
+    print("SESSION", info["session_dir"], flush=True)
+    code = ("import zray; i = zray.init(address='auto'); print(i['session_dir']); "
+            "zray.shutdown()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    print("AUTO", p.stdout.strip(), p.stderr.strip()[-300:], flush=True)
+    zray.shutdown()
+""")
+
+
+def test_a_session_root_owned_by_another_user_is_not_used(tmp_path):
+    # The owner of a directory can rename what is in it (even with the sticky bit), so it
+    # could swap our session for its own: our sessions go to <root>-<uid> instead.
+    base = tempfile.mkdtemp(prefix="zsr-", dir="/tmp")
+    root = os.path.join(base, "shared")
+    os.chmod(base, 0o777)
+    try:
+        subprocess.run([*NOBODY, "mkdir", "-m", "1777", root], check=True, timeout=30)
+        os.chmod(base, 0o755)  # nobody may not make the fallback root first (next test)
+        p = subprocess.run([sys.executable, "-c", START_AND_AUTO], env=_env(root), text=True,
+                           capture_output=True, timeout=180)
+        assert p.returncode == 0, p.stdout + p.stderr
+        session = p.stdout.split("SESSION ", 1)[1].split()[0]
+        assert os.path.dirname(session) == f"{root}-0"
+        assert os.stat(f"{root}-0").st_mode & 0o777 == 0o700
+        assert f"AUTO {session}" in p.stdout, p.stdout  # and address="auto" finds it there
+        assert not os.listdir(root)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_fallback_root_made_by_another_user_is_refused(tmp_path):
+    base = tempfile.mkdtemp(prefix="zsr-", dir="/tmp")
+    os.chmod(base, 0o777)
+    root = os.path.join(base, "shared")
+    try:
+        subprocess.run([*NOBODY, "sh", "-c", f"mkdir -m 1777 {root} {root}-0"], check=True,
+                       timeout=30)
+        p = subprocess.run([sys.executable, "-c", "import zray; zray.init(num_cpus=1)"],
+                           env=_env(root), text=True, capture_output=True, timeout=120)
+        assert p.returncode != 0
+        last = p.stderr.strip().splitlines()[-1]
+        assert "SessionDirError" in last and f"{root}-0 belongs to another user" in last, last
+        assert "nobody" in last
+        assert not os.listdir(f"{root}-0") and not os.listdir(root)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

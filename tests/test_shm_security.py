@@ -240,3 +240,53 @@ def test_checks_hold_in_a_directory_another_user_made(attacker):
     for path, was in before.items():
         assert _state(path) == was, path
     assert not os.path.exists(os.path.join(attacker.dir, "pwned"))
+
+
+SWEEP = textwrap.dedent("""
+    import importlib.util, json, os, sys
+    spec = importlib.util.spec_from_file_location("shm", sys.argv[1])
+    shm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shm)  # stdlib only: no zray install needed as nobody
+    flat, d = sys.argv[2], sys.argv[3]
+    os.close(os.open(f"/dev/shm/{flat}mine", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    if hasattr(shm, "make_node_dir"):
+        prefix = shm.make_node_dir(flat)
+    else:  # the code before the fix: flat names
+        prefix = flat
+    os.close(os.open(f"/dev/shm/{prefix}seg", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    try:
+        n = shm.remove_all(flat)
+        print(json.dumps({"removed": n, "left": sorted(os.listdir("/dev/shm"))}))
+    except OSError as e:
+        print(json.dumps({"error": repr(e)}))
+""")
+
+
+def test_sweep_by_another_user_skips_files_not_theirs(attacker):
+    """Issue 9: a file of another user matching the prefix made shutdown's sweep raise
+    PermissionError and stop. Here the sweeping user is nobody and the stranger is root."""
+    from zray.objstore import shm
+
+    tag = os.urandom(4).hex()
+    flat = f"zray-sweeptest-{tag}-"
+    theirs = f"/dev/shm/{flat}planted"  # root's, in the sticky /dev/shm: nobody cannot unlink it
+    with open(theirs, "wb") as f:
+        f.write(b"x")
+    script = os.path.join(attacker.dir, "sweep.py")
+    with open(script, "w") as f:
+        f.write(SWEEP)
+    os.chmod(script, 0o644)
+    try:
+        p = subprocess.run([*NOBODY, sys.executable, script, shm.__file__, flat, "x"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+        assert "error" not in r, r
+        assert r["removed"] == 2  # its own flat file and the file in its directory
+        left = [n for n in r["left"] if n.startswith(flat)]
+        assert left == [f"{flat}planted"], left  # and its directory went too
+    finally:
+        for n in os.listdir("/dev/shm"):
+            if n.startswith(flat):
+                path = os.path.join("/dev/shm", n)
+                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)

@@ -72,6 +72,20 @@ def test_full_store_raises_object_store_full_error_with_sizes(small_store):
     assert all(zray.get(r)[0] == i for i, r in enumerate(refs))  # restored one by one
 
 
+def test_freed_objects_still_mapped_count_until_unmapped(small_store):
+    """A reader's array outlives the ref: its memory stays in use, so it stays counted."""
+    zray = small_store
+    held = []
+    with pytest.raises(zray.exceptions.ObjectStoreFullError):
+        for i in range(12):
+            held.append(zray.get(zray.put(np.full(8 * MB, i, np.uint8))))  # ref dropped
+    assert 5 <= len(held) <= 8, len(held)
+    assert all(int(a[0]) == i for i, a in enumerate(held))  # never recycled under a reader
+    del held
+    refs = [zray.put(np.full(8 * MB, i, np.uint8)) for i in range(6)]  # room again
+    assert [int(zray.get(r)[0]) for r in refs] == list(range(6))
+
+
 def test_object_larger_than_the_store_is_refused_at_once(small_store):
     zray = small_store
     t0 = time.monotonic()

@@ -489,7 +489,7 @@ class CoreWorker:
         try:
             total = shm.create(self.shm_prefix + oid.hex(), frames)
         except BaseException:
-            self.raylet.send({"t": protocol.FREE_OBJECTS, "oids": [oid]})  # the reservation
+            self.raylet.send({"t": protocol.CREATE_OBJECT, "oid": oid, "cancel": True})
             raise
         self.raylet.send({"t": protocol.OBJECT_SEALED, "oid": oid, "size": total,
                           "own": self.address_packed})

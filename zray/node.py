@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from zray import config, ids
+from zray import config, ids, session_lookup
 from zray.objstore import shm
 
 
@@ -29,9 +29,7 @@ UNIX_PATH_MAX = 107
 SOCKET_NAME_MAX = 24
 
 
-class SessionDirError(ValueError):
-    """A session directory we cannot use (its socket paths would be too long)."""
-
+SessionDirError = session_lookup.SessionDirError
 
 def check_socket_dir(sock_dir: str) -> None:
     """Raise SessionDirError if a socket in sock_dir could exceed the unix path limit."""
@@ -41,20 +39,22 @@ def check_socket_dir(sock_dir: str) -> None:
         raise SessionDirError(
             f"The session directory is too deep for unix sockets: a socket path like {longest} "
             f"is {n} bytes, over the {UNIX_PATH_MAX}-byte limit of unix socket paths "
-            f"(sun_path). Set ZRAY_SESSION_ROOT to a shorter directory (it is now "
-            f"{os.environ.get('ZRAY_SESSION_ROOT', config.SESSION_ROOT)!r}).")
+            f"(sun_path). Set ZRAY_SESSION_ROOT to a shorter directory (the session root "
+            f"is now {os.path.dirname(os.path.dirname(sock_dir))!r}).")
 
 
 def new_session_dir(root: str | None = None) -> str:
-    root = root or os.environ.get("ZRAY_SESSION_ROOT") or config.SESSION_ROOT
+    root = root or session_lookup.root()
     name = time.strftime("session_%Y-%m-%d_%H-%M-%S_") + f"{os.getpid()}_{secrets.token_hex(4)}"
     path = os.path.join(os.path.abspath(root), name)
     check_socket_dir(os.path.join(path, "sockets"))
+    session_lookup.check_root(root)
     os.makedirs(root, exist_ok=True)
-    try:
-        os.chmod(root, 0o1777)  # shared like /tmp; each session dir is owner-only
-    except PermissionError:
-        pass
+    if os.stat(root).st_uid == os.geteuid():
+        # Shared like /tmp (each session dir is owner-only); a per-user fallback is private.
+        shared = root == (os.environ.get("ZRAY_SESSION_ROOT") or config.SESSION_ROOT)
+        os.chmod(root, 0o1777 if shared else 0o700)
+    session_lookup.check_root(root)  # (it may have been made by someone else meanwhile)
     os.mkdir(path, 0o700)
     os.mkdir(os.path.join(path, "sockets"), 0o700)
     os.mkdir(os.path.join(path, "logs"), 0o700)

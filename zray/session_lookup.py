@@ -30,8 +30,68 @@ class Lookup:
     foreign: list[str] = field(default_factory=list)  # other users' (or unsafe) sessions
 
 
+class SessionDirError(ValueError):
+    """A session directory or root we cannot use (unsafe, or socket paths too long)."""
+
+
+def _trusted_uid(uid: int) -> bool:
+    return uid in (os.geteuid(), 0)
+
+
+def _foreign_owner(path: str) -> int | None:
+    """The uid of another user who controls path (owns it, or a symlink that is it)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if not _trusted_uid(st.st_uid):
+                return st.st_uid
+            st = os.stat(path)
+    except OSError:
+        return None
+    return None if _trusted_uid(st.st_uid) else st.st_uid
+
+
 def root() -> str:
-    return os.environ.get("ZRAY_SESSION_ROOT") or config.SESSION_ROOT
+    """The session root: ZRAY_SESSION_ROOT (or /tmp/zray-sessions), shared by every user like
+    /tmp. The owner of a directory may rename anything in it, even with the sticky bit, so
+    a root that another (non-root) user owns is not used: this user's sessions go to
+    ``<root>-<uid>`` instead (the same rule for making and for finding sessions)."""
+    configured = os.environ.get("ZRAY_SESSION_ROOT") or config.SESSION_ROOT
+    if _foreign_owner(configured) is None:
+        return configured
+    return f"{configured.rstrip('/')}-{os.geteuid()}"
+
+
+def check_root(r: str) -> None:
+    """Raise SessionDirError if r (existing) could let another user swap our sessions."""
+    other = _foreign_owner(r)
+    if other is None:
+        try:
+            st = os.stat(r)
+        except OSError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise SessionDirError(f"The session root {r} is not a directory.")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX \
+                and st.st_uid != os.geteuid():
+            raise SessionDirError(
+                f"The session root {r} is writable by other users without the sticky bit "
+                "(anyone could rename our sessions). Make it mode 1777 or set "
+                "ZRAY_SESSION_ROOT to a directory of your own.")
+        return
+    raise SessionDirError(
+        f"The session root {r} belongs to another user ({_name(other)}, uid {other}), who "
+        "could swap our session directories for their own. Remove it or set "
+        "ZRAY_SESSION_ROOT to a directory of your own.")
+
+
+def _name(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return str(uid)
 
 
 def owned_dir(path: str) -> bool:
@@ -112,6 +172,11 @@ def find(address: str | None, same_address=None) -> Lookup:
     at address (same_address(gcs_address, address) decides)."""
     r = root()
     out = Lookup(root=r)
+    try:
+        check_root(r)
+    except SessionDirError:
+        out.foreign.append(r)
+        return out
     candidates = []
     link = os.path.join(r, LATEST)
     target = latest(r)

@@ -77,6 +77,9 @@ class StoreExecutor:
         # Freed segments (Unlink) are offered here first: True means it kept the
         # segment's pages as a spare (spare.SpareFiller.recycle) instead.
         self.recycle: Callable[[str], bool] | None = None
+        # Then here (if set): unlinks the segment, or, if a reader still maps it,
+        # keeps it (renamed aside) and its bytes counted until the reader lets go.
+        self.drain: Callable[[str], None] | None = None
         # Spilled objects may hold user data: only the session's owner reads them.
         os.makedirs(spill_dir, mode=0o700, exist_ok=True)
 
@@ -155,6 +158,12 @@ class StoreExecutor:
 
     evict = unlink
 
+    def _release(self, object_id: ObjectId) -> None:
+        if self.drain is not None:
+            self.drain(self.segment_name(object_id))
+        else:
+            self.unlink(object_id)
+
     def delete_spilled(self, object_id: ObjectId) -> bool:
         return _remove(self.spill_path(object_id))
 
@@ -194,11 +203,11 @@ class StoreExecutor:
                 return RestoreFailed(oid, lost=False)
             return Restored(oid)
         if isinstance(action, Evict):
-            self.unlink(oid)
+            self._release(oid)
             return Evicted(oid)
         if isinstance(action, Unlink):
             if self.recycle is None or not self.recycle(self.segment_name(oid)):
-                self.unlink(oid)
+                self._release(oid)
         elif isinstance(action, DeleteSpilled):
             self.delete_spilled(oid)
         return None

@@ -260,6 +260,9 @@ class ObjectStoreState:
         self._evicting: dict[ObjectId, int] = {}
         # Bytes reserved by writers that have not sealed yet (counted in _used).
         self._reserved: dict[ObjectId, int] = {}
+        # Freed (or evicted) segments that a reader still maps: their memory is
+        # in use until it unmaps (the shell keeps this up to date).
+        self.draining = 0
         self._used = 0
         self._releasing = 0
         self._n_spilled = 0
@@ -284,7 +287,11 @@ class ObjectStoreState:
 
     def _over(self) -> int:
         """Bytes beyond capacity, counting pending releases as already free."""
-        return self._used - self._releasing - self.capacity
+        return self._used + self.draining - self._releasing - self.capacity
+
+    def occupied(self) -> int:
+        """Bytes of /dev/shm the objects hold: ``used`` plus freed segments still mapped."""
+        return self._used + self.draining
 
     def _make_room(self, exclude: ObjectId | None) -> list[Action]:
         """Evict then spill LRU candidates until under capacity or out of candidates.
@@ -345,7 +352,7 @@ class ObjectStoreState:
 
     def fits(self, size: int) -> bool:
         """Would ``size`` more bytes fit now (pending releases not counted as free)?"""
-        return self._used + size <= self.capacity
+        return self._used + self.draining + size <= self.capacity
 
     def _reserve(self, object_id: ObjectId, size: int) -> list[Action]:
         """Count ``size`` bytes for an object about to be written (the caller checked ``fits``)."""

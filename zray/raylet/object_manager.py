@@ -677,6 +677,15 @@ class ObjectManager:
         for tok in [t for t, v in self._toks.items() if now - v[3] > bulkplane.TOKEN_TTL_S]:
             del self._toks[tok]
 
+    def drop_served(self) -> int:
+        """Let go of every cached served segment (their locks keep them from spilling)."""
+        n = len(self.serving)
+        while self.serving:
+            _, seg = self.serving.popitem()
+            seg.close()
+        self._served_at.clear()
+        return n
+
     def on_chunk(self, h: dict, payload: list) -> None:
         oid = h["oid"]
         now = time.monotonic()

@@ -78,11 +78,12 @@ class Raylet:
         # background filler makes at most 1 GiB of them.
         self.spares = SpareFiller(self.shm_prefix, self.capacity // 2,
                                   fill_bytes=min(self.capacity // 4, 1 << 30),
-                                  room=lambda: self.capacity - self.store._used)
+                                  room=lambda: self.capacity - self.store.occupied())
         self.store_exec = StoreExecutor(
             self.shm_prefix, os.path.join(session_dir, "spill", node_id.hex()[:12]))
         self.store_exec.recycle = self.spares.recycle  # freed segments become spares
         self.room = RoomKeeper(self)  # the hard limit: room reserved before writes
+        self.store_exec.drain = self.room.drain  # freed but mapped: counted until unmapped
         self.gcs_address = ""  # set when the GCS has registered this node
         self._early_clients: list[dict] = []
         self._dirty = True
@@ -258,7 +259,7 @@ class Raylet:
     def store_apply(self, acts: list) -> list:
         """Carry out the object store's actions inline; return Ready/Missing/StoreFull."""
         out = run_sync(self.store, self.store_exec, acts)
-        room = self.capacity - self.store._used
+        room = self.capacity - self.store.occupied()
         if self.spares.held_max > room:  # objects grew into the spares' room: drop some
             self.spares.trim(room)
         for a in out:
@@ -290,6 +291,9 @@ class Raylet:
             self._dirty = True
             self.apply(self.sched.handle(sch.WorkerUnblocked(h["wid"])))
         elif t == protocol.CREATE_OBJECT:
+            if h.get("cancel"):  # the writer could not write it: the bytes are free again
+                self.room.cancel(h["oid"])
+                return
             ra, rid = h["ra"], h["rid"]
 
             def created(why: str, ra=ra, rid=rid) -> None:

@@ -19,6 +19,7 @@ size could only exist above the limit. (Ray writes those to a disk-backed
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import time
@@ -45,6 +46,9 @@ def full_message(oid: bytes, size: int, used: int, capacity: int, waited: float)
             "with a larger object_store_memory.")
 
 
+DRAIN_TAG = "freed-"
+
+
 @dataclass
 class _Wait:
     oid: bytes
@@ -62,6 +66,7 @@ class RoomKeeper:
         self.waiting: list[_Wait] = []
         self.by_writer: dict[bytes, set[bytes]] = {}  # writer's worker id -> reserved oids
         self.writer_of: dict[bytes, bytes] = {}
+        self.drained: dict[str, int] = {}  # name of a freed, still mapped segment -> bytes
 
     def _try(self, w: _Wait) -> bool:
         store = self.r.store
@@ -69,11 +74,15 @@ class RoomKeeper:
             return True
         if not store.fits(w.size):
             self.r.store_apply(store.handle(ostore.MakeRoom(w.size)))
+        om = getattr(self.r, "om", None)
+        if not store.fits(w.size) and om is not None and om.drop_served():
+            # Segments kept mapped for serving peers cannot spill: let go, try again.
+            self.r.store_apply(store.handle(ostore.MakeRoom(w.size)))
         if not store.fits(w.size):
             return False
         store.handle(ostore.Reserve(w.oid, w.size))
         # Spares live in the room the objects leave, but for one the writer may claim.
-        room = self.r.capacity - store._used
+        room = self.r.capacity - store.occupied()
         spares = self.r.spares
         if spares.held_max > room + w.size:
             spares.trim(room + w.size)
@@ -125,8 +134,71 @@ class RoomKeeper:
                 shm.unlink(self.r.shm_prefix + oid.hex())
         self.waiting = [w for w in self.waiting if w.owner != wid]
 
+    # ------------------------------------------------------------ freed but mapped
+
+    def drain(self, name: str) -> None:
+        """Unlink a freed or evicted segment, unless a reader maps it.
+
+        A mapped one keeps its memory until the reader lets go: it is renamed
+        aside (no new reader finds it: ``shm.open_shared`` checks the name) and
+        its bytes stay counted (``store.draining``) until ``poll_drained``
+        finds it unmapped. Decided under an exclusive ``flock``, as recycling is.
+        """
+        from zray.objstore import shm
+
+        path = shm.segment_path(name)
+        try:
+            fd = shm._open_nofollow(path, os.O_RDONLY)
+        except OSError:
+            shm.unlink(name)
+            return
+        try:
+            st = os.fstat(fd)
+            shm.check_ours(st, path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(path)  # under the lock: nobody maps it, nobody will
+                return
+            except BlockingIOError:
+                pass
+            aside = f"{name[:-shm.OID_HEX]}{DRAIN_TAG}{name[-shm.OID_HEX:]}-{os.urandom(4).hex()}"
+            os.rename(path, shm.segment_path(aside))
+            self.drained[aside] = st.st_size
+            self.r.store.draining += st.st_size
+        except OSError as e:
+            log.warning("cannot release %s: %s", name, e)
+            shm.unlink(name)
+        finally:
+            os.close(fd)
+
+    def poll_drained(self) -> None:
+        """Unlink the drained segments that nobody maps any more; their bytes are free."""
+        from zray.objstore import shm
+
+        for aside, size in list(self.drained.items()):
+            path = shm.segment_path(aside)
+            try:
+                fd = shm._open_nofollow(path, os.O_RDONLY)
+            except OSError:
+                fd = -1
+            try:
+                if fd >= 0:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(path)
+            except BlockingIOError:
+                continue  # still mapped
+            except OSError:
+                pass
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            del self.drained[aside]
+            self.r.store.draining -= size
+
     def retry(self, now: float) -> None:
         """Room may have freed: grant what fits now, in order; fail what waited too long."""
+        if self.drained:
+            self.poll_drained()
         if not self.waiting:
             return
         still = []

@@ -296,7 +296,7 @@ def down(cfg: ClusterConfig, console) -> bool:
     nodes = list(remote_hosts.values())
 
     def stop_remote(n: Node) -> bool:
-        r = n.runner.run(script(["zray stop"], cfg.head_ip), timeout=120)
+        r = n.runner.run(script([f"zray stop --port={cfg.head_port}"], cfg.head_ip), timeout=120)
         if r.returncode != 0:
             console.print(f"[red]{n.label}: zray stop failed ({r.returncode})[/red]\n"
                           f"{tail(r.output)}", highlight=False)
@@ -310,7 +310,7 @@ def down(cfg: ClusterConfig, console) -> bool:
     if head.runner.local or any(w.runner.local for w in workers):
         from zray_cli import stopper
 
-        rep = stopper.stop_all()
+        rep = stopper.stop_all(port=cfg.head_port)
         console.print(f"this machine: {summary(rep)}", highlight=False)
     if not head.runner.local:
         ok = stop_remote(head) and ok

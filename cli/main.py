@@ -130,8 +130,10 @@ def start(
     node_ip_address: str | None = typer.Option(
         None, "--node-ip-address", help="This node's IP address (default: the one that routes "
                                         "to the head)."),
-    num_cpus: int | None = typer.Option(None, "--num-cpus", min=0),
-    num_gpus: int | None = typer.Option(None, "--num-gpus", min=0),
+    num_cpus: int | None = typer.Option(
+        None, "--num-cpus", min=0, help="CPUs this node offers to tasks (default: all cores)."),
+    num_gpus: int | None = typer.Option(
+        None, "--num-gpus", min=0, help="GPUs this node offers (default: those detected)."),
     resources: str | None = typer.Option(None, "--resources",
                                             help='Custom resources, JSON: \'{"name": 1}\''),
     object_store_memory: int | None = typer.Option(None, "--object-store-memory", min=1,
@@ -251,11 +253,14 @@ def stop(
     force: bool = typer.Option(False, "--force", "-f", help="SIGKILL at once."),
     grace_period: float = typer.Option(10.0, "--grace-period", "-g", min=0,
                                        help="Seconds between SIGTERM and SIGKILL."),
+    port: int | None = typer.Option(
+        None, "--port", help="Only the cluster whose GCS listens on this port (its head and "
+                             "the nodes of it on this machine); default: every cluster."),
 ) -> None:
     """Stop every zray process of this user on this machine (sessions under the session root)."""
     from zray_cli import launcher, stopper
 
-    rep = stopper.stop_all(force=force, grace_period=grace_period)
+    rep = stopper.stop_all(force=force, grace_period=grace_period, port=port)
     c = _console()
     if not rep.stopped:
         c.print("No zray processes found.")

@@ -145,13 +145,26 @@ def _wait(procs: list[Found], timeout: float) -> list[Found]:
     return left
 
 
-def stop_all(force: bool = False, grace_period: float = 10.0) -> StopReport:
+def session_port(session_dir: str) -> int | None:
+    """The GCS port of the cluster a session belongs to (head or joined node), if recorded."""
+    addr = sessions.read_gcs_address(session_dir)
+    try:
+        return int(addr.rsplit(":", 1)[1]) if addr else None
+    except ValueError:
+        return None
+
+
+def stop_all(force: bool = False, grace_period: float = 10.0,
+             port: int | None = None) -> StopReport:
+    """Stop this user's zray processes here; with ``port``, only the cluster whose GCS has it."""
     rep = StopReport()
     procs = find_processes()
+    if port is not None:
+        procs = [f for f in procs if session_port(f.session_dir) == port]
     touched = {os.path.realpath(f.session_dir) for f in procs}
     # Sessions `zray start` made whose processes are all gone (crashed, SIGKILLed).
     for s in sessions.all_sessions():
-        if sessions.read_pid_files(s):
+        if sessions.read_pid_files(s) and (port is None or session_port(s) == port):
             touched.add(os.path.realpath(s))
     for f in procs:
         rep.stopped.append((f.role, f.proc.pid, os.path.basename(f.session_dir)))

@@ -180,7 +180,7 @@ class ActorTable:
             return self.client_died(h.get("wid"), h.get("addr"))
         if t == protocol.JOB_FINISHED:
             acts = self.client_died(h.get("wid"), h.get("addr"), job=h.get("job"))
-            return acts + [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})]
+            return acts + [Send(h["ra"], protocol.actor_ack(h["rid"]))]
         if t == protocol.LEASE_GRANTED:
             return self.lease_granted(h)
         if t == protocol.LEASE_SPILLBACK:
@@ -302,10 +302,9 @@ class ActorTable:
             rec = self.actors.get(self.leases.get(h["lrid"], b""))
             if rec is None or not rec.owner:
                 return []
-            return [Send(_worker_addr(rec.owner), {
-                "t": protocol.LEASE_FAILED, "lrid": 0, "warn": True,
-                "msg": f"The actor {rec.spec.get('cls', '')} ({rec.aid.hex()}) cannot be "
-                       f"placed yet: {h.get('msg', '')}"})]
+            return [Send(_worker_addr(rec.owner), protocol.lease_failed(
+                0, f"The actor {rec.spec.get('cls', '')} ({rec.aid.hex()}) cannot be "
+                   f"placed yet: {h.get('msg', '')}"))]
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
@@ -316,8 +315,7 @@ class ActorTable:
     def actor_created(self, h: dict, payload: list) -> list:
         rec = self.actors.get(h["aid"])
         # A failed constructor asks (rid): its worker exits only once we know the cause.
-        acts = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})
-                ] if "rid" in h else []
+        acts = [Send(h["ra"], protocol.actor_ack(h["rid"]))] if "rid" in h else []
         if (rec is None or rec.state == DEAD or rec.wid != h.get("wid")
                 or h.get("inc") != rec.num_restarts):
             return acts  # stale: an earlier incarnation, or killed meanwhile
@@ -367,7 +365,7 @@ class ActorTable:
         rec = self.actors.get(h["aid"])
         acts = self._kill(rec, bool(h.get("no_restart", True)))
         if "rid" in h:
-            ack = {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": rec is not None}
+            ack = protocol.actor_ack(h["rid"], rec is not None)
             if rec is not None:  # the caller applies the outcome at once
                 ack["state"] = self._state_header(rec)
             acts.append(Send(h["ra"], ack))
@@ -386,7 +384,7 @@ class ActorTable:
 
     def actor_exiting(self, h: dict) -> list:
         rec = self.actors.get(h["aid"])
-        acts = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})]
+        acts = [Send(h["ra"], protocol.actor_ack(h["rid"]))]
         if rec is None or rec.state == DEAD or rec.wid != h.get("wid"):
             return acts
         return acts + self._set_dead(rec, EXITED, h.get("msg") or (

@@ -213,11 +213,9 @@ class Raylet:
             elif isinstance(a, sch.StartWorkers):
                 self.start_workers(a.n)
             elif isinstance(a, sch.Warn):
-                self.conns.send(a.req.ra, {"t": protocol.LEASE_FAILED, "lrid": a.req.lrid,
-                                           "warn": True, "msg": a.msg})
+                self.conns.send(a.req.ra, protocol.lease_failed(a.req.lrid, a.msg))
             elif isinstance(a, sch.Fail):
-                self.conns.send(a.req.ra, {"t": protocol.LEASE_FAILED, "lrid": a.req.lrid,
-                                           "kind": a.kind, "msg": a.msg})
+                self.conns.send(a.req.ra, protocol.lease_failed(a.req.lrid, a.msg, a.kind))
             elif isinstance(a, sch.Spill):
                 self.conns.send(a.req.ra, {"t": protocol.LEASE_SPILLBACK, "lrid": a.req.lrid,
                                            "raylet": self.peer_addr(a.node)})
@@ -242,8 +240,7 @@ class Raylet:
             # Owners on this node retry what ran there and rebuild what was stored there.
             # Told before the pulls from that node move on: a pull that asks an owner
             # here where copies are must reach it after the news (same connection).
-            note = {"t": protocol.PUBLISH, "ch": "node", "ev": "dead", "node": node,
-                    "raylet": addr}
+            note = protocol.publish("node", "dead", node=node, raylet=addr)
             for ra in list(self.drivers.values()):
                 self.conns.send(ra, dict(note))
             for waddr in list(self.workers_addr.values()):
@@ -331,8 +328,7 @@ class Raylet:
             node = h.get("node")
             path = self.room.fallback.get(h["oid"])
             if path is not None:  # read in place from its file on disk
-                self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": True,
-                                          "path": path})
+                self.conns.send(h["ra"], protocol.pull_done(h["rid"], True, path=path))
                 return
             if node != self.node_id and not self.store.contains(h["oid"]):
                 self.om.pull(h)  # on another node: copy it here (raylet/object_manager.py)
@@ -346,7 +342,7 @@ class Raylet:
             if self.store.contains(h["oid"]):
                 ok = any(isinstance(a, ostore.Ready) for a in self.store_apply(
                     self.store.handle(ostore.Get(h["oid"]))))
-            self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
+            self.conns.send(h["ra"], protocol.pull_done(h["rid"], ok))
         elif t == protocol.CHUNK_REQUEST:
             self.om.serve(h)
         elif t == protocol.CHUNK:
@@ -385,7 +381,7 @@ class Raylet:
 
     def _restore_for(self, h: dict, why: str) -> None:
         """PULL_OBJECT of a spilled object, once room was reserved for it (or not)."""
-        reply = {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": False}
+        reply = protocol.pull_done(h["rid"], False)
         if why:
             reply.update(full=True, msg=why)
         else:
@@ -440,8 +436,8 @@ class Raylet:
                 else:
                     log.warning("the GCS at %s is back: registered again", self.gcs_watch.address)
                 # Drivers and workers fail their GCS-bound calls fast while it is down.
-                note = {"t": protocol.PUBLISH, "ch": "gcs", "ev": "down" if down else "up",
-                        "msg": a.msg if down else ""}
+                note = protocol.publish("gcs", "down" if down else "up",
+                                        msg=a.msg if down else "")
                 for ra in list(self.drivers.values()):
                     self.conns.send(ra, dict(note))
                 for waddr in list(self.workers_addr.values()):

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# To do: zray.gcs.actor_table too (it was, until the GCS's persistence rewrite).
-STRICT = {"zray.objstore.store", "zray.raylet.scheduler", "zray.owner.*"}
+STRICT = {"zray.objstore.store", "zray.raylet.scheduler", "zray.gcs.actor_table", "zray.owner.*"}
 
 
 def _mypy_config() -> dict:

@@ -165,3 +165,33 @@ def test_shm_use_stays_within_capacity_plus_one_object(tmp_path):
     assert r["ok"] and r["puts"] == 40 and r["full"] == 0, r
     one = 10 * MB + 4096
     assert r["peak"] <= 64 * MB + one, f"/dev/shm peaked at {r['peak'] / MB:.1f} MiB"
+
+
+@pytest.mark.slow
+def test_pulled_copies_obey_the_limit_and_fallback_files_are_served():
+    import zray
+    from zray.cluster_utils import Cluster
+
+    if zray.is_initialized():
+        zray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 64 * MB})
+    c.add_node(num_cpus=1, object_store_memory=256 * MB, resources={"big": 1})
+    zray.init(address=c.address)
+    try:
+        ref = zray.put(np.full(80 * MB, 5, np.uint8))  # larger than the head's store: on disk
+
+        @zray.remote(resources={"big": 1})
+        def total(x):
+            return int(x.sum())
+
+        assert zray.get(total.remote(ref), timeout=120) == 5 * 80 * MB  # served from the file
+
+        @zray.remote(resources={"big": 1})
+        def make():
+            return np.full(100 * MB, 2, np.uint8)  # fits the other node, not the head's store
+
+        with pytest.raises(zray.exceptions.ObjectStoreFullError, match="larger than"):
+            zray.get(make.remote(), timeout=120)  # the driver's copy would not fit
+    finally:
+        zray.shutdown()
+        c.shutdown()

@@ -6,7 +6,7 @@ import msgpack
 import pytest
 import zmq
 
-from zray import protocol
+from zray import curve, protocol
 
 KEY = b"k" * 32
 
@@ -57,21 +57,31 @@ def test_inbound_drops_garbage_and_keeps_serving(tmp_path, caplog):
     inbound.register(poller)
     got = []
     ctx = protocol.context()
-    raw = ctx.socket(zmq.DEALER)
+    raw = ctx.socket(zmq.DEALER)  # no CURVE keys: refused during the handshake
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(inbound.tcp_addr)
+    member = ctx.socket(zmq.DEALER)  # holds the secret, sends garbage: dropped, logged
+    member.setsockopt(zmq.LINGER, 0)
+    curve.make_client(member, KEY)
+    member.connect(inbound.tcp_addr)
+    good = protocol.Conn(inbound.tcp_addr, KEY)
     try:
         raw.send_multipart([b"garbage"])
         raw.send_multipart(protocol.encode({"t": protocol.PING}, [b"x"]))  # unsigned on tcp
-        good = protocol.Conn(inbound.tcp_addr, KEY)
+        member.send_multipart([b"garbage"])
+        member.send_multipart(protocol.encode({"t": protocol.PING}, [b"x"]))  # no MAC
         good.send({"t": protocol.PING, "n": 1})
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+                got and "refused a tcp peer" in caplog.text
+                and caplog.text.count("dropped a malformed message") >= 2):
             ready = dict(poller.poll(100))
             inbound.drain(ready, lambda h, p: got.append(h))
         assert got == [{"t": protocol.PING, "n": 1}]
-        assert "dropped a malformed message" in caplog.text
-        good.close()
+        assert caplog.text.count("dropped a malformed message") == 2
+        assert "refused a tcp peer" in caplog.text
     finally:
+        good.close()
+        member.close()
         raw.close()
         inbound.close()

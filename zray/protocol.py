@@ -27,6 +27,9 @@ from typing import Any
 import msgpack
 import zmq
 
+from zray import curve
+from zray.util.logs import RateLimited
+
 log = logging.getLogger("zray.protocol")
 
 MAC_LEN = 16
@@ -197,6 +200,11 @@ import os as _os  # noqa: E402
 _os.register_at_fork(after_in_child=_reset_ctx_after_fork)
 
 SEND_TIMEOUT_MS = 30_000
+# Messages a tcp ROUTER queues per peer before it stops reading that peer's socket
+# (backpressure, never a drop: ROUTERs only drop on send, and ours never send).
+TCP_RCVHWM = 10_000
+_CURVE = _os.environ.get("ZRAY_WIRE_CURVE", "1") != "0"  # TEMP measurement
+_MAC = _os.environ.get("ZRAY_WIRE_MAC", "1") != "0"  # TEMP measurement
 COPY_MAX = 65536  # frames above this are sent without a copy
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -255,13 +263,15 @@ class Conn:
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         if identity:
             s.setsockopt(zmq.IDENTITY, identity)
+        if self.key is not None and _CURVE:
+            curve.make_client(s, self.key)
         s.connect(addr)
         self.sock = s
         self.lock = threading.Lock()
         self.closed = False
 
     def send(self, header: dict, payload: list | tuple = (), bulk: int = 0) -> bool:
-        frames = encode(header, payload, self.key, bulk)
+        frames = encode(header, payload, self.key if _MAC else None, bulk)
         with self.lock:
             if self.closed:
                 return False
@@ -291,6 +301,7 @@ class Inbound:
         # copy=True suits small messages (bytes are cheaper than Frames);
         # copy=False lets bulk data be written to shm straight from ZeroMQ's buffer.
         self.copy = copy
+        self.refused = RateLimited(log, "malformed messages")
         self.socks: list[tuple[zmq.Socket, bytes | None]] = []
         self.ipc_addr = self.tcp_addr = None
         ctx = context()
@@ -302,19 +313,24 @@ class Inbound:
             self.ipc_addr = "ipc://" + ipc_path
             self.socks.append((s, None))
         if tcp_host:
+            if key is None:
+                raise ValueError("a tcp listener needs the cluster secret")
             s = ctx.socket(zmq.ROUTER)
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.RCVHWM, 0)
+            # Per peer: a peer that sends faster than we drain waits in its own queue.
+            s.setsockopt(zmq.RCVHWM, TCP_RCVHWM)
             s.setsockopt(zmq.MAXMSGSIZE, max_msg)
+            if _CURVE:
+                curve.make_server(s, ctx, key)
             if tcp_port:
                 s.bind(f"tcp://{tcp_host}:{tcp_port}")
                 port = tcp_port
             else:
                 port = s.bind_to_random_port(f"tcp://{tcp_host}")
             self.tcp_addr = f"tcp://{tcp_host}:{port}"
-            if key is None:
-                raise ValueError("a tcp listener needs the cluster secret")
-            self.socks.append((s, key))
+            if _CURVE:
+                curve.watch(s, ctx, self.tcp_addr)
+            self.socks.append((s, key if _MAC else None))
 
     def register(self, poller: zmq.Poller) -> None:
         for s, _ in self.socks:
@@ -342,10 +358,12 @@ class Inbound:
             frames = recv_frames(sock, self.copy)
         except zmq.Again:
             return False
+        if self.refused.suppressed:
+            self.refused.tick()
         try:
             header, payload = decode(frames[1:], key)
         except ProtocolError as e:
-            log.warning("dropped a malformed message: %s", e)
+            self.refused.warning("dropped a malformed message: %s", e)
             return True
         try:
             handler(header, payload)

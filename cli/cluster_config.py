@@ -143,7 +143,7 @@ def parse(raw, path: str = "<config>") -> ClusterConfig:
         if k not in KNOWN and k not in IGNORED:
             raise ConfigError(f"{k}: unknown field")
         if k in IGNORED and raw[k] not in (None, {}, [], ""):
-            warnings.append(f"{k}: not used by zray up (ignored)")
+            warnings.append(f"{k}: not used by zray (ignored)")
     name = raw.get("cluster_name")
     if name is None:
         raise ConfigError("cluster_name: missing")
@@ -205,8 +205,8 @@ def parse(raw, path: str = "<config>") -> ClusterConfig:
         raise ConfigError(f"head_start_ray_commands: --port={in_cmd} differs from head_port {port}")
     port = port or in_cmd or DEFAULT_PORT
 
-    head_start = cmds["head_start_ray_commands"] or [
-        "zray stop", f"zray start --head --port={port}"]
+    head_start = _scope_stops(cmds["head_start_ray_commands"] or [
+        "zray stop", f"zray start --head --port={port}"], port)
     if not any("zray start" in c and "--head" in c for c in head_start):
         raise ConfigError("head_start_ray_commands: no `ray start --head` (or `zray start "
                           "--head`) command")
@@ -214,8 +214,8 @@ def parse(raw, path: str = "<config>") -> ClusterConfig:
                            f"--host={shlex.quote(head_ip)}")
     if not any("--port" in c for c in head_start if "zray start" in c):
         head_start = _add_flag(head_start, "--head", ("--port",), f"--port={port}")
-    worker_start = cmds["worker_start_ray_commands"] or [
-        "zray stop", f"zray start --address=$ZRAY_HEAD_IP:{port}"]
+    worker_start = _scope_stops(cmds["worker_start_ray_commands"] or [
+        "zray stop", f"zray start --address=$ZRAY_HEAD_IP:{port}"], port)
     if worker_ips and not any("zray start" in c for c in worker_start):
         raise ConfigError("worker_start_ray_commands: no `ray start --address=...` command")
     return ClusterConfig(
@@ -235,6 +235,13 @@ def worker_commands(cfg: ClusterConfig, ip: str) -> list[str]:
         return list(cfg.worker_start_commands)  # a host name: the node finds its own IP
     return _add_flag(cfg.worker_start_commands, "--address", ("--node-ip-address",),
                      f"--node-ip-address={shlex.quote(ip)}")
+
+
+def _scope_stops(cmds: list[str], port: int) -> list[str]:
+    """`zray stop` -> `zray stop --port=N`: bringing a cluster up or down never stops this
+    user's other clusters on the same machine (Ray's `ray stop` would)."""
+    return [f"{c.rstrip()} --port={port}" if is_stop(c) and "--port" not in c else c
+            for c in cmds]
 
 
 def is_stop(cmd: str) -> bool:

@@ -11,7 +11,6 @@ first runs ``zray stop``); hosts run in parallel.
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -24,13 +23,15 @@ from zray_cli import netutil
 from zray_cli import secret as secret_mod
 from zray_cli.cluster_config import ClusterConfig, ConfigError, is_stop, worker_commands
 
+from zray import config
+
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
                "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
                "-o", "ServerAliveCountMax=3"]
-SSH_WAIT_S = float(os.environ.get("ZRAY_SSH_WAIT_S", "60"))
-SETUP_TIMEOUT_S = float(os.environ.get("ZRAY_SETUP_TIMEOUT_S", "1800"))
-START_TIMEOUT_S = float(os.environ.get("ZRAY_UP_START_TIMEOUT_S", "180"))
+SSH_WAIT_S = config.env_number("ZRAY_SSH_WAIT_S", 60.0)
+SETUP_TIMEOUT_S = config.env_number("ZRAY_SETUP_TIMEOUT_S", 1800.0)
+START_TIMEOUT_S = config.env_number("ZRAY_UP_START_TIMEOUT_S", 180.0)
 
 
 class NodeError(RuntimeError):
@@ -295,7 +296,7 @@ def down(cfg: ClusterConfig, console) -> bool:
     nodes = list(remote_hosts.values())
 
     def stop_remote(n: Node) -> bool:
-        r = n.runner.run(script(["zray stop"], cfg.head_ip), timeout=120)
+        r = n.runner.run(script([f"zray stop --port={cfg.head_port}"], cfg.head_ip), timeout=120)
         if r.returncode != 0:
             console.print(f"[red]{n.label}: zray stop failed ({r.returncode})[/red]\n"
                           f"{tail(r.output)}", highlight=False)
@@ -309,7 +310,7 @@ def down(cfg: ClusterConfig, console) -> bool:
     if head.runner.local or any(w.runner.local for w in workers):
         from zray_cli import stopper
 
-        rep = stopper.stop_all()
+        rep = stopper.stop_all(port=cfg.head_port)
         console.print(f"this machine: {summary(rep)}", highlight=False)
     if not head.runner.local:
         ok = stop_remote(head) and ok

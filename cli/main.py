@@ -9,7 +9,16 @@ import time
 
 import typer
 from rich.console import Console
-from zray_cli import netutil, sessions
+
+try:
+    import zray.config  # noqa: F401  (a bad ZRAY_* setting is reported here, not as a traceback)
+except ValueError as _e:
+    if not str(_e).startswith("ZRAY_"):
+        raise
+    sys.stderr.write(f"Error: {_e}\n")
+    sys.exit(2)
+
+from zray_cli import netutil, sessions  # noqa: E402
 from zray_cli import secret as secret_mod
 
 app = typer.Typer(name="zray", no_args_is_help=True, add_completion=False,
@@ -121,8 +130,10 @@ def start(
     node_ip_address: str | None = typer.Option(
         None, "--node-ip-address", help="This node's IP address (default: the one that routes "
                                         "to the head)."),
-    num_cpus: int | None = typer.Option(None, "--num-cpus", min=0),
-    num_gpus: int | None = typer.Option(None, "--num-gpus", min=0),
+    num_cpus: int | None = typer.Option(
+        None, "--num-cpus", min=0, help="CPUs this node offers to tasks (default: all cores)."),
+    num_gpus: int | None = typer.Option(
+        None, "--num-gpus", min=0, help="GPUs this node offers (default: those detected)."),
     resources: str | None = typer.Option(None, "--resources",
                                             help='Custom resources, JSON: \'{"name": 1}\''),
     object_store_memory: int | None = typer.Option(None, "--object-store-memory", min=1,
@@ -139,6 +150,10 @@ def start(
     """Start zray on this machine: a new cluster (--head) or a node joining one (--address)."""
     _check_extra(ctx.args)
     c = _console()
+    for flag, value in (("--port", port), ("--node-manager-port", node_manager_port)):
+        if not 0 <= value <= 65535:
+            raise _fail(f"{flag} {value} is not a TCP port: expected 0 to 65535 "
+                        "(0 picks a free one).")
     if head == bool(address):
         raise _fail("pass --head to start a new cluster, or --address=HOST:PORT to join one.")
     res = _parse_resources(resources)
@@ -168,7 +183,11 @@ def start(
             with c.status("Starting the GCS and the raylet..."):
                 st = starter.start_head(host=h, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
                                         resources=res, object_store_memory=object_store_memory)
-            c.print("[green]zray runtime started.[/green]")
+            if st.session_reused:
+                c.print("[green]Restored the crashed GCS of this session from its gcs.sqlite"
+                        "[/green] (detached actors, named actors, KV and nodes).")
+            else:
+                c.print("[green]zray runtime started.[/green]")
             c.print(f"  Head node: {st.procs.node_id.hex()} at {st.procs.node_ip}")
             c.print(f"  GCS address: [bold]{st.gcs_address}[/bold]")
             c.print(f"  Session: {st.procs.session_dir}", soft_wrap=True)
@@ -207,7 +226,7 @@ def start(
                     f"at [bold]{gcs}[/bold]")
             c.print(f"  Session: {st.procs.session_dir}", soft_wrap=True)
             c.print("  To stop it: [cyan]zray stop[/cyan]")
-    except starter.StartError as e:
+    except (starter.StartError, starter.node.SessionDirError) as e:
         raise _fail(str(e))
     if block:
         _block(st)
@@ -234,11 +253,14 @@ def stop(
     force: bool = typer.Option(False, "--force", "-f", help="SIGKILL at once."),
     grace_period: float = typer.Option(10.0, "--grace-period", "-g", min=0,
                                        help="Seconds between SIGTERM and SIGKILL."),
+    port: int | None = typer.Option(
+        None, "--port", help="Only the cluster whose GCS listens on this port (its head and "
+                             "the nodes of it on this machine); default: every cluster."),
 ) -> None:
     """Stop every zray process of this user on this machine (sessions under the session root)."""
     from zray_cli import launcher, stopper
 
-    rep = stopper.stop_all(force=force, grace_period=grace_period)
+    rep = stopper.stop_all(force=force, grace_period=grace_period, port=port)
     c = _console()
     if not rep.stopped:
         c.print("No zray processes found.")

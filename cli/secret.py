@@ -65,5 +65,7 @@ def from_env(pop: bool = True) -> bytes | None:
 
 
 def read_session(session_dir: str) -> bytes:
-    with open(os.path.join(session_dir, "secret"), "rb") as f:
-        return f.read()
+    """The secret of a session of this user (PermissionError if the session is not ours)."""
+    from zray import session_lookup
+
+    return session_lookup.read_secret(session_dir)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 
-from zray import config
-
 
 def root() -> str:
-    return os.environ.get("ZRAY_SESSION_ROOT", config.SESSION_ROOT)
+    from zray import session_lookup
+
+    return session_lookup.root()
 
 
 def latest_link() -> str:
@@ -50,6 +50,10 @@ def clear_latest_if(session_dirs: set[str]) -> None:
 
 
 def all_sessions() -> list[str]:
+    """The session directories of this user under the root (another user's, even one root
+    could read, is never touched: zray/session_lookup.py)."""
+    from zray.session_lookup import owned_dir
+
     r = root()
     try:
         names = sorted(os.listdir(r))
@@ -57,7 +61,7 @@ def all_sessions() -> list[str]:
         return []
     return [os.path.join(r, n) for n in names
             if n.startswith("session_") and n != "session_latest"
-            and not os.path.islink(os.path.join(r, n)) and os.path.isdir(os.path.join(r, n))]
+            and owned_dir(os.path.join(r, n))]
 
 
 def write_pid_file(session_dir: str, role: str, node_id: bytes, pid: int) -> None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from zray_cli import sessions
 from zray_cli.gcs_client import GcsClient, GcsUnreachable
 
-from zray import node
+from zray import config, node
 
-REGISTER_TIMEOUT_S = float(os.environ.get("ZRAY_START_TIMEOUT_S", "30"))
+REGISTER_TIMEOUT_S = config.env_number("ZRAY_START_TIMEOUT_S", 30.0)
 
 
 class StartError(RuntimeError):
@@ -62,7 +62,7 @@ def abort(np: node.NodeProcesses, own_session: bool) -> None:
     if own_session:
         stopper.cleanup_session(np.session_dir)
         sessions.clear_latest_if({np.session_dir})
-    else:
+    elif not (np.gcs_ipc and len(np.procs) == 1):  # not a restored GCS: the raylet is ours
         for path in (np.raylet_ipc[len("ipc://"):],
                      os.path.join(np.session_dir, "pids", f"raylet-{np.node_id.hex()[:12]}.json")):
             try:
@@ -119,9 +119,75 @@ def wait_registered(np: node.NodeProcesses, client_factory, timeout: float,
             client.close()
 
 
+def _running(rec: dict) -> bool:
+    import psutil
+
+    try:
+        p = psutil.Process(int(rec["pid"]))
+        return abs(p.create_time() - float(rec.get("create_time", 0))) <= 1.0 and \
+            p.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, KeyError, ValueError):
+        return False
+
+
+def find_crashed_head(host: str, port: int) -> tuple[str, dict] | None:
+    """The newest session of ours whose GCS listened at host:port and crashed: it has a
+    gcs.sqlite (a GCS removes it when it stops cleanly, `zray stop` too) and a gcs pid
+    file whose process is gone. Returns (session dir, that pid record)."""
+    from zray.gcs import store
+
+    want = f"{host}:{port}"
+    for s in reversed(sessions.all_sessions()):
+        try:
+            if os.stat(s).st_uid != os.getuid() or sessions.read_gcs_address(s) != want or \
+                    not os.path.getsize(store.path_for(s)) or \
+                    not os.access(os.path.join(s, "secret"), os.R_OK):
+                continue
+        except OSError:
+            continue
+        gcs = [r for r in sessions.read_pid_files(s) if r.get("role") == "gcs"]
+        if gcs and not _running(gcs[0]):
+            return s, gcs[0]
+    return None
+
+
+def restore_head(session_dir: str, gcs_rec: dict, *, host: str, port: int, num_cpus,
+                 num_gpus, resources, object_store_memory,
+                 timeout: float = REGISTER_TIMEOUT_S) -> Started:
+    """Start the crashed GCS of session_dir again on its address; it restores its tables,
+    the raylets still alive register again. The head raylet is started anew if it died."""
+    head_id = bytes.fromhex(gcs_rec["node_id"])
+    raylets = [r for r in sessions.read_pid_files(session_dir) if r.get("role") == "raylet"
+               and r.get("node_id") == gcs_rec["node_id"]]
+    res = None
+    if not (raylets and _running(raylets[0])):
+        node_ip = "127.0.0.1" if host in ("127.0.0.1", "localhost") else host
+        res = node.node_resources(num_cpus, num_gpus, resources, object_store_memory,
+                                  node_ip, True)
+    _check_port_free(host, port)
+    np = node.restart_head(session_dir=session_dir, host=host, port=port, head_node_id=head_id,
+                           raylet_res=res, object_store_memory=object_store_memory)
+    _write_pids(np)
+    secret = _read_secret(session_dir)
+
+    def client():
+        if os.path.exists(os.path.join(session_dir, "sockets", "gcs")):
+            return GcsClient(secret, session_dir=session_dir)
+        return None
+
+    wait_registered(np, client, timeout, own_session=False)
+    sessions.set_latest(session_dir)
+    return Started(np, f"{host}:{port}", secret, session_reused=True)
+
+
 def start_head(*, host: str, port: int, num_cpus, num_gpus, resources, object_store_memory,
                timeout: float = REGISTER_TIMEOUT_S) -> Started:
     if port:
+        crashed = find_crashed_head(host, port)
+        if crashed is not None:
+            return restore_head(crashed[0], crashed[1], host=host, port=port, num_cpus=num_cpus,
+                                num_gpus=num_gpus, resources=resources,
+                                object_store_memory=object_store_memory, timeout=timeout)
         _check_port_free(host, port)
     session_dir = node.new_session_dir()
     np = node.start_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,

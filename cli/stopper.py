@@ -145,13 +145,26 @@ def _wait(procs: list[Found], timeout: float) -> list[Found]:
     return left
 
 
-def stop_all(force: bool = False, grace_period: float = 10.0) -> StopReport:
+def session_port(session_dir: str) -> int | None:
+    """The GCS port of the cluster a session belongs to (head or joined node), if recorded."""
+    addr = sessions.read_gcs_address(session_dir)
+    try:
+        return int(addr.rsplit(":", 1)[1]) if addr else None
+    except ValueError:
+        return None
+
+
+def stop_all(force: bool = False, grace_period: float = 10.0,
+             port: int | None = None) -> StopReport:
+    """Stop this user's zray processes here; with ``port``, only the cluster whose GCS has it."""
     rep = StopReport()
     procs = find_processes()
+    if port is not None:
+        procs = [f for f in procs if session_port(f.session_dir) == port]
     touched = {os.path.realpath(f.session_dir) for f in procs}
     # Sessions `zray start` made whose processes are all gone (crashed, SIGKILLed).
     for s in sessions.all_sessions():
-        if sessions.read_pid_files(s):
+        if sessions.read_pid_files(s) and (port is None or session_port(s) == port):
             touched.add(os.path.realpath(s))
     for f in procs:
         rep.stopped.append((f.role, f.proc.pid, os.path.basename(f.session_dir)))
@@ -183,25 +196,23 @@ def stop_all(force: bool = False, grace_period: float = 10.0) -> StopReport:
 
 
 def session_segments(session_dir: str) -> list[str]:
-    """/dev/shm segments of a session (see zray.node.shm_prefix_for)."""
+    """/dev/shm entries of a session: node directories and files (see zray.node.shm_prefix_for)."""
     token = os.path.basename(session_dir.rstrip("/"))[-8:]
     return glob.glob(f"/dev/shm/zray-{token}-*")
 
 
 def cleanup_session(session_dir: str) -> int:
-    """Remove what a stopped session leaves behind but its logs; returns segments removed."""
-    n = 0
-    uid = os.getuid()
-    for path in session_segments(session_dir):
-        try:
-            if os.lstat(path).st_uid == uid:
-                os.unlink(path)
-                n += 1
-        except OSError:
-            pass
+    """Remove what a stopped session leaves behind but its logs; returns segments removed.
+
+    Only what is ours goes: another user's file that matches the name is left (and logged).
+    """
+    from zray.objstore import shm
+
+    token = os.path.basename(session_dir.rstrip("/"))[-8:]
+    n = shm.remove_all(f"zray-{token}-")
     for sub in ("sockets", "pids", "spill"):  # spilled objects of a dead session are garbage
         shutil.rmtree(os.path.join(session_dir, sub), ignore_errors=True)
-    for name in ("secret", "gcs_address"):
+    for name in ("secret", "gcs_address", "gcs.sqlite", "gcs.sqlite-wal", "gcs.sqlite-shm"):
         try:
             os.unlink(os.path.join(session_dir, name))
         except OSError:

@@ -25,3 +25,5 @@ assert ray.get(obj_ref1) == 1
 obj_ref2 = function_with_an_argument.remote(obj_ref1)
 assert ray.get(obj_ref2) == 2
 # --- seed end ---
+
+print("object_refs: my_function ->", ray.get(obj_ref1), "; function_with_an_argument ->", ray.get(obj_ref2))

@@ -44,3 +44,5 @@ for _ in range(4):
     # This doesn't block.
     slow_function.remote()
 # --- seed end ---
+
+print("tasks: my_function ->", ray.get(obj_ref), "; four slow tasks started, the driver exits without waiting")

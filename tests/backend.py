@@ -222,14 +222,35 @@ def count_lines(path: str | os.PathLike) -> int:
 def shm_segments(prefix: str = "zray") -> dict[str, int]:
     """Object segments in /dev/shm whose name starts with ``prefix``, with their sizes.
 
+    A node keeps its segments in a private directory ``/dev/shm/zray-<session8>-<node8>-<rand>/``
+    (names here: ``<dir>/<oid hex>``); files directly in /dev/shm that match count too.
     A raylet's spare segments (memory allocated ahead for large objects, named
-    ``...-spare-...``) hold no object and are left out; they go at shutdown.
+    ``...spare-...``) hold no object and are left out; they go at shutdown.
     """
     out = {}
     try:
         names = os.listdir("/dev/shm")
     except OSError:
         return out
+    for n in names:
+        if not n.startswith(prefix):
+            continue
+        path = os.path.join("/dev/shm", n)
+        if os.path.isdir(path) and not os.path.islink(path):
+            try:
+                inner = [f"{n}/{m}" for m in os.listdir(path)]
+            except OSError:
+                continue
+        else:
+            inner = [n]
+        for m in inner:
+            if "spare-" in m.rsplit("/", 1)[-1]:
+                continue
+            try:
+                out[m] = os.stat(os.path.join("/dev/shm", m)).st_size
+            except OSError:
+                pass
+    return out
     for n in names:
         if n.startswith(prefix) and "-spare-" not in n:
             try:

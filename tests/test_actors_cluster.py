@@ -10,6 +10,7 @@ import os
 import time
 
 import pytest
+from backend import wait_until
 
 import zray
 from zray import exceptions as zexc
@@ -223,3 +224,35 @@ def test_large_values_to_and_from_an_actor_on_a_peer(cluster):
     assert zray.get(big.total.remote(ref)) == 2_000_000 + 2_000_000
     out = zray.get(big.make.remote(3_000_000))
     assert out.shape == (3_000_000,) and int(out[-1]) == 2_999_999
+
+
+def test_actor_soft_affinity_spills_off_a_busy_node(cluster, tmp_path):
+    """``_spill_on_unavailable`` reaches the raylet for actors as for tasks (one
+    protocol.strategy_wire; the actor path's copy once dropped it, and the actor
+    waited for the busy node instead)."""
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    n1 = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    zray.init(address=cluster.address)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+
+    @zray.remote(num_cpus=1)
+    def hold(started: str, gate: str) -> bool:
+        open(started, "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return True
+
+    busy = hold.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n1.node_id, soft=False)).remote(str(started), str(gate))
+    try:
+        assert wait_until(started.exists, 60), "the holding task never started"
+        a = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n1.node_id, soft=True, _spill_on_unavailable=True)).remote()
+        node = zray.get(a.node.remote(), timeout=60)
+    finally:
+        gate.touch()
+    assert node != n1.node_id
+    assert zray.get(busy, timeout=60)

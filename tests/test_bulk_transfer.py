@@ -368,7 +368,7 @@ def test_holder_killed_mid_transfer(monkeypatch):
         # Freeze the holder as soon as the copy has started on the head node, then kill it.
         prefix = "/dev/shm/zray-" + os.path.basename(c.session_dir.rstrip("/"))[-8:] + "-"
         deadline = time.monotonic() + 60
-        while not glob.glob(prefix + "*.part"):
+        while not glob.glob(prefix + "*/*.part"):
             assert time.monotonic() < deadline and th.is_alive(), "no transfer started"
             time.sleep(0.0005)
         os.kill(doomed.raylet.pid, signal.SIGSTOP)

@@ -222,11 +222,11 @@ def test_cluster_yaml_translation():
     """)))
     assert cfg.head_port == 6380 and cfg.head_address == "10.0.0.1:6380"
     assert cfg.setup_commands == ["pip install -U ray"]  # not a `ray` command: untouched
-    assert cfg.head_start_commands[0] == "zray stop"
+    assert cfg.head_start_commands[0] == "zray stop --port=6380"  # never other clusters
     assert cfg.head_start_commands[1].startswith("zray start --head --port=6380")
     assert "--host=10.0.0.1" in cfg.head_start_commands[1]
     w = cluster_config.worker_commands(cfg, "10.0.0.2")
-    assert w == ["zray stop",
+    assert w == ["zray stop --port=6380",
                  "zray start --address=$RAY_HEAD_IP:6380 --node-ip-address=10.0.0.2"]
     default = cluster_config.parse({"cluster_name": "d", "provider": {
         "type": "local", "head_ip": "127.0.0.1", "worker_ips": ["127.0.0.1"]}})
@@ -330,6 +330,33 @@ def test_stop_cleans_up_after_sigkill(session_root):
     assert "gcs" in p.stdout
     assert wait_gone(session_root, timeout=5) == []
     assert not os.path.exists(stray)
+
+
+def test_stop_port_stops_only_that_cluster(session_root):
+    """`zray stop --port N` (and so `zray up`/`down`) leaves this user's other clusters alone."""
+    a, b = free_port(), free_port()
+    zray(session_root, "start", "--head", f"--port={a}", "--num-cpus=1")
+    zray(session_root, "start", "--head", f"--port={b}", "--num-cpus=1")
+
+    def gcs_ports() -> set[int]:
+        found = set()
+        for p in procs_under(session_root):
+            cmd = p.cmdline()
+            if "zray.gcs" in cmd and "--port" in cmd:
+                found.add(int(cmd[cmd.index("--port") + 1]))
+        return found
+
+    assert gcs_ports() == {a, b}
+    p = zray(session_root, "stop", f"--port={a}", "--grace-period=5")
+    assert "gcs" in p.stdout
+    deadline = time.monotonic() + 10
+    while gcs_ports() != {b} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gcs_ports() == {b}
+    st = zray(session_root, "status", f"--address=127.0.0.1:{b}")
+    assert "1" in st.stdout  # the other cluster still answers
+    zray(session_root, "stop", "--grace-period=5")
+    assert wait_gone(session_root, timeout=10) == []
 
 
 @pytest.mark.slow

@@ -27,8 +27,8 @@ def sched(total, peers, idle=4):
     s = sch.NodeScheduler(total)
     s.node_id = A
     for i in range(idle):
-        s.worker_registered(b"w%d" % i)
-    s.peers_changed(peers, set())
+        s.handle(sch.WorkerRegistered(b"w%d" % i))
+    s.handle(sch.PeersChanged(peers, set()))
     return s
 
 
@@ -47,38 +47,38 @@ def where(acts):
 # ------------------------------------------------------------------ placement
 def test_infeasible_here_spills_to_the_node_that_has_the_resource():
     s = sched({"CPU": 1}, {B: node({"CPU": 1}), C: node({"CPU": 1, "gpu_box": 1})})
-    assert where(s.request(req(1, {"gpu_box": 1}))) == [C]
+    assert where(s.handle(sch.LeaseRequested(req(1, {"gpu_box": 1})))) == [C]
     assert not s.queue
 
 
 def test_hybrid_packs_locally_until_half_busy_then_spreads():
     s = sched({"CPU": 4}, {B: node({"CPU": 4}), C: node({"CPU": 4})})
-    assert where(s.request(req(1, {"CPU": 1}))) == ["local"]
-    assert where(s.request(req(2, {"CPU": 1}))) == ["local"]  # 25% busy: still local
-    third = where(s.request(req(3, {"CPU": 1})))
+    assert where(s.handle(sch.LeaseRequested(req(1, {"CPU": 1})))) == ["local"]
+    assert where(s.handle(sch.LeaseRequested(req(2, {"CPU": 1})))) == ["local"]  # 25% busy: still local
+    third = where(s.handle(sch.LeaseRequested(req(3, {"CPU": 1}))))
     assert third in ([B], [C])  # 50% busy: the least busy node
-    fourth = where(s.request(req(4, {"CPU": 1})))
+    fourth = where(s.handle(sch.LeaseRequested(req(4, {"CPU": 1}))))
     assert fourth in ([B], [C]) and fourth != third  # what was sent counts there
 
 
 def test_waits_locally_when_nobody_has_room_then_spills_when_a_peer_frees_up():
     s = sched({"CPU": 1}, {B: node({"CPU": 1}, {"CPU": 0})})
-    assert where(s.request(req(1, {"CPU": 1}))) == ["local"]
-    assert where(s.request(req(2, {"CPU": 1}))) == []  # everyone busy: queued here
-    acts = s.peers_changed({B: node({"CPU": 1})}, set())
+    assert where(s.handle(sch.LeaseRequested(req(1, {"CPU": 1})))) == ["local"]
+    assert where(s.handle(sch.LeaseRequested(req(2, {"CPU": 1})))) == []  # everyone busy: queued here
+    acts = s.handle(sch.PeersChanged({B: node({"CPU": 1})}, set()))
     assert where(acts) == [B]
 
 
 def test_spilled_requests_are_not_forwarded_again():
     s = sched({"CPU": 1}, {B: node({"CPU": 1})})
-    s.request(req(1, {"CPU": 1}))
-    assert where(s.request(req(2, {"CPU": 1}, ra="tcp://10.0.0.2:1", remote=True))) == []
+    s.handle(sch.LeaseRequested(req(1, {"CPU": 1})))
+    assert where(s.handle(sch.LeaseRequested(req(2, {"CPU": 1}, ra="tcp://10.0.0.2:1", remote=True)))) == []
     assert len(s.queue) == 1
 
 
 def test_spread_round_robins_over_the_least_busy_nodes():
     s = sched({"CPU": 2}, {B: node({"CPU": 2}), C: node({"CPU": 2})})
-    got = [where(s.request(req(i, {"CPU": 1}, {"kind": "SPREAD"})))[0] for i in range(3)]
+    got = [where(s.handle(sch.LeaseRequested(req(i, {"CPU": 1}, {"kind": "SPREAD"}))))[0] for i in range(3)]
     assert sorted(map(str, got)) == sorted(map(str, ["local", B, C]))
 
 
@@ -88,12 +88,12 @@ def test_spread_without_idle_workers_still_spreads():
     s = sched({"CPU": 1}, {B: node({"CPU": 1}), C: node({"CPU": 1})}, idle=0)
     placed = {}
     for i in range(3):
-        first = [a for a in s.request(req(i, {"CPU": 1}, {"kind": "SPREAD"}))
+        first = [a for a in s.handle(sch.LeaseRequested(req(i, {"CPU": 1}, {"kind": "SPREAD"})))
                  if isinstance(a, sch.Spill)]
         placed.update({a.req.lrid: a.node for a in first})
         if i == 0:
             assert not first  # local: waits for a worker
-    grants = [a for a in s.worker_registered(b"w") if isinstance(a, sch.Grant)]
+    grants = [a for a in s.handle(sch.WorkerRegistered(b"w")) if isinstance(a, sch.Grant)]
     assert [g.req.lrid for g in grants] == [0]
     assert sorted(placed) == [1, 2] and set(placed.values()) == {B, C}
 
@@ -101,24 +101,24 @@ def test_spread_without_idle_workers_still_spreads():
 def test_hard_affinity_to_a_peer_goes_there_even_when_it_is_busy():
     s = sched({"CPU": 4}, {B: node({"CPU": 1}, {"CPU": 0})})
     strat = {"kind": "NodeAffinitySchedulingStrategy", "node": B.hex(), "soft": False}
-    assert where(s.request(req(1, {"CPU": 1}, strat))) == [B]
+    assert where(s.handle(sch.LeaseRequested(req(1, {"CPU": 1}, strat)))) == [B]
 
 
 def test_hard_affinity_to_a_dead_node_fails_and_soft_falls_back():
     s = sched({"CPU": 1}, {})
-    s.peers_changed({}, {B})
+    s.handle(sch.PeersChanged({}, {B}))
     hard = {"kind": "NodeAffinitySchedulingStrategy", "node": B.hex(), "soft": False}
     soft = {"kind": "NodeAffinitySchedulingStrategy", "node": B.hex(), "soft": True}
-    assert where(s.request(req(1, {"CPU": 1}, hard))) == ["fail:TaskUnschedulableError"]
-    assert where(s.request(req(2, {"CPU": 1}, soft))) == ["local"]
+    assert where(s.handle(sch.LeaseRequested(req(1, {"CPU": 1}, hard)))) == ["fail:TaskUnschedulableError"]
+    assert where(s.handle(sch.LeaseRequested(req(2, {"CPU": 1}, soft)))) == ["local"]
 
 
 def test_hard_affinity_to_an_unknown_node_fails_after_a_grace_period():
     s = sched({"CPU": 1}, {})
     hard = {"kind": "NodeAffinitySchedulingStrategy", "node": C.hex(), "soft": False}
-    assert where(s.request(req(1, {"CPU": 1}, hard, t=10.0))) == []
-    assert s.tick(10.5, warn_after=100) == []
-    acts = s.tick(10.0 + sch.AFFINITY_GRACE_S + 0.1, warn_after=100)
+    assert where(s.handle(sch.LeaseRequested(req(1, {"CPU": 1}, hard, t=10.0)))) == []
+    assert s.handle(sch.Tick(10.5, warn_after=100)) == []
+    acts = s.handle(sch.Tick(10.0 + sch.AFFINITY_GRACE_S + 0.1, warn_after=100))
     assert where(acts) == ["fail:TaskUnschedulableError"]
 
 

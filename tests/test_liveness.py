@@ -4,7 +4,7 @@ import os
 import time
 
 import pytest
-from backend import wait_until
+from backend import shm_segments, wait_until
 
 import zray
 
@@ -33,6 +33,10 @@ def test_get_of_an_object_whose_owner_died_raises_owner_died(cluster):
         zray.get(inner, timeout=60)
     assert time.monotonic() - t0 < 30
     assert isinstance(info.value, zray.exceptions.ObjectLostError)
+    # The owner's address is readable: no packed list of raw bytes.
+    text = str(info.value)
+    assert "b'" not in text and "\\x" not in text and "[" not in text, text
+    assert "://" in text, text
 
     @zray.remote
     def ok():
@@ -43,7 +47,7 @@ def test_get_of_an_object_whose_owner_died_raises_owner_died(cluster):
 
 def _segments() -> int:
     prefix = "zray-" + os.path.basename(zray.get_runtime_context().session_dir)[-8:]
-    return len([f for f in os.listdir("/dev/shm") if f.startswith(prefix)])
+    return len(shm_segments(prefix))
 
 
 def _wait_for(pred, timeout=10.0):

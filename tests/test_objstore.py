@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import pickle
@@ -13,7 +14,7 @@ import pytest
 
 from zray.objstore import shm
 from zray.objstore.capacity import MAX_DEFAULT_BYTES, default_capacity
-from zray.objstore.spill import StoreExecutor, run_sync
+from zray.objstore.spill import SegmentInUse, StoreExecutor, run_sync
 from zray.objstore.store import (
     Delete,
     DeleteSpilled,
@@ -22,6 +23,7 @@ from zray.objstore.store import (
     Get,
     Missing,
     ObjectStoreState,
+    Pin,
     Ready,
     Restore,
     Restored,
@@ -32,6 +34,7 @@ from zray.objstore.store import (
     SpillFailed,
     StoreFull,
     Unlink,
+    Unpin,
     Where,
 )
 
@@ -63,77 +66,77 @@ def check_invariants(st: ObjectStoreState) -> None:
 
 def test_seal_under_capacity_needs_nothing():
     st = ObjectStoreState(300)
-    assert st.seal(oid("a"), 100, primary=True) == []
-    assert st.seal(oid("b"), 200, primary=False) == []
+    assert st.handle(Seal(oid("a"), 100, primary=True)) == []
+    assert st.handle(Seal(oid("b"), 200, primary=False)) == []
     s = st.stats()
     assert (s.used_bytes, s.capacity, s.num_in_memory, s.over_capacity) == (300, 300, 2, False)
-    assert st.get(oid("a")) == [Ready(oid("a"))]
-    assert st.get(oid("zz")) == [Missing(oid("zz"))]
+    assert st.handle(Get(oid("a"))) == [Ready(oid("a"))]
+    assert st.handle(Get(oid("zz"))) == [Missing(oid("zz"))]
     check_invariants(st)
 
 
 def test_evicts_least_recently_used_secondary():
     st = ObjectStoreState(300)
     for n in "abc":
-        st.seal(oid(n), 100, primary=False)
-    st.get(oid("a"))  # a is now the most recent: b is the oldest
-    assert st.seal(oid("d"), 100, primary=False) == [Evict(oid("b"))]
+        st.handle(Seal(oid(n), 100, primary=False))
+    st.handle(Get(oid("a")))  # a is now the most recent: b is the oldest
+    assert st.handle(Seal(oid("d"), 100, primary=False)) == [Evict(oid("b"))]
     # Evicted copies are gone for readers at once, bytes until the executor confirms.
-    assert st.get(oid("b")) == [Missing(oid("b"))]
+    assert st.handle(Get(oid("b"))) == [Missing(oid("b"))]
     assert st.stats().used_bytes == 400 and st.stats().releasing_bytes == 100
     check_invariants(st)
-    assert st.evicted(oid("b")) == []
+    assert st.handle(Evicted(oid("b"))) == []
     assert st.stats().used_bytes == 300 and st.stats().evicted_bytes_total == 100
-    assert st.evicted(oid("b")) == []  # duplicate completion is harmless
+    assert st.handle(Evicted(oid("b"))) == []  # duplicate completion is harmless
     check_invariants(st)
 
 
 def test_pin_also_touches_lru():
     st = ObjectStoreState(200)
-    st.seal(oid("a"), 100, primary=False)
-    st.seal(oid("b"), 100, primary=False)
-    st.pin(oid("a"))
-    st.unpin(oid("a"))  # unpinned last: most recent
-    assert st.seal(oid("c"), 100, primary=False) == [Evict(oid("b"))]
+    st.handle(Seal(oid("a"), 100, primary=False))
+    st.handle(Seal(oid("b"), 100, primary=False))
+    st.handle(Pin(oid("a")))
+    st.handle(Unpin(oid("a")))  # unpinned last: most recent
+    assert st.handle(Seal(oid("c"), 100, primary=False)) == [Evict(oid("b"))]
 
 
 def test_secondary_evicted_before_primary_spilled():
     st = ObjectStoreState(300)
-    st.seal(oid("p1"), 100, primary=True)  # oldest of all
-    st.seal(oid("s1"), 100, primary=False)
-    st.seal(oid("s2"), 100, primary=False)
-    st.get(oid("s1"))
+    st.handle(Seal(oid("p1"), 100, primary=True))  # oldest of all
+    st.handle(Seal(oid("s1"), 100, primary=False))
+    st.handle(Seal(oid("s2"), 100, primary=False))
+    st.handle(Get(oid("s1")))
     # Needs 200: both secondaries go, even the recent one, before any primary.
-    assert st.seal(oid("p2"), 200, primary=True) == [Evict(oid("s2")), Evict(oid("s1"))]
+    assert st.handle(Seal(oid("p2"), 200, primary=True)) == [Evict(oid("s2")), Evict(oid("s1"))]
     for n in ("s1", "s2"):
-        st.evicted(oid(n))
+        st.handle(Evicted(oid(n)))
     # No secondaries left: now the LRU primary is spilled.
-    assert st.seal(oid("p3"), 50, primary=True) == [Spill(oid("p1"))]
+    assert st.handle(Seal(oid("p3"), 50, primary=True)) == [Spill(oid("p1"))]
     check_invariants(st)
-    assert st.get(oid("p1")) == []  # spill in flight: answer comes later
+    assert st.handle(Get(oid("p1"))) == []  # spill in flight: answer comes later
     check_invariants(st)
 
 
 def test_pins_are_honoured_and_unpin_makes_room():
     st = ObjectStoreState(200)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=True)
-    st.pin(oid("a"))
-    st.pin(oid("a"))  # two readers
-    st.pin(oid("b"))
-    acts = st.seal(oid("c"), 100, primary=True)
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=True))
+    st.handle(Pin(oid("a")))
+    st.handle(Pin(oid("a")))  # two readers
+    st.handle(Pin(oid("b")))
+    acts = st.handle(Seal(oid("c"), 100, primary=True))
     assert acts == [StoreFull(oid("c"), 300, 200)]
     assert st.stats().over_capacity and st.stats().num_pinned == 2
-    assert st.get(oid("c")) == [Ready(oid("c"))]  # accepted all the same
+    assert st.handle(Get(oid("c"))) == [Ready(oid("c"))]  # accepted all the same
     # The new object itself is never its own victim.
     assert not any(isinstance(a, (Spill, Evict)) for a in acts)
-    assert st.unpin(oid("a")) == []  # one reader left
+    assert st.handle(Unpin(oid("a"))) == []  # one reader left
     # a is the most recently used now: the unpinned c is older, so it goes.
-    assert st.unpin(oid("a")) == [Spill(oid("c"))]
-    assert st.unpin(oid("a")) == []  # extra unpin is a no-op
+    assert st.handle(Unpin(oid("a"))) == [Spill(oid("c"))]
+    assert st.handle(Unpin(oid("a"))) == []  # extra unpin is a no-op
     assert not st.stats().over_capacity  # the pending spill counts as free
     check_invariants(st)
-    st.spilled(oid("c"))
+    st.handle(Spilled(oid("c")))
     s = st.stats()
     assert (s.used_bytes, s.num_spilled, s.spilled_bytes_total) == (200, 1, 100)
     check_invariants(st)
@@ -142,16 +145,16 @@ def test_pins_are_honoured_and_unpin_makes_room():
 def test_pending_release_is_not_counted_twice():
     st = ObjectStoreState(200)
     for n in "abc":
-        st.seal(oid(n), 100, primary=True)  # c pushes a out
+        st.handle(Seal(oid(n), 100, primary=True))  # c pushes a out
     # The spill of a is not finished yet; d needs one more victim, not two.
-    assert st.seal(oid("d"), 100, primary=True) == [Spill(oid("b"))]
+    assert st.handle(Seal(oid("d"), 100, primary=True)) == [Spill(oid("b"))]
     check_invariants(st)
 
 
 def test_object_larger_than_capacity_frees_what_it_can():
     st = ObjectStoreState(100)
-    st.seal(oid("a"), 60, primary=False)
-    assert st.seal(oid("big"), 500, primary=True) == [
+    st.handle(Seal(oid("a"), 60, primary=False))
+    assert st.handle(Seal(oid("big"), 500, primary=True)) == [
         Evict(oid("a")),
         StoreFull(oid("big"), 560, 100),
     ]
@@ -159,53 +162,53 @@ def test_object_larger_than_capacity_frees_what_it_can():
 
 def test_restore_makes_room_then_ready():
     st = ObjectStoreState(200)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=True)
-    assert st.seal(oid("c"), 100, primary=True) == [Spill(oid("a"))]
-    st.spilled(oid("a"))
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=True))
+    assert st.handle(Seal(oid("c"), 100, primary=True)) == [Spill(oid("a"))]
+    st.handle(Spilled(oid("a")))
     assert st.is_spilled(oid("a")) and not st.in_memory(oid("a"))
-    st.get(oid("c"))  # b is now the LRU
-    assert st.get(oid("a")) == [Spill(oid("b")), Restore(oid("a"))]
-    assert st.get(oid("a")) == []  # restore in flight: no second Restore
+    st.handle(Get(oid("c")))  # b is now the LRU
+    assert st.handle(Get(oid("a"))) == [Spill(oid("b")), Restore(oid("a"))]
+    assert st.handle(Get(oid("a"))) == []  # restore in flight: no second Restore
     check_invariants(st)
-    assert st.restored(oid("a")) == [Ready(oid("a"))]
-    st.spilled(oid("b"))
+    assert st.handle(Restored(oid("a"))) == [Ready(oid("a"))]
+    st.handle(Spilled(oid("b")))
     s = st.stats()
     assert (s.used_bytes, s.num_in_memory, s.num_spilled) == (200, 2, 1)
     assert (s.spilled_bytes_total, s.restored_bytes_total) == (200, 100)
-    assert st.get(oid("a")) == [Ready(oid("a"))]
+    assert st.handle(Get(oid("a"))) == [Ready(oid("a"))]
     check_invariants(st)
 
 
 def test_restore_with_no_room_still_restores_and_reports():
     st = ObjectStoreState(100)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=True)
-    st.spilled(oid("a"))
-    st.pin(oid("b"))
-    assert st.get(oid("a")) == [Restore(oid("a")), StoreFull(oid("a"), 200, 100)]
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=True))
+    st.handle(Spilled(oid("a")))
+    st.handle(Pin(oid("b")))
+    assert st.handle(Get(oid("a"))) == [Restore(oid("a")), StoreFull(oid("a"), 200, 100)]
 
 
 def test_get_during_spill_restores_after_it():
     st = ObjectStoreState(100)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=True)  # a is being spilled
-    assert st.get(oid("a")) == []
-    assert st.spilled(oid("a")) == [Spill(oid("b")), Restore(oid("a"))]
-    assert st.restored(oid("a")) == [Ready(oid("a"))]
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=True))  # a is being spilled
+    assert st.handle(Get(oid("a"))) == []
+    assert st.handle(Spilled(oid("a"))) == [Spill(oid("b")), Restore(oid("a"))]
+    assert st.handle(Restored(oid("a"))) == [Ready(oid("a"))]
     check_invariants(st)
 
 
 def test_delete_wherever_it_lives():
     st = ObjectStoreState(100)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=True)
-    st.spilled(oid("a"))
-    assert st.delete(oid("a")) == [DeleteSpilled(oid("a"))]
-    assert st.delete(oid("b")) == [Unlink(oid("b"))]
-    assert st.delete(oid("b")) == []  # idempotent
-    assert st.delete(oid("never")) == []
-    assert st.get(oid("a")) == [Missing(oid("a"))]
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=True))
+    st.handle(Spilled(oid("a")))
+    assert st.handle(Delete(oid("a"))) == [DeleteSpilled(oid("a"))]
+    assert st.handle(Delete(oid("b"))) == [Unlink(oid("b"))]
+    assert st.handle(Delete(oid("b"))) == []  # idempotent
+    assert st.handle(Delete(oid("never"))) == []
+    assert st.handle(Get(oid("a"))) == [Missing(oid("a"))]
     s = st.stats()
     assert (s.used_bytes, s.num_in_memory, s.num_spilled) == (0, 0, 0)
     check_invariants(st)
@@ -213,59 +216,59 @@ def test_delete_wherever_it_lives():
 
 def test_delete_while_spilling_cleans_up_after_spill():
     st = ObjectStoreState(100)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=True)  # Spill(a) in flight
-    assert st.delete(oid("a")) == []  # nobody waits: nothing to answer
-    assert st.get(oid("a")) == [Missing(oid("a"))]
-    assert st.spilled(oid("a")) == [DeleteSpilled(oid("a"))]
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=True))  # Spill(a) in flight
+    assert st.handle(Delete(oid("a"))) == []  # nobody waits: nothing to answer
+    assert st.handle(Get(oid("a"))) == [Missing(oid("a"))]
+    assert st.handle(Spilled(oid("a"))) == [DeleteSpilled(oid("a"))]
     assert not st.contains(oid("a"))
     check_invariants(st)
     # The same, but the spill fails: the segment is unlinked instead.
-    st.seal(oid("c"), 100, primary=True)  # Spill(b)
-    st.get(oid("b"))  # a reader waits for b
-    assert st.delete(oid("b")) == [Missing(oid("b"))]
-    assert st.spill_failed(oid("b")) == [Unlink(oid("b"))]
+    st.handle(Seal(oid("c"), 100, primary=True))  # Spill(b)
+    st.handle(Get(oid("b")))  # a reader waits for b
+    assert st.handle(Delete(oid("b"))) == [Missing(oid("b"))]
+    assert st.handle(SpillFailed(oid("b"))) == [Unlink(oid("b"))]
     assert st.stats().used_bytes == 100
     check_invariants(st)
 
 
 def test_delete_while_restoring():
     st = ObjectStoreState(100)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=False)
-    st.spilled(oid("a"))
-    assert st.get(oid("a")) == [Evict(oid("b")), Restore(oid("a"))]
-    assert st.delete(oid("a")) == [Missing(oid("a"))]  # answers the waiting reader
-    assert st.restored(oid("a")) == [Unlink(oid("a"))]
-    st.evicted(oid("b"))
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=False))
+    st.handle(Spilled(oid("a")))
+    assert st.handle(Get(oid("a"))) == [Evict(oid("b")), Restore(oid("a"))]
+    assert st.handle(Delete(oid("a"))) == [Missing(oid("a"))]  # answers the waiting reader
+    assert st.handle(Restored(oid("a"))) == [Unlink(oid("a"))]
+    st.handle(Evicted(oid("b")))
     assert st.stats().used_bytes == 0
     check_invariants(st)
 
 
 def test_spill_failure_keeps_object_in_memory():
     st = ObjectStoreState(100)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=True)
-    st.get(oid("a"))  # waits on the spill
-    assert st.spill_failed(oid("a")) == [Ready(oid("a")), StoreFull(oid("a"), 200, 100)]
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=True))
+    st.handle(Get(oid("a")))  # waits on the spill
+    assert st.handle(SpillFailed(oid("a"))) == [Ready(oid("a")), StoreFull(oid("a"), 200, 100)]
     assert st.in_memory(oid("a"))
     check_invariants(st)
     # The failed one became most recent: the next shortfall tries b first.
-    assert st.seal(oid("c"), 10, primary=True) == [Spill(oid("b")), Spill(oid("a"))]
+    assert st.handle(Seal(oid("c"), 10, primary=True)) == [Spill(oid("b")), Spill(oid("a"))]
 
 
 def test_restore_failure():
     st = ObjectStoreState(100)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=True)
-    st.spilled(oid("a"))
-    st.delete(oid("b"))
-    assert st.get(oid("a")) == [Restore(oid("a"))]
-    assert st.restore_failed(oid("a")) == [Missing(oid("a"))]
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=True))
+    st.handle(Spilled(oid("a")))
+    st.handle(Delete(oid("b")))
+    assert st.handle(Get(oid("a"))) == [Restore(oid("a"))]
+    assert st.handle(RestoreFailed(oid("a"))) == [Missing(oid("a"))]
     assert st.is_spilled(oid("a"))  # file intact: a later get retries
     check_invariants(st)
-    assert st.get(oid("a")) == [Restore(oid("a"))]
-    assert st.restore_failed(oid("a"), lost=True) == [DeleteSpilled(oid("a")), Missing(oid("a"))]
+    assert st.handle(Get(oid("a"))) == [Restore(oid("a"))]
+    assert st.handle(RestoreFailed(oid("a"), lost=True)) == [DeleteSpilled(oid("a")), Missing(oid("a"))]
     assert not st.contains(oid("a"))
     assert st.stats().used_bytes == 0
     check_invariants(st)
@@ -273,32 +276,32 @@ def test_restore_failure():
 
 def test_duplicate_seal_and_promotion():
     st = ObjectStoreState(200)
-    st.seal(oid("a"), 100, primary=False)
-    assert st.seal(oid("a"), 100, primary=False) == []
+    st.handle(Seal(oid("a"), 100, primary=False))
+    assert st.handle(Seal(oid("a"), 100, primary=False)) == []
     assert st.stats().used_bytes == 100
-    st.seal(oid("a"), 100, primary=True)  # now the primary copy: spilled, not evicted
-    st.seal(oid("b"), 100, primary=False)
-    st.get(oid("b"))
-    assert st.seal(oid("c"), 100, primary=True) == [Evict(oid("b"))]
+    st.handle(Seal(oid("a"), 100, primary=True))  # now the primary copy: spilled, not evicted
+    st.handle(Seal(oid("b"), 100, primary=False))
+    st.handle(Get(oid("b")))
+    assert st.handle(Seal(oid("c"), 100, primary=True)) == [Evict(oid("b"))]
     check_invariants(st)
 
 
 def test_seal_of_spilled_object_drops_the_file():
     st = ObjectStoreState(200)
-    st.seal(oid("a"), 100, primary=True)
-    st.seal(oid("b"), 100, primary=True)
-    st.seal(oid("c"), 100, primary=True)
-    st.spilled(oid("a"))
+    st.handle(Seal(oid("a"), 100, primary=True))
+    st.handle(Seal(oid("b"), 100, primary=True))
+    st.handle(Seal(oid("c"), 100, primary=True))
+    st.handle(Spilled(oid("a")))
     # a is made again (e.g. pulled back): one copy, in memory, room made for it.
-    assert st.seal(oid("a"), 100, primary=True) == [DeleteSpilled(oid("a")), Spill(oid("b"))]
+    assert st.handle(Seal(oid("a"), 100, primary=True)) == [DeleteSpilled(oid("a")), Spill(oid("b"))]
     assert st.in_memory(oid("a"))
     check_invariants(st)
 
 
 def test_pin_unknown_and_handle_dispatch():
     st = ObjectStoreState(100)
-    assert st.pin(oid("x")) == [Missing(oid("x"))]
-    assert st.unpin(oid("x")) == []
+    assert st.handle(Pin(oid("x"))) == [Missing(oid("x"))]
+    assert st.handle(Unpin(oid("x"))) == []
     assert st.handle(Seal(oid("a"), 100, True)) == []
     assert st.handle(Seal(oid("b"), 100, True)) == [Spill(oid("a"))]
     assert st.handle(Get(oid("a"))) == []
@@ -322,30 +325,30 @@ def test_random_events_keep_accounting_exact():
         key = oid(f"o{rng.randrange(40)}")
         r = rng.random()
         if r < 0.3:
-            acts = st.seal(key, rng.randrange(1, 300), rng.random() < 0.5)
+            acts = st.handle(Seal(key, rng.randrange(1, 300), rng.random() < 0.5))
         elif r < 0.45:
-            acts = st.pin(key)
+            acts = st.handle(Pin(key))
             if not acts:
                 pins[key] = pins.get(key, 0) + 1
         elif r < 0.6:
-            acts = st.unpin(key)
+            acts = st.handle(Unpin(key))
             if pins.get(key):
                 pins[key] -= 1
         elif r < 0.75:
-            acts = st.get(key)
+            acts = st.handle(Get(key))
         elif r < 0.8:
-            acts = st.delete(key)
+            acts = st.handle(Delete(key))
             pins.pop(key, None)
         elif pending:
             a = pending.pop(rng.randrange(len(pending)))
             fail = rng.random() < 0.1
             if isinstance(a, Spill):
-                acts = st.spill_failed(a.object_id) if fail else st.spilled(a.object_id)
+                acts = st.handle(SpillFailed(a.object_id)) if fail else st.handle(Spilled(a.object_id))
             elif isinstance(a, Restore):
-                acts = (st.restore_failed(a.object_id, lost=rng.random() < 0.5) if fail
-                        else st.restored(a.object_id))
+                acts = (st.handle(RestoreFailed(a.object_id, lost=rng.random() < 0.5)) if fail
+                        else st.handle(Restored(a.object_id)))
             else:
-                acts = st.evicted(a.object_id)
+                acts = st.handle(Evicted(a.object_id))
         else:
             acts = []
         for a in acts:
@@ -390,10 +393,15 @@ def test_spill_and_restore_round_trip(executor):
     name = executor.segment_name(key)
     frames = frames_of(1, 1 << 20)
     size = shm.create(name, frames)
-    reader = shm.read(name)  # a reader maps it before the spill
+    reader = shm.read(name)  # a reader maps it: spilling it would free no memory
+    with pytest.raises(SegmentInUse):
+        executor.spill(key)
+    assert shm.exists(name) and not os.path.exists(executor.spill_path(key))
+    assert [bytes(f) for f in reader] == frames
+    del reader
+    gc.collect()
     assert executor.spill(key) == size
     assert not shm.exists(name)
-    assert [bytes(f) for f in reader] == frames  # the mapping outlives the unlink
     assert os.stat(executor.spill_path(key)).st_mode & 0o777 == 0o600
     assert [bytes(f) for f in shm.read_file(executor.spill_path(key))] == frames
     assert executor.restore(key) == size
@@ -426,22 +434,22 @@ def test_store_and_executor_together(executor):
         key = oid(f"k{i}")
         data[key] = frames_of(10 + i, 64_000)
         size = shm.create(executor.segment_name(key), data[key])
-        assert run_sync(st, executor, st.seal(key, size, primary=True)) == []
+        assert run_sync(st, executor, st.handle(Seal(key, size, primary=True))) == []
     s = st.stats()
     assert s.num_in_memory == 3 and s.num_spilled == 3 and not s.over_capacity
     assert len(shm.list_segments(executor.shm_prefix)) == 3
     assert len(os.listdir(executor.spill_dir)) == 3
     # Read every object back, restoring transparently.
     for key, frames in data.items():
-        assert run_sync(st, executor, st.get(key)) == [Ready(key)]
-        st.pin(key)
+        assert run_sync(st, executor, st.handle(Get(key))) == [Ready(key)]
+        st.handle(Pin(key))
         assert [bytes(f) for f in shm.read(executor.segment_name(key))] == frames
-        st.unpin(key)
+        st.handle(Unpin(key))
     assert st.stats().restored_bytes_total > 0
     assert len(shm.list_segments(executor.shm_prefix)) == 3
     # The owner frees everything: nothing is left anywhere.
     for key in data:
-        run_sync(st, executor, st.delete(key))
+        run_sync(st, executor, st.handle(Delete(key)))
     assert shm.list_segments(executor.shm_prefix) == []
     assert os.listdir(executor.spill_dir) == []
     assert st.stats().used_bytes == 0

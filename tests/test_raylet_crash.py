@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import psutil
 import pytest
-from backend import wait_until
+from backend import shm_segments, wait_until
 
 import zray
 
@@ -34,14 +34,16 @@ def test_sigkilled_raylet_leaves_no_segment_or_worker_socket(driver):
     prefix = "zray-" + os.path.basename(session)[-8:]
 
     def segments():
-        return [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+        # The node's directory too: it must go with its segments.
+        return [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] + list(
+            shm_segments(prefix))
 
     def worker_and_raylet_sockets():
         names = os.listdir(os.path.join(session, "sockets"))
         me = "w-" + zray.get_runtime_context().get_worker_id()[:12]
         return [n for n in names if n != "gcs" and n != me]
 
-    assert len(segments()) == 2
+    assert len(shm_segments(prefix)) == 2
     assert worker_and_raylet_sockets()
     raylet = [p for p in psutil.Process().children()
               if "zray.raylet" in " ".join(p.cmdline())]

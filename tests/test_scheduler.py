@@ -1,5 +1,7 @@
 """Unit tests of the raylet's NodeScheduler state machine: events in, actions out."""
 
+import pytest
+
 from zray.raylet import scheduler as sch
 
 
@@ -13,9 +15,9 @@ def kinds(acts):
 
 def test_grant_needs_a_worker_then_grants():
     s = sch.NodeScheduler({"CPU": 2})
-    acts = s.request(req(1, {"CPU": 1}))
+    acts = s.handle(sch.LeaseRequested(req(1, {"CPU": 1})))
     assert kinds(acts) == ["StartWorkers"] and acts[0].n == 1
-    acts = s.worker_registered(b"w1")
+    acts = s.handle(sch.WorkerRegistered(b"w1"))
     assert kinds(acts) == ["Grant"]
     assert acts[0].wid == b"w1" and acts[0].res == {"CPU": 1}
     assert s.available()["CPU"] == 1
@@ -23,30 +25,30 @@ def test_grant_needs_a_worker_then_grants():
 
 def test_queued_until_resources_return():
     s = sch.NodeScheduler({"CPU": 1})
-    s.worker_registered(b"w1")
-    s.worker_registered(b"w2")
-    g = s.request(req(1, {"CPU": 1}))
+    s.handle(sch.WorkerRegistered(b"w1"))
+    s.handle(sch.WorkerRegistered(b"w2"))
+    g = s.handle(sch.LeaseRequested(req(1, {"CPU": 1})))
     assert kinds(g) == ["Grant"]
-    assert s.request(req(2, {"CPU": 1})) == []  # no CPU left: waits, starts nothing
-    acts = s.lease_returned(g[0].lease_id, exiting=False)
+    assert s.handle(sch.LeaseRequested(req(2, {"CPU": 1}))) == []  # no CPU left: waits, starts nothing
+    acts = s.handle(sch.LeaseReturned(g[0].lease_id, exiting=False))
     assert kinds(acts) == ["Grant"] and acts[0].req.lrid == 2
 
 
 def test_infeasible_request_stays_and_warns_once():
     s = sch.NodeScheduler({"CPU": 4})
-    assert s.request(req(1, {"CPU": 1, "nonexistent": 1}, t=0.0)) == []
-    assert s.tick(0.5, warn_after=1.0) == []
-    w = s.tick(2.0, warn_after=1.0)
+    assert s.handle(sch.LeaseRequested(req(1, {"CPU": 1, "nonexistent": 1}, t=0.0))) == []
+    assert s.handle(sch.Tick(0.5, warn_after=1.0)) == []
+    w = s.handle(sch.Tick(2.0, warn_after=1.0))
     assert kinds(w) == ["Warn"] and "nonexistent" in w[0].msg
-    assert s.tick(3.0, warn_after=1.0) == []
+    assert s.handle(sch.Tick(3.0, warn_after=1.0)) == []
     assert len(s.queue) == 1  # still pending, not failed
 
 
 def test_worker_death_notifies_lease_holder_and_frees_resources():
     s = sch.NodeScheduler({"CPU": 1})
-    s.worker_registered(b"w1")
-    g = s.request(req(1, {"CPU": 1}, ra="ipc://a"))
-    acts = s.worker_exited(b"w1")
+    s.handle(sch.WorkerRegistered(b"w1"))
+    g = s.handle(sch.LeaseRequested(req(1, {"CPU": 1}, ra="ipc://a")))
+    acts = s.handle(sch.WorkerExited(b"w1"))
     died = [a for a in acts if isinstance(a, sch.NotifyWorkerDied)]
     assert died and died[0].ra == "ipc://a" and died[0].lease_id == g[0].lease_id
     assert s.available()["CPU"] == 1
@@ -54,32 +56,43 @@ def test_worker_death_notifies_lease_holder_and_frees_resources():
 
 def test_blocked_worker_lends_its_cpu():
     s = sch.NodeScheduler({"CPU": 1})
-    s.worker_registered(b"w1")
-    s.worker_registered(b"w2")
-    first = s.request(req(1, {"CPU": 1}))[0].wid
-    assert s.request(req(2, {"CPU": 1})) == []
-    acts = s.blocked(first)
+    s.handle(sch.WorkerRegistered(b"w1"))
+    s.handle(sch.WorkerRegistered(b"w2"))
+    first = s.handle(sch.LeaseRequested(req(1, {"CPU": 1})))[0].wid
+    assert s.handle(sch.LeaseRequested(req(2, {"CPU": 1}))) == []
+    acts = s.handle(sch.WorkerBlocked(first))
     assert kinds(acts) == ["Grant"] and acts[0].req.lrid == 2
-    s.unblocked(first)
+    s.handle(sch.WorkerUnblocked(first))
     assert s.avail["CPU"] == -1  # oversubscribed until a lease returns
 
 
 def test_owner_death_ends_its_leases_and_requests():
     s = sch.NodeScheduler({"CPU": 2})
-    s.worker_registered(b"w1")
-    s.request(req(1, {"CPU": 1}, ra="ipc://dead"))
-    s.request(req(2, {"CPU": 5}, ra="ipc://dead"))
-    acts = s.owner_died("ipc://dead")
+    s.handle(sch.WorkerRegistered(b"w1"))
+    s.handle(sch.LeaseRequested(req(1, {"CPU": 1}, ra="ipc://dead")))
+    s.handle(sch.LeaseRequested(req(2, {"CPU": 5}, ra="ipc://dead")))
+    acts = s.handle(sch.OwnerDied("ipc://dead"))
     assert [a.wid for a in acts if isinstance(a, sch.KillWorker)] == [b"w1"]
     assert s.available()["CPU"] == 2 and not s.queue
 
 
 def test_gpu_ids_assigned_and_returned():
     s = sch.NodeScheduler({"CPU": 4, "GPU": 2})
-    s.worker_registered(b"w1")
-    s.worker_registered(b"w2")
-    a = s.request(req(1, {"CPU": 1, "GPU": 1}))[0]
-    b = s.request(req(2, {"CPU": 1, "GPU": 1}))[0]
+    s.handle(sch.WorkerRegistered(b"w1"))
+    s.handle(sch.WorkerRegistered(b"w2"))
+    a = s.handle(sch.LeaseRequested(req(1, {"CPU": 1, "GPU": 1})))[0]
+    b = s.handle(sch.LeaseRequested(req(2, {"CPU": 1, "GPU": 1})))[0]
     assert sorted(a.res["GPU_ids"] + b.res["GPU_ids"]) == [0, 1]
-    s.lease_returned(a.lease_id, exiting=True)
+    s.handle(sch.LeaseReturned(a.lease_id, exiting=True))
     assert s.gpu_free == a.res["GPU_ids"]
+
+
+def test_handle_is_the_only_way_in():
+    """Events are values taken by handle(); anything else is refused by name."""
+    s = sch.NodeScheduler({"CPU": 1})
+    assert s.handle(sch.WorkersStarting(2)) == [] and s.starting == 2
+    assert s.handle(sch.WorkerStartFailed()) == [] and s.starting == 1
+    with pytest.raises(TypeError, match="not a scheduler event"):
+        s.handle(sch.KillWorker(b"w"))  # an action is not an event
+    assert not [n for n in ("request", "cancel", "tick", "worker_registered", "owner_died")
+                if hasattr(s, n)]

@@ -21,7 +21,7 @@ from backend import IS_RAY, ray, shm_segments, wait_until
 
 from zray.objstore import shm, spare
 from zray.objstore.spill import StoreExecutor, run_sync
-from zray.objstore.store import ObjectStoreState
+from zray.objstore.store import Delete, ObjectStoreState, Seal
 
 MB = 1 << 20
 
@@ -203,8 +203,8 @@ def test_store_executor_recycles_freed_objects(prefix, tmp_path, filler):
     key = os.urandom(20)
     size = shm.create(ex.segment_name(key), [b"x", np.ones(10 * MB, np.uint8)])
     ino = _ino(shm.segment_path(ex.segment_name(key)))
-    run_sync(st, ex, st.seal(key, size, primary=True))
-    run_sync(st, ex, st.delete(key))
+    run_sync(st, ex, st.handle(Seal(key, size, primary=True)))
+    run_sync(st, ex, st.handle(Delete(key)))
     assert shm.list_segments(prefix) == [n for _, n in spare.spares(prefix)]
     assert list(_spares(prefix).values()) == [ino]
     assert st.stats().used_bytes == 0  # a spare is not an object

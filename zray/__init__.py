@@ -43,10 +43,14 @@ __all__ = sorted([*_LAZY, "exceptions", "util"])
 def __getattr__(name: str) -> Any:
     mod = _LAZY.get(name)
     if mod is not None:
+        # The API registers zray.init as the hook lower modules use to start zray
+        # on first use (worker_state.ensure_initialized).
+        importlib.import_module("zray.api")
         value = getattr(importlib.import_module(mod), name)
         globals()[name] = value
         return value
     if name in _SUBMODULES:
+        importlib.import_module("zray.api")
         return importlib.import_module("zray." + name)
     raise AttributeError(f"module 'zray' has no attribute {name!r}")
 

@@ -12,7 +12,7 @@ import hashlib
 import inspect
 from typing import Any
 
-from zray import actor_submitter, api, serialization, worker_state
+from zray import actor_submitter, serialization, worker_state
 from zray import options as opt
 from zray.ids import ActorID
 
@@ -168,7 +168,7 @@ class ActorClass:
         return self._fn_id
 
     def _remote(self, args: tuple, kwargs: dict, o: dict) -> ActorHandle:
-        cw = api._ensure_initialized()
+        cw = worker_state.ensure_initialized()
         if o.get("get_if_exists") and o.get("name"):
             try:
                 return get_actor(o["name"], o.get("namespace"))
@@ -244,24 +244,25 @@ class ActorHandle:
 
     def _call(self, name: str, args: tuple, kwargs: dict, nret: Any, retries: Any,
               call_name: str | None) -> Any:
-        cw = worker_state._core_worker or api._ensure_initialized()
+        cw = worker_state.ensure_initialized()
         if retries is None:
             retries = self._zray_meta.get("retries", {}).get(
                 name, self._zray_meta.get("max_task_retries", 0))
-        s = getattr(cw, "actor_submitter", None) or actor_submitter.submitter(cw)
+        s = actor_submitter.submitter(cw)
         return s.submit(self._zray_aid, self._zray_meta, name, args, kwargs, nret, retries,
                         call_name)
 
     def __reduce__(self):
         cw = self._zray_cw
-        if cw is not None and getattr(cw, "actor_submitter", None) is not None:
-            cw.actor_submitter.escaped(self._zray_aid)
+        s = cw.actor_submitter if cw is not None else None
+        if s is not None:
+            s.escaped(self._zray_aid)
         return (_rebuild_handle, (self._zray_aid, self._zray_meta))
 
     def __del__(self):
         cw = self.__dict__.get("_zray_cw")
         if cw is not None:
-            s = getattr(cw, "actor_submitter", None)
+            s = cw.actor_submitter  # none made yet: no call was ever sent
             if s is not None:
                 s.handle_dropped(self._zray_aid)
 
@@ -329,7 +330,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise ValueError("Please supply a non-empty value to get_actor")
     if namespace is not None and not isinstance(namespace, str):
         raise TypeError("namespace must be a str or None")
-    cw = worker_state.current() or api._ensure_initialized()
+    cw = worker_state.ensure_initialized()
     s = actor_submitter.submitter(cw)
     ns = namespace if namespace is not None else s.job_namespace()
     r, _ = cw.request(cw.gcs, {"t": protocol.GET_ACTOR, "name": name, "ns": ns})
@@ -345,7 +346,7 @@ def list_named_actors(all_namespaces: bool = False) -> list:
     """Names of the live named actors (in this job's namespace, or all of them)."""
     from zray import protocol
 
-    cw = worker_state.current() or api._ensure_initialized()
+    cw = worker_state.ensure_initialized()
     ns = actor_submitter.submitter(cw).job_namespace()
     r, _ = cw.request(cw.gcs, {"t": protocol.GET_ACTOR, "list": True, "all": all_namespaces,
                                "ns": ns})
@@ -363,8 +364,12 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise ValueError("zray.kill() only supported for actors. For tasks, try "
                          f"zray.cancel(). Got: {type(actor).__name__}.")
-    cw = worker_state.current() or api._ensure_initialized()
+    cw = worker_state.ensure_initialized()
     actor_submitter.submitter(cw).kill(actor._zray_aid, no_restart)
+
+
+class ActorExit(BaseException):
+    """Raised by exit_actor() inside an actor: end it after this call (actor_executor.py)."""
 
 
 def exit_actor() -> None:
@@ -372,8 +377,6 @@ def exit_actor() -> None:
     cw = worker_state.current()
     if cw is None or getattr(cw, "current_actor_id", None) is None:
         raise TypeError("exit_actor API is called on a non-actor worker.")
-    from zray.actor_executor import ActorExit
-
     raise ActorExit()
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from zray import exceptions as exc
 from zray import protocol, serialization
+from zray.actor import ActorExit, ActorHandle
 from zray.actor_submitter import REF
 from zray.core_worker import INLINE, STORED, CoreWorker, Waiter
 from zray.ids import ActorID, TaskID, new_task_id
@@ -47,10 +48,6 @@ log = logging.getLogger("zray.actor")
 _refused = RateLimited(log, "refused duplicate actor calls")
 
 EXIT_ACK_TIMEOUT_S = 2.0
-
-
-class ActorExit(BaseException):
-    """Raised by zray.actor.exit_actor() inside an actor: end it after this call."""
 
 
 class CallOrder:
@@ -166,8 +163,6 @@ class ActorRuntime:
         finally:
             cw.current_task_id = None
             _flush_std()
-        from zray.actor import ActorHandle
-
         cw.current_actor_handle = ActorHandle(self.aid, self.meta, owned=False)
         cw.conns.send(self.gcs, {"t": protocol.ACTOR_CREATED, "aid": self.aid, "inc": self.inc,
                                  "wid": cw.worker_id, "ok": True, "pid": self.pid})
@@ -557,3 +552,6 @@ def on_create_actor(cw: CoreWorker, h: dict, payload: list) -> None:
         log.warning("CREATE_ACTOR to a process that runs no tasks: dropped")
         return
     cw.on_push_task(h, payload)
+
+
+CoreWorker.register_handler(protocol.CREATE_ACTOR, on_create_actor)

@@ -26,7 +26,6 @@ from typing import Any
 from zray import config, ids, protocol, serialization
 from zray import exceptions as exc
 from zray.core_worker import INLINE, READY, STORED, CoreWorker, Task
-from zray.gcs import actor_table as at
 from zray.object_ref import ObjectRef
 
 log = logging.getLogger("zray.actor")
@@ -54,7 +53,7 @@ class ActorState:
     def __init__(self, aid: bytes, meta: dict):
         self.aid = aid
         self.meta = meta
-        self.state = at.PENDING
+        self.state = protocol.ACTOR_PENDING
         self.addr: str | None = None
         self.inc = -1
         self.pid = 0
@@ -140,7 +139,7 @@ class ActorSubmitter:
         ns = o.get("namespace") or self.job_namespace()
         argd, payload, keep = self.encode_args(args, kwargs, f"{meta['cls']}.__init__")
         spec = {"fn": fn_id, "cls": meta["cls"], "res": o["_resources"], "hold": o["_hold"],
-                "strat": _strategy_wire(o.get("scheduling_strategy")),
+                "strat": protocol.strategy_wire(o.get("scheduling_strategy")),
                 "max_restarts": o.get("max_restarts") or 0,
                 "max_concurrency": o.get("max_concurrency"), "async": meta.get("async", False),
                 "meta": meta, "env": (o.get("runtime_env") or {}).get("env_vars") or None}
@@ -235,7 +234,7 @@ class ActorSubmitter:
                     f"The actor {aid.hex()} has {limit} pending calls from this process "
                     f"(max_pending_calls={limit}).")
             t.actor = Call(st, h, payload)
-            now = st.state == at.ALIVE and not st.queue
+            now = st.state == protocol.ACTOR_ALIVE and not st.queue
             if now:
                 # Sent first, so that the actor starts while we do the bookkeeping: its
                 # reply cannot be handled before we release the lock.
@@ -263,7 +262,7 @@ class ActorSubmitter:
             cw._register_task(t)
             out = cw._returns_of(t, nret)
             if not now:
-                if st.state == at.DEAD:
+                if st.state == protocol.ACTOR_DEAD:
                     cw._finish_with_error(t, st.error or exc.ActorDiedError())
                 else:
                     t.state = "queued"
@@ -290,7 +289,7 @@ class ActorSubmitter:
         st = t.actor.st
         st.inflight.pop(t.tid, None)
         cw.complete_task(t, h, payload)
-        if st.state == at.DEAD and not st.inflight:
+        if st.state == protocol.ACTOR_DEAD and not st.inflight:
             self._forget(st)
 
     def cancel(self, t: Task, recursive: bool) -> None:
@@ -313,16 +312,16 @@ class ActorSubmitter:
         cw = self.cw
         with cw.lock:
             st = self.actors.get(h["aid"])
-            if st is None or st.state == at.DEAD:
+            if st is None or st.state == protocol.ACTOR_DEAD:
                 return
             new = h["st"]
             old = st.addr
-            if new == at.ALIVE:
-                if st.state == at.ALIVE and st.inc == h["inc"]:
+            if new == protocol.ACTOR_ALIVE:
+                if st.state == protocol.ACTOR_ALIVE and st.inc == h["inc"]:
                     return
                 if st.inflight:  # sent to an earlier incarnation: it is gone
                     self._lost_inflight(st, True)
-                st.state = at.ALIVE
+                st.state = protocol.ACTOR_ALIVE
                 st.addr = cw.addr_of(h["addr"])
                 if old and old != st.addr:
                     cw.conns.drop(old)  # that process is gone: no socket left for it
@@ -331,17 +330,17 @@ class ActorSubmitter:
                 st.seq = 0
                 while st.queue:
                     self._send(st, st.queue.popleft())
-            elif new == at.RESTARTING:
-                st.state = at.RESTARTING
+            elif new == protocol.ACTOR_RESTARTING:
+                st.state = protocol.ACTOR_RESTARTING
                 st.addr = None
                 self._lost_inflight(st, True)
                 if old:
                     cw.conns.drop(old)
-            elif new == at.DEAD:
+            elif new == protocol.ACTOR_DEAD:
                 self._dead(st, h, payload)
                 if old:
                     cw.conns.drop(old)
-            elif st.state != at.ALIVE:
+            elif st.state != protocol.ACTOR_ALIVE:
                 st.state = new
 
     def _lost_inflight(self, st: ActorState, restarting: bool) -> None:
@@ -365,13 +364,13 @@ class ActorSubmitter:
         st.queue.extendleft(reversed(retry))
 
     def _dead(self, st: ActorState, h: dict, payload: list) -> None:
-        st.state = at.DEAD
+        st.state = protocol.ACTOR_DEAD
         st.addr = None
         st.error = death_error(st, h, payload)
         st.pins = None
         while st.queue:
             self.cw._finish_with_error(st.queue.popleft(), st.error)
-        if st.inflight and h.get("kind") == at.EXITED:
+        if st.inflight and h.get("kind") == protocol.DIED_EXITED:
             # Replies sent before the exit may still be on their way.
             self._after(EXIT_GRACE_S, lambda: self._fail_inflight(st))
         else:
@@ -395,7 +394,7 @@ class ActorSubmitter:
         st.handles -= 1
         if st.handles > 0:
             return None
-        if st.state == at.DEAD:
+        if st.state == protocol.ACTOR_DEAD:
             self._forget(st)
             return None
         if st.owned and not st.escaped and not st.detached and not st.terminating:
@@ -434,7 +433,7 @@ class ActorSubmitter:
                                    "no_restart": bool(no_restart)})
         if not r.get("ok"):
             raise ValueError(f"The actor {aid.hex()} is not known to the cluster.")
-        if r.get("state", {}).get("st") == at.DEAD and aid in self.actors:
+        if r.get("state", {}).get("st") == protocol.ACTOR_DEAD and aid in self.actors:
             self.on_actor_state(r["state"], [])  # calls made after kill() fail at once
 
 
@@ -442,14 +441,14 @@ def death_error(st: ActorState, h: dict, payload: list) -> BaseException:
     """The exception a call to this dead actor raises."""
     aid = st.aid.hex()
     kind = h.get("kind")
-    if kind == at.CREATION_ERROR and payload:
+    if kind == protocol.DIED_CREATION_ERROR and payload:
         try:
             cause = serialization.deserialize(payload)
         except Exception as e:  # noqa: BLE001
             cause = exc.RaySystemError(f"undecodable creation error: {e}")
         return exc.ActorDiedError(cause, "The actor died because of an error raised in its "
                                   f"creation task, {cause}", aid)
-    if kind == at.UNSCHEDULABLE:
+    if kind == protocol.DIED_UNSCHEDULABLE:
         return exc.ActorUnschedulableError(
             f"The actor {aid} ({h.get('cls') or st.cls_name}) cannot be scheduled: "
             f"{h.get('msg') or 'no node fits it'}")
@@ -465,24 +464,19 @@ def death_error(st: ActorState, h: dict, payload: list) -> BaseException:
     return exc.ActorDiedError(None, "\n".join(lines), aid)
 
 
-def _strategy_wire(s: Any) -> Any:
-    if s is None or s == "DEFAULT":
-        return None
-    if isinstance(s, str):
-        return {"kind": s}
-    node = getattr(s, "node_id", None)
-    return {"kind": type(s).__name__, "node": node, "soft": bool(getattr(s, "soft", False))}
-
-
 def submitter(cw: CoreWorker) -> ActorSubmitter:
-    s = getattr(cw, "actor_submitter", None)
-    if s is None:
-        with cw.lock:
-            s = getattr(cw, "actor_submitter", None)
-            if s is None:
-                s = ActorSubmitter(cw)
-                cw.actor_submitter = s
+    """This process's ActorSubmitter (made on first use)."""
+    s = cw.actor_calls()
+    assert isinstance(s, ActorSubmitter)
     return s
+
+
+def _h_actor_state(cw: CoreWorker, h: dict, payload: list) -> None:
+    submitter(cw).on_actor_state(h, payload)
+
+
+CoreWorker.register_actor_calls(ActorSubmitter)
+CoreWorker.register_handler(protocol.ACTOR_STATE, _h_actor_state)
 
 
 def on_driver_shutdown(cw: CoreWorker) -> None:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from zray import exceptions as exc
-from zray import ids, node, protocol, serialization, worker_state
+from zray import ids, node, protocol, serialization, session_lookup, worker_state
 from zray.core_worker import CoreWorker
 from zray.object_ref import ObjectRef, ObjectRefGenerator
 from zray.remote_function import RemoteFunction
@@ -40,30 +40,12 @@ def _ensure_initialized() -> CoreWorker:
     return cw
 
 
+worker_state.set_init_hook(_ensure_initialized)
+
+
 def _find_local_session(address: str | None) -> str | None:
-    """The newest session started on this machine (for address='auto' or host:port)."""
-    root = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray-sessions")
-    latest = os.path.join(root, "session_latest")
-    candidates = []
-    if os.path.islink(latest) or os.path.isdir(latest):
-        candidates.append(os.path.realpath(latest))
-    try:
-        for n in sorted(os.listdir(root), reverse=True):
-            if n.startswith("session_2"):
-                candidates.append(os.path.join(root, n))
-    except OSError:
-        pass
-    for c in candidates:
-        try:
-            with open(os.path.join(c, "gcs_address")) as f:
-                gaddr = f.read().strip()
-        except OSError:
-            continue
-        if not os.access(os.path.join(c, "secret"), os.R_OK):
-            continue
-        if address in (None, "auto") or _same_address(gaddr, address):
-            return c
-    return None
+    """The newest session of this user on this machine (for address='auto' or host:port)."""
+    return session_lookup.find(address, _same_address).session
 
 
 def _ip_toward(gcs_address: str) -> str:
@@ -115,7 +97,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None, num_gpus: i
                 address = None
         if address is None:
             head = node.start_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                   object_store_memory=object_store_memory, embedded=True)
+                                   object_store_memory=object_store_memory, embedded=True,
+                                   system_config=kwargs.get("_system_config"))
             session_dir, node_id, raylet_ipc = head.session_dir, head.node_id, head.raylet_ipc
             _head = head
         else:
@@ -146,16 +129,11 @@ def _connectable_session(address: str) -> str:
     """Find the session directory of the cluster at address, or raise ConnectionError."""
     if address != "auto" and ":" not in address:
         raise ValueError(f"Invalid address {address!r}: expected 'host:port' or 'auto'")
-    session = _find_local_session(address)
+    lk = session_lookup.find(address, _same_address)
+    session = lk.session
     if session is None:
-        if address == "auto":
-            raise ConnectionError("Could not find any running zray instance on this machine. "
-                                  "Start one with 'zray start --head'.")
-        raise ConnectionError(
-            f"Could not connect to a zray cluster at {address}: nothing on this machine "
-            "answers there (no session of this user has that GCS address).")
-    with open(os.path.join(session, "secret"), "rb") as f:
-        secret = f.read()
+        raise ConnectionError(session_lookup.none_found_message(lk, address))
+    secret = session_lookup.read_secret(session)
     with open(os.path.join(session, "gcs_address")) as f:
         gaddr = f.read().strip()
     # Prove the GCS answers before going further (10 s at most).
@@ -167,7 +145,7 @@ def _connectable_session(address: str) -> str:
         conns.send("tcp://" + gaddr, {"t": protocol.PING, "ra": inbound.tcp_addr, "rid": 1})
         poller = zmq.Poller()
         inbound.register(poller)
-        got = []
+        got: list[dict] = []
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             ready = dict(poller.poll(100))
@@ -241,8 +219,7 @@ def _session_nodes(session_dir: str, timeout: float = 5.0) -> list[dict]:
 
 def _connect(session_dir: str, node_id: bytes, raylet_ipc: str, namespace: str | None,
              head: node.NodeProcesses | None, node_ip: str = "127.0.0.1") -> CoreWorker:
-    with open(os.path.join(session_dir, "secret"), "rb") as f:
-        secret = f.read()
+    secret = session_lookup.read_secret(session_dir)
     job_id = os.urandom(4)
     cw = CoreWorker(mode="driver", session_dir=session_dir, node_id=node_id,
                     raylet_ipc=raylet_ipc, secret=secret, job_id=job_id, node_ip=node_ip,
@@ -267,6 +244,7 @@ def _connect(session_dir: str, node_id: bytes, raylet_ipc: str, namespace: str |
         cw.driver_addr = cw.address_packed
         cw.shm_prefix = h["shm"]
         cw.gcs = h["gcs"]
+        cw.registered_gcs_status(h.get("gcs_down", ""))
         cw.node_ip = h.get("node_ip", "127.0.0.1")
         cw.gcs_address = h.get("gcs_address") or _read_gcs_address(session_dir)
         info = {"path": [os.getcwd(), *(p for p in sys.path[:1] if p)], "pid": os.getpid(),

@@ -66,6 +66,27 @@ class ClusterNode:
     def all_processes_alive(self) -> bool:
         return self.procs.alive()
 
+    def kill_gcs_server(self) -> None:
+        """SIGKILL the head's GCS (Ray's name). Its tables stay in <session>/gcs.sqlite;
+        raylets notice at once and fail GCS-bound calls with RpcError."""
+        if not self.is_head:
+            raise ValueError("only the head node runs the GCS")
+        _kill(self.procs.procs[0])
+
+    def start_gcs_server(self) -> None:
+        """Start the head's GCS again on its old address (Ray's name): it restores its
+        tables from gcs.sqlite and the raylets register again."""
+        if not self.is_head:
+            raise ValueError("only the head node runs the GCS")
+        if self.procs.procs[0].poll() is None:
+            raise RuntimeError("the GCS is running")
+        with open(os.path.join(self.session_dir, "gcs_address")) as f:
+            host, _, port = f.read().strip().rpartition(":")
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.procs.procs[0] = _node.spawn_gcs(self.session_dir, host.strip("[]"), int(port),
+                                              True, env)
+
     def __repr__(self) -> str:
         return f"ClusterNode({self.node_id[:12]}, {'head' if self.is_head else 'worker'})"
 
@@ -75,7 +96,7 @@ class Cluster:
                  head_node_args: dict | None = None, shutdown_at_exit: bool = True):
         self.head_node: ClusterNode | None = None
         self.worker_nodes: list[ClusterNode] = []
-        self.session_dir: str | None = None
+        self.session_dir = ""  # set by the head node
         self._gcs_address: str | None = None
         self._pids: dict[int, float] = {}  # every process we know of -> create time
         self._down = False
@@ -93,7 +114,7 @@ class Cluster:
     def address(self) -> str:
         """host:port of the cluster's GCS (what zray.init(address=...) takes)."""
         if self._gcs_address is None:
-            if self.session_dir is None:
+            if not self.session_dir:
                 raise RuntimeError("the cluster has no head node yet")
             path = os.path.join(self.session_dir, "gcs_address")
             deadline = time.monotonic() + 30
@@ -124,7 +145,7 @@ class Cluster:
         """The GCS's node table (as zray.nodes() returns it)."""
         from zray.api import _session_nodes
 
-        if self.session_dir is None:
+        if not self.session_dir:
             return []
         return _session_nodes(self.session_dir)
 

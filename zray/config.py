@@ -5,9 +5,29 @@ from __future__ import annotations
 import os
 
 
+class ConfigError(ValueError):
+    """A ZRAY_* environment variable that does not hold a value of its type."""
+
+
 def _env(name: str, default: float) -> float:
-    v = os.environ.get("ZRAY_" + name)
-    return type(default)(v) if v is not None else default
+    """ZRAY_<name> as the type of default, or default; ConfigError names a bad value."""
+    return env_number("ZRAY_" + name, default)
+
+
+def env_number(var: str, default: float) -> float:
+    v = os.environ.get(var)
+    if v is None or v.strip() == "":
+        return default
+    kind = type(default)
+    try:
+        out = kind(v.strip())
+    except ValueError:
+        out = None
+    if out is None or out != out or out in (float("inf"), float("-inf")):
+        what = "an integer" if kind is int else "a number (float)"
+        raise ConfigError(f"{var}={v!r} is not valid: expected {what}, e.g. "
+                          f"{var}={default!r}") from None
+    return out
 
 
 # Values up to this size travel inside messages; larger ones go to the store.
@@ -32,6 +52,15 @@ RPC_TIMEOUT_S = _env("RPC_TIMEOUT_S", 30.0)
 # Heartbeat period and the silence after which a node is dead.
 HEARTBEAT_S = _env("HEARTBEAT_S", 0.5)
 NODE_DEATH_S = _env("NODE_DEATH_S", 5.0)
+# A GCS that does not answer the raylet's pings for this long is down (a GCS process on
+# the raylet's own machine is watched by pidfd: its exit is noticed at once). A raylet
+# whose GCS stays down longer than the reconnect timeout stops itself and its workers
+# (Ray's gcs_rpc_server_reconnect_timeout_s).
+GCS_PING_TIMEOUT_S = _env("GCS_PING_TIMEOUT_S", 5.0)
+GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)
+# The GCS keeps a durable copy of its tables in <session>/gcs.sqlite (0: none; then a
+# crashed GCS cannot be restored).
+GCS_PERSIST = int(_env("GCS_PERSIST", 1))
 # Warn about a lease request that no node can ever satisfy after this long.
 INFEASIBLE_WARN_S = _env("INFEASIBLE_WARN_S", 1.0)
 # Workers started when a raylet starts (capped by its CPUs).
@@ -40,3 +69,10 @@ SESSION_ROOT = os.environ.get("ZRAY_SESSION_ROOT", "/tmp/zray-sessions")
 # Liveness of the raylet and of owners we wait on: ping period and give-up time.
 LIVENESS_PING_S = _env("LIVENESS_PING_S", 2.0)
 LIVENESS_TIMEOUT_S = _env("LIVENESS_TIMEOUT_S", 10.0)
+# The raylet's memory monitor (raylet/memory_monitor.py, Ray's names): above this fraction
+# of the node's memory (its cgroup's limit if it has one) it kills the worker of the newest
+# retriable task; checked every MEMORY_MONITOR_REFRESH_MS (0: never).
+MEMORY_USAGE_THRESHOLD = _env("MEMORY_USAGE_THRESHOLD",
+                              env_number("RAY_memory_usage_threshold", 0.95))
+MEMORY_MONITOR_REFRESH_MS = int(_env("MEMORY_MONITOR_REFRESH_MS",
+                                     env_number("RAY_memory_monitor_refresh_ms", 250)))

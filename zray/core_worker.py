@@ -22,7 +22,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 import zmq
 
@@ -44,6 +45,19 @@ IO = -1
 LEAD_IDLE_S = 0.002
 # The I/O thread's period (timers, liveness, lease returns).
 TICK_S = 0.05
+
+# A message handler: (the CoreWorker, header, payload), run on the polling thread.
+Handler = Callable[["CoreWorker", dict, list], None]
+
+
+class ActorCalls(Protocol):
+    """What CoreWorker asks of the actor submitter (zray/actor_submitter.py) about a
+    Task whose ``actor`` field is set. It registers itself with
+    ``CoreWorker.register_actor_calls`` so this module need not import it."""
+
+    def on_task_reply(self, t: Task, h: dict, payload: list) -> None: ...
+
+    def cancel(self, t: Task, recursive: bool) -> None: ...
 
 
 class Waiter:
@@ -237,11 +251,16 @@ class CoreWorker:
         self.raylet_ipc = raylet_ipc
         self.raylet = self.conns.get(raylet_ipc)
         self.gcs = ""  # set from the raylet's registration reply
+        # Set while our raylet says the GCS is unreachable: GCS-bound calls fail fast with it.
+        self.gcs_down = ""
+        self._gcs_news = False  # a PUBLISH ch=gcs came (newer than the registration reply)
         self.on_push_task = None  # set by the worker's executor
         self.on_blocked = None  # executor: the running task blocks in get/wait
         self.on_tick = None  # executor: called by the I/O thread every tick
         self.on_cancel_task = None
-        self.log_sink = None  # driver prints LOG_LINES through this
+        # Actor calls made by this process (made on first use: actor_calls()).
+        self.actor_submitter: ActorCalls | None = None
+        self.log_sink: Callable[[dict, list], None] | None = None  # driver: prints LOG_LINES
         self._liveness: dict[str, list] = {}  # addr -> [last ping sent, outstanding rid]
         self._fetching: dict[bytes, Entry] = {}  # borrowed objects asked of their owners
         self._ping_rids: dict[int, str] = {}
@@ -287,7 +306,12 @@ class CoreWorker:
 
         ``alive``, if given, is polled while waiting: when it returns a message,
         the peer is known dead and that message is raised as RuntimeError.
+        A request to the GCS fails with RpcError as soon as the raylet reports it down.
         """
+        if dest == self.gcs and alive is None:
+            if self.gcs_down:
+                raise exc.RpcError(self.gcs_down, rpc_code=exc.RpcError.UNAVAILABLE)
+            alive = self._gcs_alive
         w = Waiter(self)
         with self.lock:
             self._rid += 1
@@ -317,7 +341,18 @@ class CoreWorker:
             if dead:
                 with self.lock:
                     self.requests.pop(rid, None)
-                raise RuntimeError(dead)
+                raise dead if isinstance(dead, Exception) else RuntimeError(dead)
+
+    def registered_gcs_status(self, down: str) -> None:
+        """The raylet's registration reply said (gcs_down): unless newer news came meanwhile
+        (the I/O thread may have handled a PUBLISH ch=gcs before the caller got here)."""
+        with self.lock:
+            if not self._gcs_news:
+                self.gcs_down = down
+
+    def _gcs_alive(self) -> Exception | None:
+        down = self.gcs_down
+        return exc.RpcError(down, rpc_code=exc.RpcError.UNAVAILABLE) if down else None
 
     def _complete(self, h: dict, payload: list) -> None:
         """A reply to request() (lock held)."""
@@ -429,13 +464,14 @@ class CoreWorker:
         frames, refs = serialization.serialize(value, "object passed to put()")
         oid = ids.new_put_id()
         size = serialization.frames_size(frames)
+        if size > config.INLINE_MAX:  # first: ObjectStoreFullError leaves nothing behind
+            self._store(oid, frames, size)
         with self.lock:
             e = Entry(True)
             self.objects[oid] = e
             e.contained = self._pin_refs(refs) or None
             e.task_id = None
         if size > config.INLINE_MAX:
-            self._store(oid, frames, size)
             with self.lock:
                 e.node, e.size, e.state = self.node_id, size, READY
         else:
@@ -444,8 +480,17 @@ class CoreWorker:
         return ObjectRef(oid, self.address_packed)
 
     def _store(self, oid: bytes, frames: list, size: int) -> int:
-        """Write a value into this node's shared-memory store."""
-        total = shm.create(self.shm_prefix + oid.hex(), frames)
+        """Write a value into this node's shared-memory store, in room the raylet reserved."""
+        total = shm.layout_size(frames)
+        h, _ = self.request(self.raylet_ipc, {"t": protocol.CREATE_OBJECT, "oid": oid,
+                                              "size": total, "wid": self.worker_id})
+        if not h.get("ok"):
+            raise exc.ObjectStoreFullError(h.get("msg") or "object store full")
+        try:
+            total = shm.create(self.shm_prefix + oid.hex(), frames)
+        except BaseException:
+            self.raylet.send({"t": protocol.CREATE_OBJECT, "oid": oid, "cancel": True})
+            raise
         self.raylet.send({"t": protocol.OBJECT_SEALED, "oid": oid, "size": total,
                           "own": self.address_packed})
         return total
@@ -460,6 +505,8 @@ class CoreWorker:
         h, _ = self.request(self.raylet_ipc, {"t": protocol.PULL_OBJECT, "oid": oid, "node": node,
                                               "own": owner})
         if not h.get("ok"):
+            if h.get("full"):  # no room to restore or copy it here
+                raise exc.ObjectStoreFullError(h.get("msg"))
             raise exc.ObjectLostError(oid.hex(), str(owner))
         return shm.read(name)
 
@@ -483,7 +530,7 @@ class CoreWorker:
         try:
             dest = self.addr_of(owner)
         except ConnectionError as err:
-            self._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), str(owner)))
+            self._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), owner))
             log.warning("%s", err)
             return
         self.conns.send(dest, {"t": protocol.GET_OBJECT, "oid": oid,
@@ -950,8 +997,10 @@ class CoreWorker:
         self.lease_dest[rid] = dest
         h = {"t": protocol.REQUEST_LEASE, "lrid": rid, "res": ks.res, "ra": self.my_addr_for(dest),
              "own": self.address_packed}
+        if ks.queue and ks.queue[0].retries == 0:
+            h["rt"] = False  # its memory monitor kills retriable work first
         if ks.strategy is not None:
-            h["strat"] = _strategy_wire(ks.strategy)
+            h["strat"] = protocol.strategy_wire(ks.strategy)
         self.conns.send(dest, h)
 
     def _push(self, t: Task, w: LeasedWorker) -> None:
@@ -1055,7 +1104,7 @@ class CoreWorker:
                 w.inflight.clear()
                 self._requeue_unstarted(ks, tasks[1:])
                 if tasks:
-                    self._task_lost(tasks[0], h.get("reason", "worker died"))
+                    self._task_lost(tasks[0], h.get("reason", "worker died"), bool(h.get("oom")))
                 self._dispatch(ks)
 
     def _requeue_unstarted(self, ks: KeyState, tasks: list) -> None:
@@ -1086,7 +1135,7 @@ class CoreWorker:
                 self._requeue_unstarted(ks, tasks)
                 self._dispatch(ks)
 
-    def _task_lost(self, t: Task, reason: str) -> None:
+    def _task_lost(self, t: Task, reason: str, oom: bool = False) -> None:
         t.worker = None
         if t.cancelled:
             self._finish_with_error(t, exc.TaskCancelledError(ids.TaskID(t.tid)))
@@ -1097,7 +1146,9 @@ class CoreWorker:
             ks = self.keys[t.key]
             ks.queue.appendleft(t)
         else:
-            self._finish_with_error(t, exc.WorkerCrashedError())
+            # Killed by its raylet's memory monitor: Ray's OutOfMemoryError, its message.
+            self._finish_with_error(t, exc.OutOfMemoryError(reason) if oom
+                                    else exc.WorkerCrashedError())
 
     def _h_task_reply(self, h: dict, payload: list) -> None:
         with self.lock:
@@ -1105,7 +1156,7 @@ class CoreWorker:
             if t is None:
                 return
             if t.actor is not None:  # an actor call (zray/actor_submitter.py)
-                self.actor_submitter.on_task_reply(t, h, payload)
+                self.actor_calls().on_task_reply(t, h, payload)
                 return
             w = t.worker
             ks = self.keys[t.key]
@@ -1383,7 +1434,12 @@ class CoreWorker:
             self.on_cancel_task(h)
 
     def _h_publish(self, h: dict, payload: list) -> None:
-        if h.get("ch") == "node" and h.get("ev") == "dead":
+        if h.get("ch") == "gcs":  # our raylet: the GCS went away / came back
+            down = h.get("ev") == "down"
+            with self.lock:
+                self._gcs_news = True
+                self.gcs_down = (h.get("msg") or "The GCS is unreachable.") if down else ""
+        elif h.get("ch") == "node" and h.get("ev") == "dead":
             with self.lock:
                 recovery.node_died(self, h["node"], h.get("raylet"))
 
@@ -1399,20 +1455,9 @@ class CoreWorker:
         if self.mode == "worker" and self.on_cancel_task is not None:
             os._exit(0)
 
-    # Actors (zray/actor_submitter.py, zray/actor_executor.py): loaded on first use.
-    def _h_actor_state(self, h: dict, payload: list) -> None:
-        from zray import actor_submitter
-
-        actor_submitter.submitter(self).on_actor_state(h, payload)
-
-    def _h_create_actor(self, h: dict, payload: list) -> None:
-        from zray import actor_executor
-
-        actor_executor.on_create_actor(self, h, payload)
-
-    _handlers = {
-        protocol.ACTOR_STATE: _h_actor_state,
-        protocol.CREATE_ACTOR: _h_create_actor,
+    # Message type -> handler. The actor modules add theirs (ACTOR_STATE in
+    # actor_submitter.py, CREATE_ACTOR in actor_executor.py) with register_handler.
+    _handlers: ClassVar[dict[int, Handler]] = {
         protocol.REGISTER_ACTOR_REPLY: _h_reply,
         protocol.ACTOR_INFO: _h_reply,
         protocol.ACTOR_ACK: _h_reply,
@@ -1420,6 +1465,7 @@ class CoreWorker:
         protocol.KV_REPLY: _h_reply,
         protocol.NODES_REPLY: _h_reply,
         protocol.PULL_DONE: _h_reply,
+        protocol.CREATE_OBJECT_REPLY: _h_reply,
         protocol.PONG: lambda self, h, p: self._h_pong(h),
         protocol.LEASE_GRANTED: _h_lease_granted,
         protocol.LEASE_SPILLBACK: _h_lease_spillback,
@@ -1441,6 +1487,30 @@ class CoreWorker:
         protocol.OBJECT_LOCATION_ADD: _h_object_location_add,
         protocol.GET_OBJECT_LOCATIONS: _h_get_object_locations,
     }
+    _actor_calls_factory: ClassVar[Callable[[CoreWorker], ActorCalls] | None] = None
+
+    @classmethod
+    def register_handler(cls, t: int, fn: Handler) -> None:
+        """Serve message type ``t`` with ``fn`` (modules above this one, at import)."""
+        cls._handlers[t] = fn
+
+    @classmethod
+    def register_actor_calls(cls, factory: Callable[[CoreWorker], ActorCalls]) -> None:
+        """How actor_calls() makes this process's actor submitter."""
+        cls._actor_calls_factory = factory
+
+    def actor_calls(self) -> ActorCalls:
+        """This process's actor submitter, made on first use."""
+        s = self.actor_submitter
+        if s is None:
+            factory = self._actor_calls_factory
+            if factory is None:
+                raise RuntimeError("zray.actor_submitter is not loaded")
+            with self.lock:
+                s = self.actor_submitter
+                if s is None:
+                    s = self.actor_submitter = factory(self)
+        return s
 
     # ----------------------------------------------------------- cancellation
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
@@ -1459,7 +1529,7 @@ class CoreWorker:
     def _cancel_task(self, t: Task, force: bool, recursive: bool) -> None:
         t.cancelled = True
         if t.actor is not None:  # an actor call (zray/actor_submitter.py)
-            self.actor_submitter.cancel(t, recursive)
+            self.actor_calls().cancel(t, recursive)
             return
         if t.state in ("waiting", "queued"):
             if t.state == "queued":
@@ -1789,16 +1859,6 @@ def _strategy_key(s: Any) -> Any:
     if s is None or isinstance(s, str):
         return s
     return (type(s).__name__, getattr(s, "node_id", None), getattr(s, "soft", None))
-
-
-def _strategy_wire(s: Any) -> Any:
-    if isinstance(s, str):
-        return {"kind": s}
-    h = {"kind": type(s).__name__, "node": getattr(s, "node_id", None),
-         "soft": getattr(s, "soft", False)}
-    if getattr(s, "_spill_on_unavailable", False):
-        h["spill"] = True
-    return h
 
 
 def _error_from_wire(h: dict) -> BaseException:

@@ -165,16 +165,31 @@ class ObjectStoreFullError(RayError):
 
 
 class OutOfMemoryError(RayError):
-    pass
+    """The node ran low on memory and its raylet's memory monitor killed the worker of this
+    task (Ray's name); the message says the threshold and the usage."""
 
 
 class OutOfDiskError(RayError):
     pass
 
 
+def describe_address(addr: Any) -> str:
+    """A process address as text: a packed one ([node id, ipc, tcp]) as 'tcp (node <hex>)'."""
+    if isinstance(addr, (list, tuple)) and len(addr) == 3:
+        node_id, ipc, tcp = addr
+        where = tcp or ipc or "?"
+        if isinstance(node_id, (bytes, bytearray)) and node_id:
+            return f"{where}, node {bytes(node_id).hex()[:16]}"
+        return str(where)
+    if isinstance(addr, (bytes, bytearray)):
+        return bytes(addr).hex()
+    return str(addr)
+
+
 class ObjectLostError(RayError):
-    def __init__(self, object_ref_hex: str = "", owner_address: str = "", call_site: str = ""):
+    def __init__(self, object_ref_hex: str = "", owner_address: Any = "", call_site: str = ""):
         self.object_ref_hex = object_ref_hex
+        owner_address = describe_address(owner_address)
         self.owner_address = owner_address
         self.call_site = call_site
         super().__init__(object_ref_hex, owner_address, call_site)
@@ -255,6 +270,19 @@ class ActorUnschedulableError(RayError):
 
 class TaskUnschedulableError(RayError):
     pass
+
+
+class RpcError(RayError):
+    """A call to a cluster service failed (Ray's name): here, the GCS is unreachable.
+
+    ``rpc_code`` follows gRPC's codes, as Ray's: UNAVAILABLE (14) when the GCS is down.
+    """
+
+    UNAVAILABLE = 14
+
+    def __init__(self, message: str, rpc_code: int | None = None):
+        super().__init__(message)
+        self.rpc_code = rpc_code
 
 
 class LocalRayletDiedError(RayError):

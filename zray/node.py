@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from zray import config, ids
+from zray import config, ids, session_lookup
 from zray.objstore import shm
 
 
@@ -23,15 +23,38 @@ def detect_num_cpus() -> int:
         return os.cpu_count() or 1
 
 
+# Linux's sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
+UNIX_PATH_MAX = 107
+# The longest file name we bind in <session>/sockets/ ("raylet-<12 hex>", "cli-<pid>-<6 hex>").
+SOCKET_NAME_MAX = 24
+
+
+SessionDirError = session_lookup.SessionDirError
+
+def check_socket_dir(sock_dir: str) -> None:
+    """Raise SessionDirError if a socket in sock_dir could exceed the unix path limit."""
+    longest = os.path.join(sock_dir, "raylet-" + "0" * (SOCKET_NAME_MAX - 7))
+    n = len(os.fsencode(longest))
+    if n > UNIX_PATH_MAX:
+        raise SessionDirError(
+            f"The session directory is too deep for unix sockets: a socket path like {longest} "
+            f"is {n} bytes, over the {UNIX_PATH_MAX}-byte limit of unix socket paths "
+            f"(sun_path). Set ZRAY_SESSION_ROOT to a shorter directory (the session root "
+            f"is now {os.path.dirname(os.path.dirname(sock_dir))!r}).")
+
+
 def new_session_dir(root: str | None = None) -> str:
-    root = root or config.SESSION_ROOT
-    os.makedirs(root, exist_ok=True)
-    try:
-        os.chmod(root, 0o1777)  # shared like /tmp; each session dir is owner-only
-    except PermissionError:
-        pass
+    root = root or session_lookup.root()
     name = time.strftime("session_%Y-%m-%d_%H-%M-%S_") + f"{os.getpid()}_{secrets.token_hex(4)}"
-    path = os.path.join(root, name)
+    path = os.path.join(os.path.abspath(root), name)
+    check_socket_dir(os.path.join(path, "sockets"))
+    session_lookup.check_root(root)
+    os.makedirs(root, exist_ok=True)
+    if os.stat(root).st_uid == os.geteuid():
+        # Shared like /tmp (each session dir is owner-only); a per-user fallback is private.
+        shared = root == (os.environ.get("ZRAY_SESSION_ROOT") or config.SESSION_ROOT)
+        os.chmod(root, 0o1777 if shared else 0o700)
+    session_lookup.check_root(root)  # (it may have been made by someone else meanwhile)
     os.mkdir(path, 0o700)
     os.mkdir(os.path.join(path, "sockets"), 0o700)
     os.mkdir(os.path.join(path, "logs"), 0o700)
@@ -122,33 +145,88 @@ def shm_prefix_for(session_dir: str, node_id: bytes) -> str:
     return f"zray-{os.path.basename(session_dir.rstrip('/'))[-8:]}-{node_id.hex()[:8]}-"
 
 
+# Ray's _system_config keys zray honours, and the settings (config.py) they set.
+SYSTEM_CONFIG = {"memory_usage_threshold": ("ZRAY_MEMORY_USAGE_THRESHOLD", float),
+                 "memory_monitor_refresh_ms": ("ZRAY_MEMORY_MONITOR_REFRESH_MS", int)}
+
+
+def system_config_env(system_config: dict | None) -> dict:
+    """The environment that carries init(_system_config=...) to the processes we start
+    (keys zray has no use for are ignored, as before)."""
+    out = {}
+    for k, v in (system_config or {}).items():
+        if k not in SYSTEM_CONFIG:
+            continue
+        var, kind = SYSTEM_CONFIG[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ValueError(f"_system_config[{k!r}] must be a number ({kind.__name__}), "
+                             f"got {v!r}")
+        out[var] = str(kind(v))
+    return out
+
+
 def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
                resources: dict | None = None, object_store_memory: int | None = None,
                host: str = "127.0.0.1", port: int = 0, embedded: bool = True,
-               session_dir: str | None = None) -> NodeProcesses:
+               session_dir: str | None = None,
+               system_config: dict | None = None) -> NodeProcesses:
     """Start a GCS and a raylet on this machine (without waiting for them)."""
+    settings = system_config_env(system_config)
     session_dir = session_dir or new_session_dir()
     write_secret(session_dir, secrets.token_bytes(32))
     node_id = ids.new_unique_id()
     node_ip = "127.0.0.1" if host in ("127.0.0.1", "localhost", "0.0.0.0") else host
     gcs_ipc = "ipc://" + os.path.join(session_dir, "sockets", "gcs")
-    log_dir = os.path.join(session_dir, "logs")
-    stdin = subprocess.PIPE if embedded else subprocess.DEVNULL
-    extra = ["--embedded"] if embedded else []
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    with open(os.path.join(log_dir, "gcs.log"), "ab") as gl:
-        gcs = subprocess.Popen(
-            [sys.executable, "-m", "zray.gcs", "--session-dir", session_dir, "--host", host,
-             "--port", str(port), *extra],
-            stdin=stdin, stdout=gl, stderr=subprocess.STDOUT, close_fds=True, env=env,
-            start_new_session=not embedded)
+    env.update(settings)
+    gcs = spawn_gcs(session_dir, host, port, embedded, env)
     res = node_resources(num_cpus, num_gpus, resources, object_store_memory, node_ip, True)
     raylet = _spawn_raylet(session_dir, node_id, gcs_ipc, node_ip, res, object_store_memory,
                            True, embedded, env)
     return NodeProcesses(session_dir, node_id, node_ip,
                          "ipc://" + os.path.join(session_dir, "sockets", "raylet-" + node_id.hex()[:12]),
                          gcs_ipc, [gcs, raylet], shm_prefix_for(session_dir, node_id))
+
+
+def spawn_gcs(session_dir: str, host: str, port: int, embedded: bool, env: dict) -> subprocess.Popen:
+    """Start the GCS of session_dir (it restores its tables if the session has a
+    gcs.sqlite with rows: a GCS of this session crashed).
+
+    Every process we start runs in a session of its own: Ctrl-C at the driver's prompt (or
+    a Jupyter interrupt) signals the driver's process group, never the cluster. An embedded
+    one still dies with the driver: it holds the driver's pipe on stdin and exits at EOF.
+    """
+    extra = ["--embedded"] if embedded else []
+    with open(os.path.join(session_dir, "logs", "gcs.log"), "ab") as gl:
+        return subprocess.Popen(
+            [sys.executable, "-m", "zray.gcs", "--session-dir", session_dir, "--host", host,
+             "--port", str(port), *extra],
+            stdin=subprocess.PIPE if embedded else subprocess.DEVNULL, stdout=gl,
+            stderr=subprocess.STDOUT, close_fds=True, env=env, start_new_session=True)
+
+
+def restart_head(*, session_dir: str, host: str, port: int, head_node_id: bytes,
+                 raylet_res: dict | None, object_store_memory: int | None = None
+                 ) -> NodeProcesses:
+    """Start the GCS of a session whose GCS crashed, on its old address, detached (the
+    `zray start --head` of that session). With ``raylet_res`` also a new head raylet
+    (the old one is gone); else the old head raylet (``head_node_id``) registers again."""
+    node_ip = "127.0.0.1" if host in ("127.0.0.1", "localhost", "0.0.0.0") else host
+    gcs_ipc = "ipc://" + os.path.join(session_dir, "sockets", "gcs")
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    os.makedirs(os.path.join(session_dir, "sockets"), 0o700, exist_ok=True)
+    procs = [spawn_gcs(session_dir, host, port, False, env)]
+    node_id = head_node_id
+    if raylet_res is not None:
+        node_id = ids.new_unique_id()
+        raylet_res[f"node:{node_ip}"] = 1.0
+        procs.append(_spawn_raylet(session_dir, node_id, gcs_ipc, node_ip, raylet_res,
+                                   object_store_memory, True, False, env))
+    return NodeProcesses(session_dir, node_id, node_ip,
+                         "ipc://" + os.path.join(session_dir, "sockets", "raylet-" + node_id.hex()[:12]),
+                         gcs_ipc, procs, shm_prefix_for(session_dir, node_id))
 
 
 def _spawn_raylet(session_dir: str, node_id: bytes, gcs: str, node_ip: str, res: dict,
@@ -167,7 +245,7 @@ def _spawn_raylet(session_dir: str, node_id: bytes, gcs: str, node_ip: str, res:
     with open(os.path.join(log_dir, f"raylet-{node_id.hex()[:12]}.log"), "ab") as rl:
         return subprocess.Popen(args, stdin=subprocess.PIPE if embedded else subprocess.DEVNULL,
                                 stdout=rl, stderr=subprocess.STDOUT, close_fds=True, env=env,
-                                start_new_session=not embedded)
+                                start_new_session=True)
 
 
 def start_worker_node(*, session_dir: str, gcs_address: str, num_cpus: int | None = None,

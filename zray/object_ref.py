@@ -78,9 +78,7 @@ class ObjectRef:
 
         def run():
             try:
-                from zray import api
-
-                fut.set_result(api.get(self))
+                fut.set_result(cw.get([self], None)[0])
             except BaseException as e:  # the error is the result
                 fut.set_exception(e)
 

@@ -33,6 +33,12 @@ log = logging.getLogger("zray.protocol")
 MAX_HEADER = 64 << 20  # a header larger than this is malformed
 
 
+# A message's header (a msgpack map; "t" is its type) and its payload frames (bytes,
+# memoryviews or zmq.Frames): the types the state machines' event methods take.
+Header = dict[str, Any]
+Frames = list[Any]
+
+
 class ProtocolError(Exception):
     """A malformed, unauthenticated or unknown message (it is dropped and logged)."""
 
@@ -74,6 +80,8 @@ PULL_DONE = 37
 CHUNK_REQUEST = 38  # raylet -> raylet
 CHUNK = 39
 CHUNKS_WRITTEN = 52  # raylet's writer threads -> the raylet itself (ipc): copies landed
+CREATE_OBJECT = 53  # core worker -> raylet (request): reserve room before writing a segment
+CREATE_OBJECT_REPLY = 54
 # GCS
 KV_PUT = 40
 KV_GET = 41
@@ -111,6 +119,39 @@ CLIENT_DIED = 92  # raylet -> gcs: a driver or worker process ended (owners of a
 JOB_FINISHED = 93  # driver -> gcs (request): zray.shutdown(); its actors end
 
 NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int) and k != "MAX_HEADER"}
+
+
+# --- values of fields --------------------------------------------------------
+# Actor states (ACTOR_STATE "st"; Ray's names): PENDING_CREATION -> ALIVE ->
+# (RESTARTING -> ALIVE)* -> DEAD.
+ACTOR_PENDING = "PENDING_CREATION"
+ACTOR_ALIVE = "ALIVE"
+ACTOR_RESTARTING = "RESTARTING"
+ACTOR_DEAD = "DEAD"
+# Why an actor died (ACTOR_STATE "kind"; the caller turns it into an exception).
+DIED_CREATION_ERROR = "creation_error"  # __init__ raised: payload carries the RayTaskError
+DIED_WORKER = "worker_died"
+DIED_NODE = "node_died"
+DIED_KILLED = "killed"  # zray.kill
+DIED_EXITED = "exited"  # __ray_terminate__ / exit_actor / handle out of scope
+DIED_OWNER = "owner_died"
+DIED_UNSCHEDULABLE = "unschedulable"
+
+
+def strategy_wire(s: Any) -> dict | None:
+    """A scheduling strategy as REQUEST_LEASE's ``strat`` field (None: the default).
+
+    Tasks and actors both use this, so a strategy means the same on either path.
+    """
+    if s is None or s == "DEFAULT":
+        return None
+    if isinstance(s, str):
+        return {"kind": s}
+    h = {"kind": type(s).__name__, "node": getattr(s, "node_id", None),
+         "soft": bool(getattr(s, "soft", False))}
+    if getattr(s, "_spill_on_unavailable", False):
+        h["spill"] = True
+    return h
 
 
 def encode(header: dict, payload: list | tuple = (), bulk: int = 0) -> list:
@@ -177,8 +218,9 @@ _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 # pyzmq's Python-level send/recv wrappers cost ~5 us per frame in flag and type
 # handling; the hot path calls the Cython methods underneath directly.
-_raw_send = zmq.Socket.__mro__[1].send
-_raw_recv = zmq.Socket.__mro__[1].recv
+_socket_base: Any = zmq.Socket.__mro__[1]
+_raw_send = _socket_base.send
+_raw_recv = _socket_base.recv
 
 
 def send_frames(sock: zmq.Socket, frames: list) -> None:
@@ -273,7 +315,7 @@ class Inbound:
         self.copy = copy
         self.refused = RateLimited(log, "malformed messages")
         self.socks: list[tuple[zmq.Socket, None]] = []
-        self.ipc_addr = self.tcp_addr = None
+        self.ipc_addr = self.tcp_addr = ""  # "": not listening there
         ctx = context()
         if ipc_path:
             s = ctx.socket(zmq.ROUTER)
@@ -339,7 +381,7 @@ class Inbound:
             handler(header, payload)
         except Exception:
             log.exception("handler failed on %s; message dropped",
-                          NAMES.get(header.get("t"), header.get("t")))
+                          NAMES.get(header.get("t", -1), header.get("t")))
         return True
 
     def close(self) -> None:
@@ -415,6 +457,6 @@ class Connections:
 
     def close(self, linger_ms: int = 0) -> None:
         with self._lock:
-            conns, self._conns = list(self._conns.values()), {}
+            conns, self._conns = list(self._conns.values()), collections.OrderedDict()
         for c in conns:
             c.close(linger_ms)

@@ -169,7 +169,7 @@ def node_died(cw, node: bytes, raylet: list | None) -> None:
             e.locs.discard(node)
         if not e.owned:
             if e.state == PENDING and e.owner and e.owner[0] == node:
-                cw._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), str(e.owner)))
+                cw._set_failed_local(oid, e, exc.OwnerDiedError(oid.hex(), e.owner))
             continue
         if e.state != READY or e.node != node:
             continue

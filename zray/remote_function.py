@@ -7,7 +7,7 @@ import inspect
 from typing import Any
 
 from zray import options as opt
-from zray import serialization
+from zray import serialization, worker_state
 
 
 class RemoteFunction:
@@ -55,9 +55,7 @@ class RemoteFunction:
         return self._remote(args, kwargs, self._default_options)
 
     def _remote(self, args: tuple, kwargs: dict, o: dict) -> Any:
-        from zray import api
-
-        cw = api._ensure_initialized()
+        cw = worker_state.ensure_initialized()
         fn_id = self._export(cw)
         return cw.submit_task(fn_id, o.get("name") or self._function_name, args, kwargs, o)
 

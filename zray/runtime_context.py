@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zray import api, worker_state
+from zray import worker_state
 
 
 class RuntimeContext:
@@ -81,5 +81,5 @@ class RuntimeContext:
 
 
 def get_runtime_context() -> RuntimeContext:
-    cw = worker_state.current() or api._ensure_initialized()
+    cw = worker_state.ensure_initialized()
     return RuntimeContext(cw)

@@ -78,7 +78,8 @@ def serialize(value: Any, what: str = "value") -> tuple[list, list]:
         return False
 
     prev = getattr(_ctx, "refs", None)
-    _ctx.refs = refs = []
+    refs: list[Any] = []
+    _ctx.refs = refs
     try:
         f = io.BytesIO()
         _Pickler(f, protocol=5, buffer_callback=cb).dump(value)

@@ -15,11 +15,11 @@ import time
 import traceback
 from typing import Any
 
-from zray import config, protocol, serialization, worker_state
+from zray import actor_executor, config, protocol, serialization, worker_state
 from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
-from zray.raylet.worker_pool import set_title
+from zray.process import set_title
 from zray.util.dedup import RecentIds, task_key
 from zray.util.logs import RateLimited, rotate_if_large, setup_process_logging
 
@@ -180,8 +180,6 @@ class Executor:
             try:
                 h, payload = self.q.get()
                 if h["t"] == protocol.CREATE_ACTOR:
-                    from zray import actor_executor
-
                     # This worker becomes the actor's, until the actor dies (never returns).
                     actor_executor.become_actor(self, h, payload)
                 self.execute(h, payload)
@@ -345,7 +343,11 @@ class Executor:
             contained.append((r._id, r._owner))
         size = serialization.frames_size(frames)
         if size > config.INLINE_MAX and not err:
-            total = self.cw._store(oid, frames, size)
+            try:
+                total = self.cw._store(oid, frames, size)
+            except exc.ObjectStoreFullError as e:  # no room for it: the task fails with that
+                frames, _ = serialization.serialize(self.task_error(self.cw.current_task_name, e))
+                return [INLINE, len(frames), True], frames
             return [STORED, self.cw.node_id, total], []
         return [INLINE, len(frames), err], frames
 
@@ -460,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     h, _ = cw.request(a.raylet, {"t": protocol.REGISTER_CLIENT, "kind": "worker",
                                  "wid": cw.worker_id, "addr": cw.address_packed, "pid": os.getpid()})
     cw.gcs = h["gcs"]
+    cw.registered_gcs_status(h.get("gcs_down", ""))
     cw.gcs_address = h.get("gcs_address", "")
     sys.stdout = LogStream(ex, False, sys.stdout)
     sys.stderr = LogStream(ex, True, sys.stderr)

@@ -11,31 +11,34 @@ Calls never pass through here: callers learn the actor's address from
 
 States (Ray's names): PENDING_CREATION -> ALIVE -> (RESTARTING -> ALIVE)* -> DEAD.
 
-Each event method returns a list of ``Send(dest, header, payload)`` actions.
+Each event method returns a list of instructions (gcs/instructions.py): ``Send``,
+``DropConn``, and ``Persist("actor", aid, record)`` for every record the event
+changed (a record notes its own changes: ``ActorRecord.__setattr__``), so that a
+restarted GCS finds every actor as it was (``restore``).
 """
 
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from zray import protocol
-from zray.gcs.tables import Send
+from zray.gcs.instructions import DropConn, Persist, Send, pack, unpack
 
-PENDING = "PENDING_CREATION"
-ALIVE = "ALIVE"
-RESTARTING = "RESTARTING"
-DEAD = "DEAD"
-
-# Death causes (the "kind" a caller turns into an exception and message).
-CREATION_ERROR = "creation_error"  # __init__ raised: payload carries the RayTaskError
-WORKER_DIED = "worker_died"
-NODE_DIED = "node_died"
-KILLED = "killed"  # zray.kill
-EXITED = "exited"  # __ray_terminate__ / exit_actor / handle out of scope
-OWNER_DIED = "owner_died"
-UNSCHEDULABLE = "unschedulable"
+# States and death causes are wire values (protocol.py): callers read them too.
+PENDING = protocol.ACTOR_PENDING
+ALIVE = protocol.ACTOR_ALIVE
+RESTARTING = protocol.ACTOR_RESTARTING
+DEAD = protocol.ACTOR_DEAD
+CREATION_ERROR = protocol.DIED_CREATION_ERROR
+WORKER_DIED = protocol.DIED_WORKER
+NODE_DIED = protocol.DIED_NODE
+KILLED = protocol.DIED_KILLED
+EXITED = protocol.DIED_EXITED
+OWNER_DIED = protocol.DIED_OWNER
+UNSCHEDULABLE = protocol.DIED_UNSCHEDULABLE
 
 # Dead actors remembered (so that late callers learn the cause); older ones are forgotten.
 MAX_DEAD = 10_000
@@ -46,14 +49,6 @@ MESSAGES = {
     protocol.JOB_FINISHED, protocol.LEASE_GRANTED, protocol.LEASE_SPILLBACK,
     protocol.LEASE_FAILED, protocol.WORKER_DIED,
 }
-
-
-@dataclass
-class DropConn:
-    """Action: close the GCS's connection to a process that is gone (a dead actor's
-    worker, a dead subscriber), so that connections do not pile up."""
-
-    dest: str
 
 
 @dataclass
@@ -90,6 +85,22 @@ class ActorRecord:
     death_kind: str = ""
     death_msg: str = ""
     death_frames: list = field(default_factory=list)
+    # The owning table's set of changed records (not persisted; None until adopted).
+    dirty: set | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__.get("dirty")
+        if d is not None and self.__dict__.get(name, d) is not value:
+            d.add(self.aid)
+        object.__setattr__(self, name, value)
+
+    def touch(self) -> None:
+        """A change inside a field (the subscribers dict) that __setattr__ cannot see."""
+        if self.dirty is not None:
+            self.dirty.add(self.aid)
+
+    def row(self) -> bytes:
+        return pack({f.name: getattr(self, f.name) for f in fields(self) if f.name != "dirty"})
 
     @property
     def max_restarts(self) -> int:
@@ -97,6 +108,19 @@ class ActorRecord:
 
     def can_restart(self) -> bool:
         return self.max_restarts == -1 or self.num_restarts < self.max_restarts
+
+
+def _persisting(fn):
+    """An entry point: its instructions end with a Persist per record it changed."""
+
+    @functools.wraps(fn)
+    def run(self, *a, **kw):
+        acts = fn(self, *a, **kw)
+        if self._dirty or self._forgotten:
+            acts += self._rows()
+        return acts
+
+    return run
 
 
 class ActorTable:
@@ -112,8 +136,32 @@ class ActorTable:
         self.unplaced: set[bytes] = set()  # no node was alive to ask when they were placed
         self.dead: collections.deque[bytes] = collections.deque()
         self._lrid = 0
+        self._dirty: set[bytes] = set()  # records changed by the event being handled
+        self._forgotten: set[bytes] = set()  # records dropped (MAX_DEAD)
+        self._lrid_saved = 0
+
+    def _adopt(self, rec: ActorRecord) -> None:
+        self.actors[rec.aid] = rec
+        rec.dirty = self._dirty
+
+    def _rows(self) -> list:
+        acts: list = []
+        for aid in self._dirty:
+            rec = self.actors.get(aid)
+            if rec is not None:
+                acts.append(Persist("actor", aid, rec.row()))
+        for aid in self._forgotten:
+            if aid not in self.actors:
+                acts.append(Persist("actor", aid, None))
+        if self._lrid != self._lrid_saved:  # a restarted GCS never reuses a lease request id
+            self._lrid_saved = self._lrid
+            acts.append(Persist("meta", b"lrid", pack(self._lrid)))
+        self._dirty.clear()
+        self._forgotten.clear()
+        return acts
 
     # ------------------------------------------------------------ dispatch
+    @_persisting
     def handle(self, h: dict, payload: list) -> list:
         t = h["t"]
         if t == protocol.REGISTER_ACTOR:
@@ -167,7 +215,8 @@ class ActorTable:
                           h.get("owner_wid", b""), h.get("drv") or h["owner"],
                           h.get("job", b""), dict(h["spec"]), list(h.get("args") or []),
                           list(h.get("kw") or []), [bytes(f) for f in payload])
-        self.actors[aid] = rec
+        self._adopt(rec)
+        rec.touch()
         if name:
             self.names[(ns or "", name)] = aid
         if h.get("sub"):
@@ -212,7 +261,7 @@ class ActorTable:
         rec.lease_node = info.node_id
         h = {"t": protocol.REQUEST_LEASE, "lrid": rec.lrid, "ra": self.gcs_addr,
              "res": rec.spec.get("res") or {}, "hold": rec.spec.get("hold") or {},
-             "own": rec.owner, "actor": rec.aid}
+             "own": rec.owner, "actor": rec.aid, "rt": rec.can_restart()}
         if rec.spec.get("strat"):
             h["strat"] = rec.spec["strat"]
         # Always say it: a raylet takes a request from a tcp address for a spilled one.
@@ -222,14 +271,14 @@ class ActorTable:
     def lease_granted(self, h: dict) -> list:
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
-        if rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
+        if aid is None or rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
             # Nobody wants it any more: give the worker back.
             return [Send(_raylet_addr(h["raylet"]), {"t": protocol.RETURN_LEASE,
                                                      "lease": h["lease"], "exit": False})]
         rec.lrid = rec.lease_dest = rec.lease_node = None
         rec.wid, rec.addr, rec.node = h["wid"], h["waddr"], h["node"]
         rec.lease, rec.raylet, rec.res = h["lease"], h["raylet"], h.get("res") or {}
-        self.by_worker[rec.wid] = aid
+        self.by_worker[h["wid"]] = aid
         ch = {"t": protocol.CREATE_ACTOR, "aid": aid, "inc": rec.num_restarts,
               "ra": self.gcs_addr, "spec": rec.spec, "args": rec.args, "kw": rec.kw,
               "own": rec.owner, "drv": rec.drv, "job": rec.job, "res": rec.res,
@@ -290,6 +339,7 @@ class ActorTable:
                                    "cluster (it never existed, or the GCS lost it)."})]
         if rec.state != DEAD:
             rec.subscribers[h["ra"]] = (h.get("wid"), h.get("node"))
+            rec.touch()
         return [Send(h["ra"], self._state_header(rec), list(rec.death_frames))]
 
     def get_actor(self, h: dict) -> list:
@@ -301,7 +351,7 @@ class ActorTable:
                     out.append({"name": name, "namespace": ns})
             reply["actors"] = out
             return [Send(h["ra"], reply)]
-        aid = self.names.get((h.get("ns") or "", h.get("name")))
+        aid = self.names.get((h.get("ns") or "", h.get("name") or ""))
         if aid is None and h.get("aid") is not None:
             aid = h["aid"] if h["aid"] in self.actors else None
         if aid is None:
@@ -375,6 +425,7 @@ class ActorTable:
             for ra, (swid, _) in list(rec.subscribers.items()):
                 if ra == addr or (wid is not None and swid == wid):
                     del rec.subscribers[ra]
+                    rec.touch()
                     gone.add(ra)
             if rec.state == DEAD or rec.detached:
                 continue
@@ -388,6 +439,7 @@ class ActorTable:
                     "actors share their owner's fate."))
         return acts + [DropConn(ra) for ra in gone]
 
+    @_persisting
     def node_added(self, node: bytes) -> list:
         return self._place_unplaced()
 
@@ -401,12 +453,14 @@ class ActorTable:
             acts += self._schedule(rec)
         return acts
 
+    @_persisting
     def node_dead(self, node: bytes) -> list:
         acts: list = []
         for rec in list(self.actors.values()):
             for ra, (_, snode) in list(rec.subscribers.items()):
                 if snode == node:
                     del rec.subscribers[ra]
+                    rec.touch()
                     acts.append(DropConn(ra))
             if rec.state == DEAD:
                 continue
@@ -416,7 +470,8 @@ class ActorTable:
                     "their owner's fate."))
                 continue
             if rec.node == node:
-                self.by_worker.pop(rec.wid, None)
+                if rec.wid is not None:
+                    self.by_worker.pop(rec.wid, None)
                 if rec.addr:
                     acts.append(DropConn(_worker_addr(rec.addr)))
                 rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None
@@ -427,8 +482,57 @@ class ActorTable:
                 acts += self._schedule(rec)
         return acts
 
+    @_persisting
     def tick(self, now: float) -> list:
         return self._place_unplaced() if self.unplaced else []
+
+    # ------------------------------------------------------------- restart
+    @_persisting
+    def node_workers(self, node: bytes, alive: set) -> list:
+        """A raylet (re-)registered naming its live workers and drivers: what the GCS missed
+        while it was away. An actor of that node whose worker is not among them died; a
+        non-detached actor whose owner was there and is gone shares its owner's fate."""
+        acts: list = []
+        gone_owners: set = set()
+        for rec in list(self.actors.values()):
+            if rec.state == DEAD:
+                continue
+            if rec.node == node and rec.wid is not None and rec.wid not in alive:
+                acts += self.worker_died(rec.wid, rec.lease, "it exited while the GCS was down")
+            if not rec.detached and rec.owner and rec.owner[0] == node and \
+                    rec.owner_wid not in alive:
+                gone_owners.add(rec.owner_wid)
+        for wid in gone_owners:
+            acts += self.client_died(wid, None)
+        return acts
+
+    def restore(self, rows: list, lrid: int = 0) -> list:
+        """Rebuild from the rows a GCS of this session wrote (``ActorRecord.row``).
+
+        Lease requests in flight keep their ids (the raylet answers to the same GCS
+        address); actors waiting for a node are placed once nodes register again.
+        """
+        self._lrid = self._lrid_saved = lrid
+        for value in rows:
+            d = unpack(value)
+            d["subscribers"] = {k: tuple(v) for k, v in d["subscribers"].items()}
+            rec = ActorRecord(**d)
+            self._adopt(rec)
+            if rec.state == DEAD:
+                self.dead.append(rec.aid)
+                continue
+            if rec.name:
+                self.names[(rec.ns or "", rec.name)] = rec.aid
+            if rec.wid is not None:
+                self.by_worker[rec.wid] = rec.aid
+            if rec.lrid is not None:
+                self.leases[rec.lrid] = rec.aid
+                self._lrid = max(self._lrid, rec.lrid)
+            elif rec.wid is None:
+                rec.unplaced = True
+                self.unplaced.add(rec.aid)
+        self._dirty.clear()
+        return []
 
     # ------------------------------------------------------------- helpers
     def _kill_worker(self, rec: ActorRecord) -> list:
@@ -458,6 +562,7 @@ class ActorTable:
             old = self.actors.get(self.dead.popleft())
             if old is not None and old.state == DEAD:
                 del self.actors[old.aid]
+                self._forgotten.add(old.aid)
                 if old.wid is not None and self.by_worker.get(old.wid) == old.aid:
                     del self.by_worker[old.wid]
         rec.death_kind, rec.death_msg = kind, msg

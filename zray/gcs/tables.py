@@ -1,22 +1,55 @@
-"""The GCS's tables as a plain state machine: nodes, KV, jobs, subscribers.
+"""The GCS's tables as a plain state machine: nodes, KV (functions, jobs), subscribers,
+and the actor table (gcs/actor_table.py).
 
-Every event method takes what it needs (time included) and returns a list of
-``Send(dest, header, payload)`` actions; the server shell does the sending.
+Events go in one way, ``GcsTables.handle(event) -> instructions``; nothing here
+touches a socket, the clock or the disk:
+
+- events: ``Message`` (one inbound message, with the time it was handled),
+  ``Tick`` (the shell's timer), ``Restore`` (the rows a restarted GCS read back);
+- instructions: ``Send`` (a message), ``DropConn`` (close a connection),
+  ``Persist`` (write or delete one row of the durable copy), ``Stop``.
+
+The shell (gcs/server.py) writes every ``Persist`` of a batch in one SQLite
+transaction before it sends that batch's messages, so what a client was told is
+on disk when it hears it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from zray import protocol
+from zray.gcs import actor_table
+from zray.gcs.instructions import (  # noqa: F401  (the shell takes them from here too)
+    DropConn,
+    Persist,
+    Send,
+    Stop,
+    pack,
+    unpack,
+)
+
+
+# --------------------------------------------------------------- events
+@dataclass
+class Message:
+    h: dict
+    payload: list
+    now: float
 
 
 @dataclass
-class Send:
-    dest: str
-    header: dict
-    payload: list = field(default_factory=list)
+class Tick:
+    now: float
+
+
+@dataclass
+class Restore:
+    """The durable rows of a GCS that ran before on this session: (table, key, value)."""
+
+    rows: list
+    now: float
 
 
 @dataclass
@@ -61,22 +94,62 @@ class NodeInfo:
             "object_store_memory": self.store,
         }
 
+    def row(self) -> Persist:
+        d = dict(self.__dict__)
+        d.pop("last_seen")  # a clock reading of the process that wrote it: meaningless later
+        return Persist("node", self.node_id, pack(d))
+
+
+def _kv_key(ns: str, key: bytes) -> bytes:
+    return ns.encode() + b"\0" + key
+
 
 class GcsTables:
-    def __init__(self, node_death_s: float):
+    def __init__(self, node_death_s: float, gcs_address: str = "", session: str = ""):
         self.node_death_s = node_death_s
         self.nodes: dict[bytes, NodeInfo] = {}
         self.kv: dict[tuple[str, bytes], bytes] = {}
         self.subscribers: dict[str, str] = {}  # address -> channel
-        self.gcs_address = ""
-        # Other tables' reactions to membership: fn(event "added"|"dead", node id) -> actions
-        self.node_hooks: list = []
+        self.gcs_address = gcs_address  # host:port
+        self.session = session
+        self.ident: dict = {}  # gcs_start, gcs_pid, gcs_id: told to raylets at registration
+        self.actors = actor_table.ActorTable(self.nodes, "tcp://" + gcs_address)
+        self._actor_messages = actor_table.MESSAGES
+        self._handlers = {
+            protocol.HEARTBEAT: self.heartbeat,
+            protocol.KV_GET: self.kv_get,
+            protocol.KV_PUT: self.kv_put,
+            protocol.GET_NODES: self.get_nodes,
+            protocol.REGISTER_NODE: self.register_node,
+            protocol.UNREGISTER_NODE: lambda h, now: self.unregister_node(h["node"]),
+            protocol.SUBSCRIBE: lambda h, now: self.subscribe(h["ra"], h.get("ch", "node")),
+            protocol.PING: self.ping,
+            protocol.SHUTDOWN: lambda h, now: [Stop()],
+        }
 
+    # ------------------------------------------------------------ dispatch
+    def handle(self, ev: Message | Tick | Restore) -> list:
+        if isinstance(ev, Message):
+            t = ev.h["t"]
+            if t in self._actor_messages:
+                return self.actors.handle(ev.h, ev.payload)
+            fn = self._handlers.get(t)
+            if fn is None:
+                raise ValueError(f"unexpected message {protocol.NAMES.get(t, t)}")
+            if t == protocol.KV_PUT:
+                return self.kv_put(ev.h, ev.now, ev.payload)
+            return fn(ev.h, ev.now)
+        if isinstance(ev, Tick):
+            return self.tick(ev.now)
+        if isinstance(ev, Restore):
+            return self.restore(ev.rows, ev.now)
+        raise TypeError(f"not a GCS event: {ev!r}")
+
+    # --------------------------------------------------------------- nodes
     def _node_event(self, event: str, node: bytes) -> list:
-        acts: list = []
-        for hook in self.node_hooks:
-            acts += hook(event, node)
-        return acts
+        if event == "dead":
+            return self.actors.node_dead(node)
+        return self.actors.node_added(node)
 
     def _publish(self, event: str, info: NodeInfo) -> list:
         h = {"t": protocol.PUBLISH, "ch": "node", "ev": event, "node": info.public()}
@@ -88,8 +161,11 @@ class GcsTables:
                         int(h.get("store", 0)), int(h.get("pid", 0)), h.get("hostname", ""),
                         h["ra"], last_seen=now)
         self.nodes[info.node_id] = info
-        acts = [Send(h["ra"], {"t": protocol.REGISTER_NODE_REPLY, "ok": True,
-                               "gcs_address": self.gcs_address})]
+        acts: list = [info.row(),
+                      Send(h["ra"], {"t": protocol.REGISTER_NODE_REPLY, "ok": True,
+                                     "gcs_address": self.gcs_address, **self.ident})]
+        if "workers" in h:  # what still runs there: actors whose worker is gone are lost
+            acts += self.actors.node_workers(info.node_id, set(h["workers"]))
         return acts + self._publish("added", info) + self._node_event("added", info.node_id)
 
     def heartbeat(self, h: dict, now: float) -> list:
@@ -108,28 +184,71 @@ class GcsTables:
         info.alive = False
         info.death_reason = reason
         self.subscribers.pop(info.reply_to, None)  # its raylet's subscription ends with it
-        return self._publish("dead", info) + self._node_event("dead", node)
+        return [info.row()] + self._publish("dead", info) + self._node_event("dead", node)
 
     def tick(self, now: float) -> list:
         acts: list = []
-        for info in self.nodes.values():
+        for info in list(self.nodes.values()):
             if info.alive and now - info.last_seen > self.node_death_s:
                 acts += self.unregister_node(info.node_id, "missed heartbeats")
-        return acts
+        return acts + self.actors.tick(now)
 
-    def kv_put(self, ns: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
-        if not overwrite and (ns, key) in self.kv:
-            return False
-        self.kv[(ns, key)] = value
-        return True
+    def get_nodes(self, h: dict, now: float) -> list:
+        return [Send(h["ra"], {"t": protocol.NODES_REPLY, "rid": h["rid"],
+                               "nodes": self.nodes_view(), "gcs_address": self.gcs_address})]
 
-    def kv_get(self, ns: str, key: bytes) -> bytes | None:
-        return self.kv.get((ns, key))
+    def nodes_view(self) -> list[dict[str, Any]]:
+        return [n.public() for n in self.nodes.values()]
 
     def subscribe(self, dest: str, channel: str) -> list:
         self.subscribers[dest] = channel
         return [Send(dest, {"t": protocol.PUBLISH, "ch": "node", "ev": "snapshot",
                             "nodes": [n.public() for n in self.nodes.values()]})]
 
-    def nodes_view(self) -> list[dict[str, Any]]:
-        return [n.public() for n in self.nodes.values()]
+    def ping(self, h: dict, now: float) -> list:
+        if "ra" not in h:
+            return []
+        return [Send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid"),
+                               "gcs_address": self.gcs_address, "session": self.session,
+                               "gcs_start": self.ident.get("gcs_start")})]
+
+    # ------------------------------------------------------------------ KV
+    def kv_put(self, h: dict, now: float, payload: list | None = None) -> list:
+        ns, key = h["ns"], h["k"]
+        value = bytes(payload[0]) if payload else b""
+        ok = h.get("overwrite", True) or (ns, key) not in self.kv
+        acts: list = []
+        if ok:
+            self.kv[(ns, key)] = value
+            acts.append(Persist("kv", _kv_key(ns, key), value))
+        if "ra" in h:
+            acts.append(Send(h["ra"], {"t": protocol.KV_REPLY, "rid": h["rid"], "ok": ok}))
+        return acts
+
+    def kv_get(self, h: dict, now: float) -> list:
+        v = self.kv.get((h["ns"], h["k"]))
+        return [Send(h["ra"], {"t": protocol.KV_REPLY, "rid": h["rid"], "found": v is not None},
+                     [v] if v is not None else [])]
+
+    # ------------------------------------------------------------- restore
+    def restore(self, rows: list, now: float) -> list:
+        """Rebuild the tables from the durable rows of an earlier GCS on this session.
+
+        Nodes that were alive get ``node_death_s`` from now to register again (their
+        raylets retry every second); those that do not are dead, as after missed
+        heartbeats, and their actors are restarted or die.
+        """
+        actor_rows, lrid = [], 0
+        for table, key, value in rows:
+            if table == "kv":
+                ns, _, k = bytes(key).partition(b"\0")
+                self.kv[(ns.decode(), k)] = bytes(value)
+            elif table == "node":
+                info = NodeInfo(**unpack(value))
+                info.last_seen = now
+                self.nodes[info.node_id] = info
+            elif table == "actor":
+                actor_rows.append(value)
+            elif table == "meta" and bytes(key) == b"lrid":
+                lrid = unpack(value)
+        return self.actors.restore(actor_rows, lrid)

@@ -20,15 +20,28 @@ itself is gone, i.e. until the last memoryview or numpy array into it is freed
 or the process dies. The raylet recycles a freed segment's pages as a spare
 (``spare.SpareFiller.recycle``) only if it gets an exclusive lock at once:
 nobody maps it, so no reader ever sees an object's memory change.
+
+Ownership (/dev/shm is world-writable): a node's segments live in a private
+directory, ``/dev/shm/zray-<session8>-<node8>-<random>/``, made by the raylet
+with ``mkdtemp`` (mode 0700, ours), so other users can neither plant files in it
+nor learn the names in it. Segment names are relative to /dev/shm
+(``<dir>/<oid hex>``). As defence in depth every segment is opened with
+``O_NOFOLLOW`` and checked with ``fstat`` before we write or map it: a regular
+file, our uid, no permission bits for group or others (``NotOursError``
+otherwise); new ones are made with ``O_CREAT|O_EXCL`` mode 0600. Sweeps remove
+only what is ours and log the rest (``remove_all``).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import mmap
 import os
+import stat
 import struct
+import tempfile
 
 SHM_DIR = "/dev/shm"
 MAGIC = b"ZRO1"
@@ -37,24 +50,82 @@ _HDR = struct.Struct("<4sIQ")
 _ENT = struct.Struct("<QQ")
 
 
+log = logging.getLogger("zray.shm")
+
+
 class SegmentError(Exception):
     pass
+
+
+class NotOursError(SegmentError, PermissionError):
+    """A file or directory in /dev/shm that another user made or may change: never used."""
 
 
 def segment_path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
+def check_ours(st: os.stat_result, path: str) -> None:
+    """Raise NotOursError unless ``st`` is a regular file of ours that only we may open."""
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise NotOursError(f"{path}: not a private file of ours (uid {st.st_uid}, mode "
+                           f"{stat.filemode(st.st_mode)}): refused")
+
+
+def check_dir(path: str) -> None:
+    """Raise NotOursError unless ``path`` is a real directory of ours, mode 0700."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o777 != 0o700:
+        raise NotOursError(f"{path}: not a private directory of ours (uid {st.st_uid}, mode "
+                           f"{stat.filemode(st.st_mode)}): refused")
+
+
+def make_node_dir(pattern: str) -> str:
+    """Make a node's private segment directory; returns its segment prefix (``<dir>/``).
+
+    ``pattern`` (``zray-<session8>-<node8>-``) starts the name, ``mkdtemp`` adds a
+    random part and makes it 0700: nobody can have made it before us.
+    """
+    path = tempfile.mkdtemp(prefix=pattern, dir=SHM_DIR)
+    check_dir(path)
+    return os.path.basename(path) + "/"
+
+
+def _check_parent(path: str) -> None:
+    parent = os.path.dirname(path)
+    if parent != SHM_DIR and os.path.dirname(parent) == SHM_DIR:
+        check_dir(parent)
+
+
+def _open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
+    """os.open that never follows a symlink nor blocks on a FIFO (both: NotOursError)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotOursError(f"{path}: a symlink: refused") from e
+        raise
+
+
+def create_private(path: str, flags: int = os.O_RDWR) -> int:
+    """Create ``path`` afresh (O_CREAT|O_EXCL, 0600) in a directory of ours; returns the fd."""
+    _check_parent(path)
+    return _open_nofollow(path, flags | os.O_CREAT | os.O_EXCL)
+
+
 def open_shared(path: str, flags: int = os.O_RDONLY) -> int:
-    """Open a segment and take a shared lock on it (see the module docstring).
+    """Open a segment of ours and take a shared lock on it (see the module docstring).
 
     FileNotFoundError if it is gone, also if it was freed (recycled or
     unlinked) between our open and our lock: the fd would be another file then.
+    NotOursError if it is not a private file of ours.
     """
-    fd = os.open(path, flags)
+    _check_parent(path)
+    fd = _open_nofollow(path, flags)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while the raylet checks it
         st = os.fstat(fd)
+        check_ours(st, path)  # before we lock, map or write anything
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while the raylet checks it
         try:
             now = os.stat(path)
         except FileNotFoundError:
@@ -232,7 +303,7 @@ class _WriterMaps:
     """Writable mappings of the spares this process wrote into last, kept for a while.
 
     A put/free loop gets the same recycled segment back again and again
-    (spare.take prefers the inodes kept here): writing it through the mapping
+    (take() prefers the inodes kept here): writing it through the mapping
     made last time skips setting up and tearing down its page table, which
     for 800 MB costs as much as the copy itself. A kept mapping holds no lock
     (it is made from a file description of its own, not the writer's locked
@@ -253,7 +324,7 @@ class _WriterMaps:
         self._threading = threading
         self.lock = threading.Lock()
         self.maps: dict[tuple[int, int], _Mapping] = {}
-        self.reaper = None
+        self.reaper: threading.Thread | None = None
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -348,30 +419,15 @@ def create(name: str, frames: list) -> int:
     except SegmentError:
         # /dev/shm is full: the node's spares (memory kept for later writes) go
         # first. Nobody maps a spare, so any process may unlink them.
-        from zray.objstore import spare
-
-        if not sum(unlink(n) for _, n in spare.spares(name[:-OID_HEX])):
+        if not sum(unlink(n) for _, n in spares(name[:-OID_HEX])):
             raise
     return _create(name, frames)
 
 
 def _create(name: str, frames: list) -> int:
     path = segment_path(name)
-    from zray.objstore import spare
-
     total = layout_size(frames)
-    allocated = total >= spare.SPARE_MIN and spare.take(name[:-OID_HEX], total, path,
-                                                        prefer=_writer_maps.inodes())
-    fd = -1
-    if allocated:
-        try:
-            # Locked like a reader's mapping: the raylet never recycles it mid-write.
-            fd = open_shared(path, os.O_RDWR)
-        except FileNotFoundError:  # freed before it was even written: start afresh
-            allocated = False
-    if fd < 0:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_SH)  # empty, so no raylet recycles it before this
+    fd, allocated = open_for_write(name[:-OID_HEX], total, path, prefer=_writer_maps.inodes())
     try:
         return write_frames(fd, frames, path, allocated)
     except BaseException:
@@ -382,6 +438,31 @@ def _create(name: str, frames: list) -> int:
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def open_for_write(prefix: str, total: int, path: str,
+                   prefer: set[int] | frozenset = frozenset()) -> tuple[int, bool]:
+    """The fd (shared-locked, checked to be ours) of a new segment at ``path``; and
+    whether it is a claimed spare (its pages exist) rather than a new empty file."""
+    if total >= SPARE_MIN and take(prefix, total, path, prefer=prefer):
+        fd = -1
+        try:
+            # Locked like a reader's mapping: the raylet never recycles it mid-write.
+            # Checked to be ours before a byte goes in (open_shared).
+            fd = open_shared(path, os.O_RDWR)
+            if os.fstat(fd).st_nlink != 1:  # another name could read it later
+                raise NotOursError(f"{path}: a spare with other links: refused")
+            return fd, True
+        except NotOursError as e:
+            log.warning("%s", e)
+            if fd >= 0:
+                os.close(fd)
+            unlink(path[len(SHM_DIR) + 1:])  # never written; it leaves our name
+        except FileNotFoundError:
+            pass  # freed before it was even written: start afresh
+    fd = create_private(path)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # empty, so no raylet recycles it before this
+    return fd, False
 
 
 def read_file(path: str) -> list[memoryview]:
@@ -418,8 +499,13 @@ def exists(name: str) -> bool:
 
 
 def unlink(name: str) -> bool:
+    """Unlink a segment of ours (another user's file of that name is left alone)."""
+    path = segment_path(name)
     try:
-        os.unlink(segment_path(name))
+        if os.lstat(path).st_uid != os.geteuid():
+            log.warning("%s belongs to uid %d: left alone", path, os.lstat(path).st_uid)
+            return False
+        os.unlink(path)
         return True
     except FileNotFoundError:
         return False
@@ -429,16 +515,178 @@ def size_of(name: str) -> int:
     return os.stat(segment_path(name)).st_size
 
 
-def list_segments(prefix: str) -> list[str]:
+def _split(prefix: str) -> tuple[str, str, str]:
+    """(directory path, name prefix of the directory, prefix of the names in it)."""
+    d, _, head = prefix.rpartition("/")
+    if not d:
+        return SHM_DIR, "", head
+    return os.path.join(SHM_DIR, d), d + "/", head
+
+
+def _listdir(path: str) -> list[str]:
     try:
-        return [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
-    except FileNotFoundError:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
         return []
 
 
+def list_segments(prefix: str) -> list[str]:
+    """Names (relative to /dev/shm) of the files whose name starts with ``prefix``.
+
+    A flat ``prefix`` (no ``/``) also matches node directories: their files are
+    listed (``<dir>/<name>``), and the directory itself as ``<dir>/``.
+    """
+    dpath, dname, head = _split(prefix)
+    out = []
+    for n in _listdir(dpath):
+        if not n.startswith(head):
+            continue
+        if not dname and os.path.isdir(os.path.join(dpath, n)) and \
+                not os.path.islink(os.path.join(dpath, n)):
+            out.append(n + "/")
+            out += [f"{n}/{m}" for m in _listdir(os.path.join(dpath, n))]
+        else:
+            out.append(dname + n)
+    return out
+
+
 def remove_all(prefix: str) -> int:
-    """Unlink every segment whose name starts with ``prefix`` (cleanup)."""
+    """Remove every segment of ours whose name starts with ``prefix`` (cleanup); returns files.
+
+    Node directories that match (or that ``prefix`` names, ``<dir>/``) go with
+    their files. Files and directories of other users are logged and left:
+    a sweep never stops half way.
+    """
+    dpath, dname, head = _split(prefix)
+    me = os.geteuid()
     n = 0
-    for name in list_segments(prefix):
-        n += unlink(name)
+    if dname and not head:  # "<dir>/": the whole directory
+        return _remove_dir(dpath, me)
+    for name in _listdir(dpath):
+        if not name.startswith(head):
+            continue
+        path = os.path.join(dpath, name)
+        try:
+            st = os.lstat(path)
+            if st.st_uid != me:
+                log.warning("%s belongs to uid %d, not to us: left alone", path, st.st_uid)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                n += _remove_dir(path, me)
+            else:
+                os.unlink(path)
+                n += 1
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("cannot remove %s: %s", path, e)
     return n
+
+
+def _remove_dir(path: str, me: int) -> int:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != me:
+        log.warning("%s is not a directory of ours: left alone", path)
+        return 0
+    n = 0
+    for name in _listdir(path):
+        try:
+            os.unlink(os.path.join(path, name))  # in a 0700 directory of ours: all ours
+            n += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove %s: %s", os.path.join(path, name), e)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("cannot remove %s: %s", path, e)
+    return n
+
+
+# --- spares: claiming (the raylet makes them: spare.SpareFiller) -----------------
+SPARE_MIN = 8 << 20  # objects smaller than this gain little from a spare
+TAG = "spare-"
+
+
+def size_class(n: int) -> int:
+    """Round up to a size class (at least SPARE_MIN): 4 steps per power of two.
+
+    A claimed spare is shrunk to the object's size; the finer the classes, the
+    fewer of its pages that costs (a 100 MB object takes a 96 MiB spare, not 128).
+    """
+    c = SPARE_MIN
+    while c < n:
+        c <<= 1
+    if c > SPARE_MIN:
+        step = c // 8
+        for q in (5, 6, 7):  # c/2 < n <= c: the smallest of 5/8, 6/8, 7/8, 8/8 of c that fits
+            if q * step >= n:
+                return q * step
+    return c
+
+
+def fits(spare_bytes: int, size: int) -> bool:
+    """May a spare of ``spare_bytes`` hold an object segment of ``size`` bytes?
+
+    Not much larger: shrinking it frees the rest, and a larger object may need it.
+    Only spares in the node's private directory are ever made or claimed; the
+    writer checks the claimed file again (``open_for_write``).
+    """
+    return size <= spare_bytes <= max(size_class(size), size + size // 4)
+
+
+def spares(prefix: str) -> list[tuple[int, str]]:
+    """(bytes, name) of the node's spares, by their names."""
+    dpath, dname, head = _split(prefix + TAG)
+    out: list[tuple[int, str]] = []
+    try:
+        names = os.listdir(dpath)
+    except OSError:
+        return out
+    for n in names:
+        if n.startswith(head):
+            try:
+                out.append((int(n[len(head):].split("-", 1)[0]), dname + n))
+            except ValueError:
+                continue
+    return out
+
+
+def spare_name(prefix: str, nbytes: int) -> str:
+    return f"{prefix}{TAG}{nbytes}-{os.urandom(6).hex()}"
+
+
+def take(prefix: str, size: int, dest: str, prefer: set[int] | frozenset = frozenset()) -> bool:
+    """Rename the smallest spare that fits ``size`` bytes to ``dest`` (a path); False if none.
+
+    ``prefer``: inode numbers of spares the caller still maps (_WriterMaps),
+    taken first: their page table is set up already.
+    """
+    if size < SPARE_MIN:
+        return False
+    cands = sorted(s for s in spares(prefix) if fits(s[0], size))
+    if prefer and len(cands) > 1:
+        def mapped(n: str) -> bool:
+            try:
+                return os.stat(os.path.join(SHM_DIR, n)).st_ino in prefer
+            except OSError:
+                return False
+        cands.sort(key=lambda c: not mapped(c[1]))  # stable: smallest first otherwise
+    me = os.geteuid()
+    for _, n in cands:
+        src = os.path.join(SHM_DIR, n)
+        try:
+            st = os.lstat(src)
+            if st.st_uid != me or not stat.S_ISREG(st.st_mode):
+                continue  # not ours (planted in a shared directory): never claimed
+            os.rename(src, dest)
+            return True
+        except OSError:
+            continue  # another writer claimed it first
+    return False

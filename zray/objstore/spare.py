@@ -39,8 +39,17 @@ from collections.abc import Callable
 
 from zray.objstore import shm
 
-SPARE_MIN = 8 << 20  # objects smaller than this gain little from a spare
-TAG = "spare-"
+# Claiming a spare is part of writing a segment (shm.py); these live there.
+from zray.objstore.shm import (  # noqa: F401  (this module's names too)
+    SPARE_MIN,
+    TAG,
+    fits,
+    size_class,
+    spare_name,
+    spares,
+    take,
+)
+
 # Spares are made only after the node's transfers and large writes have been quiet
 # this long (SpareFiller.busy): zeroing 100 MB of pages costs 30-50 ms of a core,
 # which a transfer or a put running at the same time would pay for on a small machine.
@@ -49,77 +58,6 @@ QUIET_S = 0.2
 # long are no longer made: an idle node gives its memory back.
 IDLE_S = 30.0
 _ZEROS = memoryview(bytes(4 << 20))
-
-
-def size_class(n: int) -> int:
-    """Round up to a size class (at least SPARE_MIN): 4 steps per power of two.
-
-    A claimed spare is shrunk to the object's size; the finer the classes, the
-    fewer of its pages that costs (a 100 MB object takes a 96 MiB spare, not 128).
-    """
-    c = SPARE_MIN
-    while c < n:
-        c <<= 1
-    if c > SPARE_MIN:
-        step = c // 8
-        for q in (5, 6, 7):  # c/2 < n <= c: the smallest of 5/8, 6/8, 7/8, 8/8 of c that fits
-            if q * step >= n:
-                return q * step
-    return c
-
-
-def fits(spare_bytes: int, size: int) -> bool:
-    """May a spare of ``spare_bytes`` hold an object segment of ``size`` bytes?
-
-    Not much larger: shrinking it frees the rest, and a larger object may need it.
-    """
-    return size <= spare_bytes <= max(size_class(size), size + size // 4)
-
-
-def spares(prefix: str) -> list[tuple[int, str]]:
-    """(bytes, name) of the node's spares, by their names."""
-    head = prefix + TAG
-    out = []
-    try:
-        names = os.listdir(shm.SHM_DIR)
-    except OSError:
-        return out
-    for n in names:
-        if n.startswith(head):
-            try:
-                out.append((int(n[len(head):].split("-", 1)[0]), n))
-            except ValueError:
-                continue
-    return out
-
-
-def spare_name(prefix: str, nbytes: int) -> str:
-    return f"{prefix}{TAG}{nbytes}-{os.urandom(6).hex()}"
-
-
-def take(prefix: str, size: int, dest: str, prefer: set[int] | frozenset = frozenset()) -> bool:
-    """Rename the smallest spare that fits ``size`` bytes to ``dest`` (a path); False if none.
-
-    ``prefer``: inode numbers of spares the caller still maps (shm._WriterMaps),
-    taken first: their page table is set up already.
-    """
-    if size < SPARE_MIN:
-        return False
-    cands = sorted(s for s in spares(prefix) if fits(s[0], size))
-    if prefer and len(cands) > 1:
-        def mapped(n: str) -> bool:
-            try:
-                return os.stat(os.path.join(shm.SHM_DIR, n)).st_ino in prefer
-            except OSError:
-                return False
-        cands.sort(key=lambda c: not mapped(c[1]))  # stable: smallest first otherwise
-    for _, n in cands:
-        try:
-            os.rename(os.path.join(shm.SHM_DIR, n), dest)
-            return True
-        except OSError:
-            continue  # another writer claimed it first
-    return False
 
 
 class SpareFiller:
@@ -195,12 +133,14 @@ class SpareFiller:
             size = os.stat(path).st_size
             if size < SPARE_MIN or size > self.max_bytes:
                 return False
-            fd = os.open(path, os.O_RDONLY)
+            fd = shm._open_nofollow(path, os.O_RDONLY)
         except OSError:
             return False
         self._held_lock.acquire()
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            shm.check_ours(st, path)  # NotOursError is an OSError: not recycled
+            size = st.st_size
             have = self._list()
             held = sum(b for b, _ in have)
             if held + size > min(self.max_bytes, self.room()):
@@ -300,7 +240,7 @@ class SpareFiller:
             st = os.statvfs(shm.SHM_DIR)
             if st.f_bavail * st.f_frsize < 2 * cls:
                 return False  # never crowd out real objects
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            fd = shm.create_private(tmp)
             try:
                 os.ftruncate(fd, cls)
                 # The slow part, off the critical path: allocate and zero every page.

@@ -9,6 +9,7 @@ what is already gone is not an error.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -61,17 +62,24 @@ def _copy(src_fd: int, dst_fd: int) -> int:
             done += n
 
 
+class SegmentInUse(OSError):
+    """A spill victim is mapped by a reader or writer: spilling it would free nothing."""
+
+
 class StoreExecutor:
     """Performs Spill/Restore/Evict/Unlink/DeleteSpilled for one node's store."""
 
     def __init__(self, shm_prefix: str, spill_dir: str) -> None:
-        if not shm_prefix or "/" in shm_prefix:
+        if not shm_prefix or shm_prefix.startswith("/") or ".." in shm_prefix:
             raise ValueError(f"bad shm prefix {shm_prefix!r}")
         self.shm_prefix = shm_prefix
         self.spill_dir = spill_dir
         # Freed segments (Unlink) are offered here first: True means it kept the
         # segment's pages as a spare (spare.SpareFiller.recycle) instead.
         self.recycle: Callable[[str], bool] | None = None
+        # Then here (if set): unlinks the segment, or, if a reader still maps it,
+        # keeps it (renamed aside) and its bytes counted until the reader lets go.
+        self.drain: Callable[[str], None] | None = None
         # Spilled objects may hold user data: only the session's owner reads them.
         os.makedirs(spill_dir, mode=0o700, exist_ok=True)
 
@@ -93,8 +101,16 @@ class StoreExecutor:
         """
         final = self.spill_path(object_id)
         tmp = final + ".part"
-        src = os.open(shm.segment_path(self.segment_name(object_id)), os.O_RDONLY)
+        src = _open_ours(shm.segment_path(self.segment_name(object_id)))
         try:
+            # A segment somebody maps (a reader, a writer) is not spilled: unlinking
+            # it would free no memory (the hard limit counts on it) while a second
+            # copy lands on disk. Held while we copy: a reader that opens it
+            # meanwhile waits, then finds it gone and asks for a restore.
+            try:
+                fcntl.flock(src, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                raise SegmentInUse(f"{object_id.hex()} is mapped: not spilled") from e
             dst = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
             try:
                 n = _copy(src, dst)
@@ -103,10 +119,10 @@ class StoreExecutor:
                 _remove(tmp)
                 raise
             os.close(dst)
+            os.replace(tmp, final)
+            shm.unlink(self.segment_name(object_id))
         finally:
             os.close(src)
-        os.replace(tmp, final)
-        shm.unlink(self.segment_name(object_id))
         return n
 
     def restore(self, object_id: ObjectId) -> int:
@@ -116,11 +132,11 @@ class StoreExecutor:
         it holds the same immutable bytes, so that counts as restored.
         """
         path = self.spill_path(object_id)
-        src = os.open(path, os.O_RDONLY)
+        src = _open_ours(path)
         try:
             seg = shm.segment_path(self.segment_name(object_id))
             try:
-                dst = os.open(seg, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                dst = shm.create_private(seg, os.O_WRONLY)
             except FileExistsError:
                 n = os.fstat(src).st_size
             else:
@@ -141,6 +157,12 @@ class StoreExecutor:
         return shm.unlink(self.segment_name(object_id))
 
     evict = unlink
+
+    def _release(self, object_id: ObjectId) -> None:
+        if self.drain is not None:
+            self.drain(self.segment_name(object_id))
+        else:
+            self.unlink(object_id)
 
     def delete_spilled(self, object_id: ObjectId) -> bool:
         return _remove(self.spill_path(object_id))
@@ -164,7 +186,7 @@ class StoreExecutor:
         Actions that are not I/O (Ready, Missing, StoreFull) return None too:
         they are for the shell to answer readers or log.
         """
-        oid = getattr(action, "object_id", None)
+        oid: ObjectId = getattr(action, "object_id", b"")
         if isinstance(action, Spill):
             try:
                 self.spill(oid)
@@ -181,11 +203,11 @@ class StoreExecutor:
                 return RestoreFailed(oid, lost=False)
             return Restored(oid)
         if isinstance(action, Evict):
-            self.unlink(oid)
+            self._release(oid)
             return Evicted(oid)
         if isinstance(action, Unlink):
             if self.recycle is None or not self.recycle(self.segment_name(oid)):
-                self.unlink(oid)
+                self._release(oid)
         elif isinstance(action, DeleteSpilled):
             self.delete_spilled(oid)
         return None
@@ -212,6 +234,17 @@ def run_sync(
         elif not isinstance(action, (Unlink, DeleteSpilled)):
             out.append(action)
     return out
+
+
+def _open_ours(path: str) -> int:
+    """Open a segment or spill file for reading, checked to be a private file of ours."""
+    fd = shm._open_nofollow(path, os.O_RDONLY)
+    try:
+        shm.check_ours(os.fstat(fd), path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _remove(path: str) -> bool:

@@ -1,17 +1,17 @@
 """Accounting, eviction and spilling of a node's object store, as a state machine.
 
-``ObjectStoreState`` does no I/O and reads no clock: each method takes one event
-and returns a list of actions for the raylet to carry out (usually through
+``ObjectStoreState`` does no I/O and reads no clock: ``handle(event)`` takes one
+event and returns a list of actions for the raylet to carry out (usually through
 ``spill.StoreExecutor``). Completion of the slow actions (``Spill``, ``Restore``,
-``Evict``) comes back as further events (``spilled``, ``restored``, ``evicted``,
-or their ``*_failed`` variants).
+``Evict``) comes back as further events (``Spilled``, ``Restored``, ``Evicted``,
+or ``SpillFailed``/``RestoreFailed``).
 
 Life of an object on a node::
 
     seal ──► IN_MEMORY ──Spill──► SPILLING ──spilled──► SPILLED
                  ▲                                        │ get
                  └────────────restored──── RESTORING ◄────┘
-    IN_MEMORY (secondary) ──Evict──► gone (bytes counted until ``evicted``)
+    IN_MEMORY (secondary) ──Evict──► gone (bytes counted until ``Evicted``)
 
 Byte accounting: ``used`` is every byte the store's segments occupy in
 /dev/shm, including objects whose spill or eviction is still in flight and
@@ -24,6 +24,12 @@ unpinned secondary copies first (least recently used first), since they can be
 pulled again from their primary node, then unpinned primary copies, which are
 spilled to disk rather than lost.
 
+Hard limit: a writer reserves its object's bytes (``Reserve``) before it
+creates the segment; the shell first makes room (``MakeRoom``, then runs the
+actions) and reserves only if the bytes ``fits``. Restores and pulled copies
+ask the same way. ``used`` counts reservations, so objects in /dev/shm never
+exceed the capacity; a reservation becomes the object at its ``seal``.
+
 Ordering rule for the shell: it must not create the segment of an object id
 while an ``Evict`` of that id is still pending. Running ``Evict``/``Unlink``
 inline (they are a single unlink) meets it trivially.
@@ -33,9 +39,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Union
+from typing import Any, Union
 
 ObjectId = bytes
 
@@ -59,21 +66,21 @@ class Missing:
 
 @dataclass(frozen=True)
 class Evict:
-    """Unlink a secondary copy to make room; answer with ``evicted``."""
+    """Unlink a secondary copy to make room; answer with ``Evicted``."""
 
     object_id: ObjectId
 
 
 @dataclass(frozen=True)
 class Spill:
-    """Copy a primary copy to disk, then unlink it; answer with ``spilled``/``spill_failed``."""
+    """Copy a primary copy to disk, then unlink it; answer with ``Spilled``/``SpillFailed``."""
 
     object_id: ObjectId
 
 
 @dataclass(frozen=True)
 class Restore:
-    """Copy a spilled object back into /dev/shm; answer with ``restored``/``restore_failed``."""
+    """Copy a spilled object back into /dev/shm; answer with ``Restored``/``RestoreFailed``."""
 
     object_id: ObjectId
 
@@ -108,8 +115,8 @@ Action = Union[Ready, Missing, Evict, Spill, Restore, Unlink, DeleteSpilled, Sto
 
 
 # ---------------------------------------------------------------- events
-# The named methods of ObjectStoreState are the primary API; these classes let
-# the shell (and StoreExecutor, for completions) pass events as values to handle().
+# ObjectStoreState.handle(event) takes them: the shell's requests and, from
+# StoreExecutor, the completions of slow actions.
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,28 @@ class Get:
 
 @dataclass(frozen=True)
 class Delete:
+    object_id: ObjectId
+
+
+@dataclass(frozen=True)
+class MakeRoom:
+    """Evict/spill so that ``size`` more bytes would fit (then ask ``fits``)."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """A writer is about to create the object: count its bytes (the shell checked ``fits``)."""
+
+    object_id: ObjectId
+    size: int
+
+
+@dataclass(frozen=True)
+class Unreserve:
+    """The writer gave up (or died) before its seal: its bytes are free again."""
+
     object_id: ObjectId
 
 
@@ -168,7 +197,8 @@ class Evicted:
 
 
 Event = Union[
-    Seal, Pin, Unpin, Get, Delete, Spilled, SpillFailed, Restored, RestoreFailed, Evicted
+    Seal, Pin, Unpin, Get, Delete, MakeRoom, Reserve, Unreserve, Spilled, SpillFailed,
+    Restored, RestoreFailed, Evicted,
 ]
 
 
@@ -208,7 +238,7 @@ class StoreStats:
     evicted_bytes_total: int
     over_capacity: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -228,6 +258,11 @@ class ObjectStoreState:
         # Evicted copies are gone from _objects at once (readers get Missing and
         # re-pull) but their bytes stay counted until the executor says so.
         self._evicting: dict[ObjectId, int] = {}
+        # Bytes reserved by writers that have not sealed yet (counted in _used).
+        self._reserved: dict[ObjectId, int] = {}
+        # Freed (or evicted) segments that a reader still maps: their memory is
+        # in use until it unmaps (the shell keeps this up to date).
+        self.draining = 0
         self._used = 0
         self._releasing = 0
         self._n_spilled = 0
@@ -252,7 +287,11 @@ class ObjectStoreState:
 
     def _over(self) -> int:
         """Bytes beyond capacity, counting pending releases as already free."""
-        return self._used - self._releasing - self.capacity
+        return self._used + self.draining - self._releasing - self.capacity
+
+    def occupied(self) -> int:
+        """Bytes of /dev/shm the objects hold: ``used`` plus freed segments still mapped."""
+        return self._used + self.draining
 
     def _make_room(self, exclude: ObjectId | None) -> list[Action]:
         """Evict then spill LRU candidates until under capacity or out of candidates.
@@ -301,10 +340,46 @@ class ObjectStoreState:
             a for a in actions if isinstance(a, StoreFull)
         ]
 
+    # ------------------------------------------------------------ reservations
+
+    def _make_room_for(self, size: int) -> list[Action]:
+        """Evict/spill so that ``size`` more bytes would fit (as far as candidates allow)."""
+        self._used += size
+        try:
+            return self._make_room(exclude=None)
+        finally:
+            self._used -= size
+
+    def fits(self, size: int) -> bool:
+        """Would ``size`` more bytes fit now (pending releases not counted as free)?"""
+        return self._used + self.draining + size <= self.capacity
+
+    def _reserve(self, object_id: ObjectId, size: int) -> list[Action]:
+        """Count ``size`` bytes for an object about to be written (the caller checked ``fits``)."""
+        if object_id not in self._reserved:
+            self._reserved[object_id] = size
+            self._used += size
+        return []
+
+    def is_reserved(self, object_id: ObjectId) -> bool:
+        return object_id in self._reserved
+
+    def _unreserve(self, object_id: ObjectId) -> list[Action]:
+        """The writer gave up (or died) before its seal: its bytes are free again."""
+        size = self._reserved.pop(object_id, None)
+        if size is not None:
+            self._used -= size
+        return []
+
+    def size_of(self, object_id: ObjectId) -> int:
+        obj = self._objects.get(object_id)
+        return 0 if obj is None else obj.size
+
     # ------------------------------------------------------------ events
 
-    def seal(self, object_id: ObjectId, size: int, primary: bool) -> list[Action]:
+    def _seal(self, object_id: ObjectId, size: int, primary: bool) -> list[Action]:
         """A new object of ``size`` bytes landed in /dev/shm (primary: made here)."""
+        self._unreserve(object_id)  # its reservation, if any, becomes the object
         obj = self._objects.get(object_id)
         if obj is not None:
             if obj.where is Where.SPILLED:
@@ -329,7 +404,7 @@ class ObjectStoreState:
         self._touch(object_id, obj)
         return self._room_for(object_id)
 
-    def pin(self, object_id: ObjectId) -> list[Action]:
+    def _pin(self, object_id: ObjectId) -> list[Action]:
         """A reader is using the object: never evict or spill it until unpinned."""
         obj = self._objects.get(object_id)
         if obj is None or obj.deleted:
@@ -339,7 +414,7 @@ class ObjectStoreState:
         obj.pins += 1
         return []
 
-    def unpin(self, object_id: ObjectId) -> list[Action]:
+    def _unpin(self, object_id: ObjectId) -> list[Action]:
         """A reader is done; the last unpin makes it a candidate again (most recent)."""
         obj = self._objects.get(object_id)
         if obj is None or obj.pins == 0:
@@ -352,7 +427,7 @@ class ObjectStoreState:
                 return self._make_room(exclude=None)
         return []
 
-    def get(self, object_id: ObjectId) -> list[Action]:
+    def _get(self, object_id: ObjectId) -> list[Action]:
         """A reader wants the object.
 
         Returns ``[Ready]`` if it is in memory, ``[Missing]`` if unknown,
@@ -373,7 +448,7 @@ class ObjectStoreState:
             obj.want_restore = True
         return []
 
-    def delete(self, object_id: ObjectId) -> list[Action]:
+    def _delete(self, object_id: ObjectId) -> list[Action]:
         """The owner freed the object: remove every copy this node has."""
         obj = self._objects.get(object_id)
         if obj is None or obj.deleted:
@@ -397,7 +472,7 @@ class ObjectStoreState:
         obj.want_restore = False
         return [Missing(object_id)] if waiting else []
 
-    def spilled(self, object_id: ObjectId) -> list[Action]:
+    def _spilled(self, object_id: ObjectId) -> list[Action]:
         """The executor wrote the spill file and unlinked the segment."""
         obj = self._objects.get(object_id)
         if obj is None or obj.where is not Where.SPILLING:
@@ -415,7 +490,7 @@ class ObjectStoreState:
             return self._start_restore(object_id, obj)
         return []
 
-    def spill_failed(self, object_id: ObjectId) -> list[Action]:
+    def _spill_failed(self, object_id: ObjectId) -> list[Action]:
         """The spill did not happen (disk full, segment gone): it is still in memory."""
         obj = self._objects.get(object_id)
         if obj is None or obj.where is not Where.SPILLING:
@@ -436,7 +511,7 @@ class ObjectStoreState:
             actions.append(StoreFull(object_id, self._used, self.capacity))
         return actions
 
-    def restored(self, object_id: ObjectId) -> list[Action]:
+    def _restored(self, object_id: ObjectId) -> list[Action]:
         """The executor copied the object back into /dev/shm."""
         obj = self._objects.get(object_id)
         if obj is None or obj.where is not Where.RESTORING:
@@ -450,7 +525,7 @@ class ObjectStoreState:
         self._touch(object_id, obj)
         return [Ready(object_id)]
 
-    def restore_failed(self, object_id: ObjectId, lost: bool = False) -> list[Action]:
+    def _restore_failed(self, object_id: ObjectId, lost: bool = False) -> list[Action]:
         """The restore did not happen; waiting readers get ``Missing``.
 
         With ``lost`` the spill file is unusable and the object is dropped (the
@@ -471,7 +546,7 @@ class ObjectStoreState:
         self._n_spilled += 1
         return [Missing(object_id)]
 
-    def evicted(self, object_id: ObjectId) -> list[Action]:
+    def _evicted(self, object_id: ObjectId) -> list[Action]:
         """The executor unlinked an evicted secondary copy."""
         size = self._evicting.pop(object_id, None)
         if size is None:
@@ -482,11 +557,15 @@ class ObjectStoreState:
         return []
 
     def handle(self, event: Event) -> list[Action]:
-        """Dispatch an event value to the method of the same meaning."""
+        """Take one event; return the actions it calls for (the only way in)."""
         if isinstance(event, Seal):
-            return self.seal(event.object_id, event.size, event.primary)
+            return self._seal(event.object_id, event.size, event.primary)
         if isinstance(event, RestoreFailed):
-            return self.restore_failed(event.object_id, event.lost)
+            return self._restore_failed(event.object_id, event.lost)
+        if isinstance(event, MakeRoom):
+            return self._make_room_for(event.size)
+        if isinstance(event, Reserve):
+            return self._reserve(event.object_id, event.size)
         method = _DISPATCH.get(type(event))
         if method is None:
             raise TypeError(f"not an object store event: {event!r}")
@@ -527,13 +606,14 @@ class ObjectStoreState:
         )
 
 
-_DISPATCH = {
-    Pin: ObjectStoreState.pin,
-    Unpin: ObjectStoreState.unpin,
-    Get: ObjectStoreState.get,
-    Delete: ObjectStoreState.delete,
-    Spilled: ObjectStoreState.spilled,
-    SpillFailed: ObjectStoreState.spill_failed,
-    Restored: ObjectStoreState.restored,
-    Evicted: ObjectStoreState.evicted,
+_DISPATCH: dict[type, Callable[[ObjectStoreState, ObjectId], list[Action]]] = {
+    Pin: ObjectStoreState._pin,
+    Unpin: ObjectStoreState._unpin,
+    Get: ObjectStoreState._get,
+    Delete: ObjectStoreState._delete,
+    Spilled: ObjectStoreState._spilled,
+    SpillFailed: ObjectStoreState._spill_failed,
+    Restored: ObjectStoreState._restored,
+    Evicted: ObjectStoreState._evicted,
+    Unreserve: ObjectStoreState._unreserve,
 }

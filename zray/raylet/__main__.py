@@ -8,10 +8,11 @@ import logging
 import os
 
 from zray.node import shm_prefix_for
+from zray.objstore import shm
 from zray.process import run_until_stopped
 from zray.raylet.raylet import Raylet
-from zray.raylet.worker_pool import Zygote
 from zray.util.logs import setup_process_logging
+from zray.zygote import Zygote
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,14 +33,16 @@ def main(argv: list[str] | None = None) -> None:
     node_hex = a.node_id
     leftovers = (os.path.join(a.session_dir, "spill", node_hex[:12]),
                  os.path.join(a.session_dir, "sockets", "raylet-" + node_hex[:12]))
-    zygote = None if os.environ.get("ZRAY_NO_ZYGOTE") else Zygote(
-        shm_prefix_for(a.session_dir, bytes.fromhex(node_hex)), leftovers)
+    # The node's private segment directory (objstore/shm.py), before the zygote
+    # that sweeps it if this process is killed.
+    shm_prefix = shm.make_node_dir(shm_prefix_for(a.session_dir, bytes.fromhex(node_hex)))
+    zygote = None if os.environ.get("ZRAY_NO_ZYGOTE") else Zygote(shm_prefix, leftovers)
     with open(os.path.join(a.session_dir, "secret"), "rb") as f:
         secret = f.read()
     r = Raylet(session_dir=a.session_dir, node_id=bytes.fromhex(a.node_id), gcs_addr=a.gcs,
                node_ip=a.node_ip, resources=json.loads(a.resources),
                object_store_memory=a.object_store_memory or None, secret=secret,
-               is_head=a.head, port=a.port)
+               is_head=a.head, port=a.port, shm_prefix=shm_prefix)
     r.zygote = zygote
     run_until_stopped(r, a.embedded)
 

@@ -47,6 +47,7 @@ import struct
 import threading
 import time
 
+from zray import config
 from zray.util.logs import RateLimited
 
 log = logging.getLogger("zray.bulk")
@@ -54,7 +55,7 @@ log = logging.getLogger("zray.bulk")
 MAGIC = b"ZRB1"
 TOKEN_BYTES = 16
 # A connection that makes no progress this long is broken (ZRAY_TRANSFER_BULK_TIMEOUT_S).
-IO_TIMEOUT_S = float(os.environ.get("ZRAY_TRANSFER_BULK_TIMEOUT_S") or 10.0)
+IO_TIMEOUT_S = config.env_number("ZRAY_TRANSFER_BULK_TIMEOUT_S", 10.0)
 CONNECT_TIMEOUT_S = min(5.0, IO_TIMEOUT_S)
 TOKEN_TTL_S = 30.0  # an offer nobody fetched is dropped after this
 IDLE_S = 20.0  # a puller's idle connection is closed after this (a holder's after 3x)

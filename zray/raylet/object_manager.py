@@ -65,7 +65,6 @@ owner (OBJECT_LOCATION_ADD), which records it as a second location.
 from __future__ import annotations
 
 import collections
-import fcntl
 import logging
 import mmap
 import os
@@ -76,16 +75,20 @@ from dataclasses import dataclass, field
 
 import lz4.block
 
-from zray import protocol
-from zray.objstore import shm, spare
+from zray import config, protocol
+from zray.objstore import shm
+from zray.objstore import store as ostore
 from zray.raylet import bulk as bulkplane
 
 log = logging.getLogger("zray.object_manager")
 
 
+class StoreFullError(OSError):
+    """No room for a pulled copy in this node's object store (raylet/store_room.py)."""
+
+
 def _env_int(name: str, default: int) -> int:
-    v = os.environ.get("ZRAY_" + name)
-    return int(v) if v else default
+    return config.env_number("ZRAY_" + name, default)
 
 
 CHUNK_BYTES = _env_int("TRANSFER_CHUNK_BYTES", 4 << 20)
@@ -595,6 +598,7 @@ class ObjectManager:
         self.pulls = Pulls(raylet.node_id)
         self.waiters: dict[bytes, list] = {}  # oid -> [(ra, rid)] of PULL_OBJECT
         self.files: dict[bytes, _Part] = {}  # oid -> the .part file being written
+        self._full: set[bytes] = set()  # pulls that failed for want of room
         self.serving: collections.OrderedDict = collections.OrderedDict()  # oid -> _Served
         self.bw: dict[bytes, float] = {}  # holder node -> measured bytes/s (raw pulls)
         self.deferred: list = []  # PULL_OBJECTs that arrived before the peer view
@@ -673,6 +677,15 @@ class ObjectManager:
         for tok in [t for t, v in self._toks.items() if now - v[3] > bulkplane.TOKEN_TTL_S]:
             del self._toks[tok]
 
+    def drop_served(self) -> int:
+        """Let go of every cached served segment (their locks keep them from spilling)."""
+        n = len(self.serving)
+        while self.serving:
+            _, seg = self.serving.popitem()
+            seg.close()
+        self._served_at.clear()
+        return n
+
     def on_chunk(self, h: dict, payload: list) -> None:
         oid = h["oid"]
         now = time.monotonic()
@@ -716,6 +729,10 @@ class ObjectManager:
         p.compressed = p.compressed or not raw
         try:
             part = self._file(oid, total)
+        except StoreFullError as e:
+            self._full.add(oid)
+            self.apply(acts + self.pulls.abort(oid, str(e)))
+            return
         except OSError as e:
             self.apply(acts + self.pulls.abort(oid, f"cannot make the copy: {e}"))
             return
@@ -882,11 +899,16 @@ class ObjectManager:
                 self._seal_copy(oid, p)
         if not ok and not d.local:
             shm.unlink(name + ".part")
+            room = getattr(self.r, "room", None)
+            if room is not None:
+                room.cancel(oid)  # its reservation, if the copy had started
         if not ok:
             log.warning("pull of %s failed: %s", oid.hex(), d.msg or "copy missing")
+        full = oid in self._full
+        self._full.discard(oid)
         for ra, rid in self.waiters.pop(oid, []):
             self.r.conns.send(ra, {"t": protocol.PULL_DONE, "rid": rid, "ok": ok,
-                                   "msg": d.msg})
+                                   "msg": d.msg, "full": full and not ok})
 
     def _seal_copy(self, oid: bytes, p: _Pull) -> None:
         # Store accounting goes through the raylet's ordinary seal path.
@@ -936,18 +958,29 @@ class ObjectManager:
             # cheapest way in. A fresh file gets pwrite and splice only: they
             # allocate its pages without zeroing them first (a fault would), and a
             # full /dev/shm is an error, not a SIGBUS.
-            claimed = spare.take(self.r.shm_prefix, total, path)
-            fd = os.open(path, os.O_RDWR if claimed else os.O_CREAT | os.O_EXCL | os.O_RDWR,
-                         0o600)
+            room = getattr(self.r, "room", None)
+            if room is not None:  # the hard limit: room first (raylet/store_room.py)
+                why: list[str] = []
+                room.reserve(oid, total, why.append, wait=False)
+                if why[0]:
+                    raise StoreFullError(why[0])
+            # Claimed or created, checked to be ours and locked as shm.create does.
+            try:
+                fd, claimed = shm.open_for_write(self.r.shm_prefix, total, path)
+            except BaseException:
+                if room is not None:
+                    room.cancel(oid)
+                raise
             mm = None
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # a writer's lock, as shm.create takes
                 os.ftruncate(fd, total)
                 if claimed and BULK_MAP:
                     mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
             except OSError:
                 os.close(fd)
                 os.unlink(path)
+                if room is not None:
+                    room.cancel(oid)
                 raise
             part = self.files[oid] = _Part(fd, mm)
         return part
@@ -1080,8 +1113,16 @@ class ObjectManager:
         store = getattr(self.r, "store", None)
         if store is None or not store.contains(oid):
             return False
+        if store.is_spilled(oid):  # only if it has room now (raylet/store_room.py)
+            why: list[str] = []
+            self.r.room.reserve(oid, store.size_of(oid), why.append, wait=False)
+            if why[0]:
+                log.warning("cannot restore %s to serve it: %s", oid.hex(), why[0])
+                return False
+            store.handle(ostore.Unreserve(oid))  # the restore counts its own bytes
         try:
-            return any(type(a).__name__ == "Ready" for a in self.r.store_apply(store.get(oid)))
+            acts = self.r.store_apply(store.handle(ostore.Get(oid)))
+            return any(isinstance(a, ostore.Ready) for a in acts)
         except Exception:
             log.exception("cannot restore %s to serve it", oid.hex())
             return False

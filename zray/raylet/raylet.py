@@ -16,16 +16,19 @@ import time
 
 import zmq
 
-from zray import config, ids, protocol
+from zray import config, ids, process, protocol
 from zray.objstore import shm
 from zray.objstore import store as ostore
 from zray.objstore.capacity import default_capacity
 from zray.objstore.spare import SpareFiller
 from zray.objstore.spill import StoreExecutor, run_sync
+from zray.raylet import gcs_watch as gw
+from zray.raylet import memory_monitor as mm
 from zray.raylet import scheduler as sch
 from zray.raylet.object_manager import ObjectManager
 from zray.raylet.peers import PeerView
-from zray.raylet.worker_pool import ForkedProc, Zygote
+from zray.raylet.store_room import RoomKeeper
+from zray.zygote import ForkedProc, Zygote
 
 log = logging.getLogger("zray.raylet")
 
@@ -33,7 +36,8 @@ log = logging.getLogger("zray.raylet")
 class Raylet:
     def __init__(self, *, session_dir: str, node_id: bytes, gcs_addr: str, node_ip: str,
                  resources: dict, object_store_memory: int | None, secret: bytes,
-                 is_head: bool, port: int = 0, labels: dict | None = None):
+                 is_head: bool, port: int = 0, labels: dict | None = None,
+                 shm_prefix: str | None = None):
         self.session_dir = session_dir
         self.node_id = node_id
         self.node_ip = node_ip
@@ -41,7 +45,9 @@ class Raylet:
         self.is_head = is_head
         self.gcs_addr = gcs_addr
         self.session_name = os.path.basename(session_dir.rstrip("/"))
-        self.shm_prefix = f"zray-{self.session_name[-8:]}-{node_id.hex()[:8]}-"
+        # The node's private directory in /dev/shm (objstore/shm.py: make_node_dir).
+        self.shm_prefix = shm_prefix or shm.make_node_dir(
+            f"zray-{self.session_name[-8:]}-{node_id.hex()[:8]}-")
         self.sched = sch.NodeScheduler(resources)
         self.inbound = protocol.Inbound(
             os.path.join(session_dir, "sockets", "raylet-" + node_id.hex()[:12]),
@@ -49,6 +55,11 @@ class Raylet:
         self.address = protocol.Address(node_id, self.inbound.ipc_addr, self.inbound.tcp_addr)
         self.conns = protocol.Connections(secret)
         self.gcs = self.conns.get(gcs_addr)
+        # Is the GCS there? (raylet/gcs_watch.py): pings, a pidfd on a local GCS process.
+        self.gcs_watch = gw.GcsWatch(gcs_addr.split("://", 1)[-1], config.HEARTBEAT_S,
+                                     config.GCS_PING_TIMEOUT_S, config.GCS_RECONNECT_TIMEOUT_S)
+        self.gcs_fd: int | None = None
+        self._gcs_rid = 0
         self.sched.node_id = node_id
         self.view = PeerView(node_id)  # the other nodes, from the GCS (raylet/peers.py)
         self.om = ObjectManager(self)  # transfers between nodes (raylet/object_manager.py)
@@ -67,16 +78,22 @@ class Raylet:
         # background filler makes at most 1 GiB of them.
         self.spares = SpareFiller(self.shm_prefix, self.capacity // 2,
                                   fill_bytes=min(self.capacity // 4, 1 << 30),
-                                  room=lambda: self.capacity - self.store._used)
+                                  room=lambda: self.capacity - self.store.occupied())
         self.store_exec = StoreExecutor(
             self.shm_prefix, os.path.join(session_dir, "spill", node_id.hex()[:12]))
         self.store_exec.recycle = self.spares.recycle  # freed segments become spares
+        self.room = RoomKeeper(self)  # the hard limit: room reserved before writes
+        self.store_exec.drain = self.room.drain  # freed but mapped: counted until unmapped
         self.gcs_address = ""  # set when the GCS has registered this node
         self._early_clients: list[dict] = []
         self._dirty = True
         self._last_report = 0.0
         self.log_dir = os.path.join(session_dir, "logs")
         self.zygote: Zygote | None = None  # set by the raylet's main before run()
+        # The memory monitor (raylet/memory_monitor.py): workers it killed -> its message.
+        self.memory = mm.MemoryPolicy(config.MEMORY_USAGE_THRESHOLD, node_ip, node_id)
+        self.oom_killed: dict[bytes, str] = {}
+        self._memory_next = 0.0
         os.makedirs(self.log_dir, exist_ok=True)
 
     # ------------------------------------------------------------- workers
@@ -97,14 +114,14 @@ class Raylet:
                                              stderr=subprocess.STDOUT, close_fds=True)
             except OSError as e:
                 log.error("cannot start a worker: %s", e)
-                self.apply(self.sched.worker_start_failed())
+                self.apply(self.sched.handle(sch.WorkerStartFailed()))
                 continue
             self.procs[wid] = p
             try:
                 fd = os.pidfd_open(p.pid)
             except ProcessLookupError:  # died at once: treat as a failed start
                 self.procs.pop(wid)
-                self.apply(self.sched.worker_start_failed())
+                self.apply(self.sched.handle(sch.WorkerStartFailed()))
                 continue
             self.pidfds[fd] = wid
             self.poller.register(fd, zmq.POLLIN)
@@ -121,13 +138,15 @@ class Raylet:
         waddr = self.workers_addr.pop(wid, None)
         if waddr is not None:
             # Leases this worker held as an owner (nested tasks) end with it.
-            self.apply(self.sched.owner_died(waddr[1]))
+            self.apply(self.sched.handle(sch.OwnerDied(waddr[1])))
         self._remove_worker_socket(wid)
+        self.room.writer_gone(wid)
         self._dirty = True
         # Actors owned by this worker share its fate: the GCS ends them.
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid,
                        "addr": waddr[1] if waddr is not None else None})
-        self.apply(self.sched.worker_exited(wid))
+        self.memory.worker_exited(wid)
+        self.apply(self.sched.handle(sch.WorkerExited(wid, oom=self.oom_killed.pop(wid, None))))
 
     def _remove_worker_socket(self, wid: bytes) -> None:
         # A killed worker cannot remove its own ipc socket file.
@@ -150,10 +169,29 @@ class Raylet:
         self.poller.unregister(fd)
         os.close(fd)
         self.drivers.pop(wid, None)
+        self.room.writer_gone(wid)
         self._dirty = True
         # Its job's non-detached actors end with it (the GCS decides which).
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid, "addr": ra, "driver": True})
-        self.apply(self.sched.owner_died(ra))
+        self.apply(self.sched.handle(sch.OwnerDied(ra)))
+
+    def check_memory(self, now: float) -> None:
+        """The memory monitor's turn: kill a leased worker if the node is short of memory."""
+        usage = mm.read_usage()
+        if usage.fraction < self.memory.threshold:
+            return
+        running = []
+        for lid, lease in self.sched.leases.items():
+            p = self.procs.get(lease.wid)
+            if p is not None and p.poll() is None:
+                running.append(mm.Running(lease.wid, lid, lease.retriable, p.pid, _rss(p.pid)))
+        for a in self.memory.check(now, usage, running):
+            if isinstance(a, mm.Kill):
+                log.warning("%s", a.message)
+                self.oom_killed[a.wid] = a.message
+                self.kill_worker(a.wid, signal.SIGKILL)
+            else:
+                log.warning("%s", a.message)
 
     def kill_worker(self, wid: bytes, sig: int = signal.SIGTERM) -> None:
         p = self.procs.get(wid)
@@ -184,8 +222,11 @@ class Raylet:
                 self.conns.send(a.req.ra, {"t": protocol.LEASE_SPILLBACK, "lrid": a.req.lrid,
                                            "raylet": self.peer_addr(a.node)})
             elif isinstance(a, sch.NotifyWorkerDied):
-                self.conns.send(a.ra, {"t": protocol.WORKER_DIED, "wid": a.wid,
-                                       "lease": a.lease_id, "reason": a.reason})
+                died = {"t": protocol.WORKER_DIED, "wid": a.wid, "lease": a.lease_id,
+                        "reason": a.reason}
+                if a.oom:
+                    died["oom"] = True
+                self.conns.send(a.ra, died)
             elif isinstance(a, sch.KillWorker):
                 self.kill_worker(a.wid)
 
@@ -213,12 +254,12 @@ class Raylet:
         if self.view.ready and not was_ready:
             self.om.view_ready()
         if changed or h.get("ev") == "snapshot":
-            self.apply(self.sched.peers_changed(self.view.res, self.view.dead, changed))
+            self.apply(self.sched.handle(sch.PeersChanged(self.view.res, self.view.dead, changed)))
 
     def store_apply(self, acts: list) -> list:
         """Carry out the object store's actions inline; return Ready/Missing/StoreFull."""
         out = run_sync(self.store, self.store_exec, acts)
-        room = self.capacity - self.store._used
+        room = self.capacity - self.store.occupied()
         if self.spares.held_max > room:  # objects grew into the spares' room: drop some
             self.spares.trim(room)
         for a in out:
@@ -236,22 +277,34 @@ class Raylet:
                                    else h["ra"].startswith("tcp://"))
             if "hold" in h:  # an actor's lease (the GCS asks): what it holds once granted
                 req.hold = {k: float(v) for k, v in h["hold"].items()}
-            self.apply(self.sched.request(req))
+            req.retriable = bool(h.get("rt", True))
+            self.apply(self.sched.handle(sch.LeaseRequested(req)))
         elif t == protocol.RETURN_LEASE:
             self._dirty = True
-            self.apply(self.sched.lease_returned(h["lease"], bool(h.get("exit"))))
+            self.apply(self.sched.handle(sch.LeaseReturned(h["lease"], bool(h.get("exit")))))
         elif t == protocol.REGISTER_CLIENT:
             self._register_client(h)
         elif t == protocol.WORKER_BLOCKED:
             self._dirty = True
-            self.apply(self.sched.blocked(h["wid"]))
+            self.apply(self.sched.handle(sch.WorkerBlocked(h["wid"])))
         elif t == protocol.WORKER_UNBLOCKED:
             self._dirty = True
-            self.apply(self.sched.unblocked(h["wid"]))
+            self.apply(self.sched.handle(sch.WorkerUnblocked(h["wid"])))
+        elif t == protocol.CREATE_OBJECT:
+            if h.get("cancel"):  # the writer could not write it: the bytes are free again
+                self.room.cancel(h["oid"])
+                return
+            ra, rid = h["ra"], h["rid"]
+
+            def created(why: str, ra=ra, rid=rid) -> None:
+                self.conns.send(ra, {"t": protocol.CREATE_OBJECT_REPLY, "rid": rid,
+                                     "ok": not why, "msg": why})
+            self.room.reserve(h["oid"], int(h["size"]), created, owner=h.get("wid", b""))
         elif t == protocol.OBJECT_SEALED:
+            self.room.sealed(h["oid"])
             self.spares.note(int(h["size"]))
-            self.store_apply(self.store.seal(h["oid"], int(h["size"]),
-                                             primary=not h.get("secondary")))
+            self.store_apply(self.store.handle(ostore.Seal(h["oid"], int(h["size"]),
+                                                           primary=not h.get("secondary"))))
         elif t == protocol.FREE_OBJECTS:
             node = h.get("node")
             if node and node != self.node_id:  # the owner does not know that raylet: forward
@@ -261,8 +314,9 @@ class Raylet:
                 return
             self.om.freed(h["oids"])
             for oid in h["oids"]:
+                self.room.cancel(oid)  # a writer that gave up before its seal
                 if self.store.contains(oid):
-                    self.store_apply(self.store.delete(oid))
+                    self.store_apply(self.store.handle(ostore.Delete(oid)))
                 elif not self.spares.recycle(self.shm_prefix + oid.hex()):
                     shm.unlink(self.shm_prefix + oid.hex())
         elif t == protocol.PULL_OBJECT:
@@ -270,11 +324,15 @@ class Raylet:
             if node != self.node_id and not self.store.contains(h["oid"]):
                 self.om.pull(h)  # on another node: copy it here (raylet/object_manager.py)
                 return
+            if self.store.is_spilled(h["oid"]):
+                # Restored once it has room (store_room.py), before we answer.
+                self.room.reserve(h["oid"], self.store.size_of(h["oid"]),
+                                  lambda why, h=h: self._restore_for(h, why))
+                return
             ok = False
             if self.store.contains(h["oid"]):
-                # In memory, or spilled: restored before we answer.
                 ok = any(isinstance(a, ostore.Ready) for a in self.store_apply(
-                    self.store.get(h["oid"])))
+                    self.store.handle(ostore.Get(h["oid"]))))
             self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
         elif t == protocol.CHUNK_REQUEST:
             self.om.serve(h)
@@ -287,13 +345,16 @@ class Raylet:
         elif t == protocol.PUBLISH:
             self._on_publish(h)
         elif t == protocol.CANCEL_LEASE_REQUEST:
-            self.apply(self.sched.cancel(h["ra"], h["lrid"]))
+            self.apply(self.sched.handle(sch.RequestCancelled(h["ra"], h["lrid"])))
         elif t == protocol.KILL_WORKER:  # the GCS ends a killed actor's worker
             self.kill_worker(h["wid"], signal.SIGKILL)
         elif t == protocol.WORKER_EXITING:
             pass  # the pidfd tells us when it is gone
         elif t == protocol.REGISTER_NODE_REPLY:
             self.gcs_address = h.get("gcs_address", "")
+            self.gcs_watch.address = self.gcs_address or self.gcs_watch.address
+            self._watch_gcs_process(h)
+            self.apply_gcs(self.gcs_watch.registered(time.monotonic(), h.get("gcs_start")))
             # Clients that came first are answered now: once init() returns, the
             # node must be in the GCS (nodes(), cluster_resources()).
             waiting, self._early_clients = self._early_clients, []
@@ -304,8 +365,21 @@ class Raylet:
         elif t == protocol.PING:
             if "ra" in h:
                 self.conns.send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid")})
+        elif t == protocol.PONG:  # the GCS answers our pings
+            self.apply_gcs(self.gcs_watch.pong(time.monotonic(), h.get("gcs_start")))
         else:
             log.warning("unexpected message %s", protocol.NAMES.get(t, t))
+
+    def _restore_for(self, h: dict, why: str) -> None:
+        """PULL_OBJECT of a spilled object, once room was reserved for it (or not)."""
+        reply = {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": False}
+        if why:
+            reply.update(full=True, msg=why)
+        else:
+            self.store.handle(ostore.Unreserve(h["oid"]))  # the restore counts its own bytes
+            reply["ok"] = any(isinstance(a, ostore.Ready) for a in self.store_apply(
+                self.store.handle(ostore.Get(h["oid"]))))
+        self.conns.send(h["ra"], reply)
 
     def _register_client(self, h: dict) -> None:
         if not self.gcs_address:
@@ -314,38 +388,85 @@ class Raylet:
         wid = h["wid"]
         if h.get("kind") == "worker":
             self.workers_addr[wid] = h["addr"]
-            self.apply(self.sched.worker_registered(wid))
+            self.apply(self.sched.handle(sch.WorkerRegistered(wid)))
         else:
             self.drivers[wid] = h["ra"]
             self._watch_driver(wid, int(h.get("pid", 0)), h["ra"])
         self.conns.send(h["ra"], {
             "t": protocol.REGISTER_CLIENT_REPLY, "rid": h["rid"], "node": self.node_id,
             "gcs": self.gcs_addr, "gcs_address": self.gcs_address, "shm": self.shm_prefix,
-            "raylet": self.address.pack(), "node_ip": self.node_ip})
+            "raylet": self.address.pack(), "node_ip": self.node_ip,
+            "gcs_down": self.gcs_watch.msg if self.gcs_watch.state == gw.DOWN else ""})
+
+    # ---------------------------------------------------------------- GCS
+    def _watch_gcs_process(self, h: dict) -> None:
+        if self.gcs_fd is not None:
+            self.poller.unregister(self.gcs_fd)
+            os.close(self.gcs_fd)
+        self.gcs_fd = process.watch(int(h.get("gcs_pid") or 0), h.get("gcs_id"))
+        if self.gcs_fd is not None:
+            self.poller.register(self.gcs_fd, zmq.POLLIN)
+
+    def _gcs_exited(self) -> None:
+        self.poller.unregister(self.gcs_fd)
+        os.close(self.gcs_fd)
+        self.gcs_fd = None
+        self.apply_gcs(self.gcs_watch.process_exited(time.monotonic()))
+
+    def apply_gcs(self, acts: list) -> None:
+        for a in acts:
+            if isinstance(a, gw.Ping):
+                self._gcs_rid += 1
+                self.gcs.send({"t": protocol.PING, "rid": self._gcs_rid, "ra": self._gcs_ra()})
+            elif isinstance(a, gw.Register):
+                self.register_with_gcs()
+            elif isinstance(a, (gw.Down, gw.Up)):
+                down = isinstance(a, gw.Down)
+                if down:
+                    log.error("%s", a.msg)
+                else:
+                    log.warning("the GCS at %s is back: registered again", self.gcs_watch.address)
+                # Drivers and workers fail their GCS-bound calls fast while it is down.
+                note = {"t": protocol.PUBLISH, "ch": "gcs", "ev": "down" if down else "up",
+                        "msg": a.msg if down else ""}
+                for ra in list(self.drivers.values()):
+                    self.conns.send(ra, dict(note))
+                for waddr in list(self.workers_addr.values()):
+                    self.conns.send(waddr[1], dict(note))
+            elif isinstance(a, gw.Stop):
+                log.error("stopping this node: %s", a.msg)
+                self.running = False
+
+    def _gcs_ra(self) -> str:
+        return self.address.ipc if self.gcs_addr.startswith("ipc://") else self.address.tcp
 
     # --------------------------------------------------------------- loop
     def report(self, now: float) -> None:
         self._dirty = False
         self._last_report = now
+        if self.gcs_watch.state == gw.DOWN:
+            return  # nobody listens; re-registration carries the state
         self.gcs.send({"t": protocol.HEARTBEAT, "node": self.node_id,
                        "avail": self.sched.available(), "used": self.store._used,
                        "workers": len(self.procs)})
 
     def register_with_gcs(self) -> None:
+        # "workers": who still runs here, workers and drivers (a restarted GCS reconciles
+        # its actors with it).
         self.gcs.send({"t": protocol.REGISTER_NODE, "node": self.node_id,
-                       "addr": self.address.pack(), "ra": self.address.ipc
-                       if self.gcs_addr.startswith("ipc://") else self.address.tcp,
+                       "addr": self.address.pack(), "ra": self._gcs_ra(),
                        "ip": self.node_ip, "res": self.sched.total, "head": self.is_head,
                        "session": self.session_dir, "shm": self.shm_prefix,
                        "store": self.capacity, "pid": os.getpid(),
-                       "hostname": os.uname().nodename})
+                       "hostname": os.uname().nodename,
+                       "workers": [*self.procs, *self.drivers]})
+        self.gcs.send({"t": protocol.SUBSCRIBE, "ch": "node", "ra": self._gcs_ra()})
 
     def run(self) -> None:
         self.register_with_gcs()
-        self.gcs.send({"t": protocol.SUBSCRIBE, "ch": "node", "ra": self.address.ipc
-                       if self.gcs_addr.startswith("ipc://") else self.address.tcp})
+        self.apply_gcs(self.gcs_watch.start(time.monotonic()))
         self.start_workers(min(config.PRESTART_WORKERS, max(int(self.sched.total.get("CPU", 1)), 1)))
-        self.sched.starting = len(self.procs)
+        self.sched.handle(sch.WorkersStarting(len(self.procs)))
         tick = 0.0
         while self.running:
             ready = dict(self.poller.poll(50))
@@ -355,17 +476,27 @@ class Raylet:
                     self._reap(fd)
                 for fd in [f for f in ready if isinstance(f, int) and f in self.driver_fds]:
                     self._driver_gone(fd)
+                if self.gcs_fd is not None and self.gcs_fd in ready:
+                    self._gcs_exited()
             now = time.monotonic()
             if self._dirty and now - self._last_report > 0.02 or now - self._last_report > config.HEARTBEAT_S:
                 self.report(now)
+            if config.MEMORY_MONITOR_REFRESH_MS > 0 and now >= self._memory_next:
+                self._memory_next = now + config.MEMORY_MONITOR_REFRESH_MS / 1000
+                self.check_memory(now)
             if now - tick > 0.25:
                 tick = now
-                self.apply(self.sched.tick(now, config.INFEASIBLE_WARN_S))
+                self.apply(self.sched.handle(sch.Tick(now, config.INFEASIBLE_WARN_S)))
                 self.om.tick(now)
+                self.room.retry(now)
+                self.apply_gcs(self.gcs_watch.tick(now))
         self.shutdown()
 
     def shutdown(self) -> None:
         self.gcs.send({"t": protocol.UNREGISTER_NODE, "node": self.node_id})
+        if self.gcs_fd is not None:
+            os.close(self.gcs_fd)
+            self.gcs_fd = None
         for p in self.procs.values():
             try:
                 p.terminate()
@@ -393,3 +524,12 @@ class Raylet:
             os.unlink(self.address.ipc[len("ipc://"):])
         except OSError:
             pass
+
+
+def _rss(pid: int) -> int | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except Exception:
+        return None

@@ -1,8 +1,8 @@
 """The raylet's local scheduler and worker-pool bookkeeping: a plain state machine.
 
-Events come in as method calls with everything they need (time included);
-each returns a list of actions for the raylet's I/O shell to carry out. No
-sockets, processes or clocks here, so unit tests drive it directly.
+Events come in one way, ``handle(event)``, as values with everything they need
+(time included); it returns a list of actions for the raylet's I/O shell to carry
+out. No sockets, processes or clocks here, so unit tests drive it directly.
 
 A *lease* is a worker granted to one owner together with resources; the owner
 then pushes tasks straight to that worker until it returns the lease.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 EPS = 1e-9
 # Hybrid policy: pack onto the local node until its busiest requested resource is
@@ -22,14 +22,15 @@ SPREAD_THRESHOLD = 0.5
 # (it may be a node whose join has not reached us yet).
 AFFINITY_GRACE_S = 2.0
 LOCAL, WAIT = "local", "wait"  # placements (or a peer's node id, or a Fail)
+Res = dict[str, float]  # resource name -> amount
 
 
 @dataclass
 class LeaseRequest:
     lrid: int
     ra: str  # where to send the answer
-    res: dict
-    strategy: dict | None = None
+    res: Res
+    strategy: dict[str, Any] | None = None
     arrived: float = 0.0
     warned: bool = False
     # Spilled here by a peer (the requester is on another node): run it here if
@@ -40,7 +41,10 @@ class LeaseRequest:
     sticky: bool = False
     # What the lease holds once granted, if not ``res`` (an actor needs 1 CPU to be
     # placed but holds none while it lives, as in Ray).
-    hold: dict | None = None
+    hold: Res | None = None
+    # Its work can be retried (a task with retries left, an actor that may restart): the
+    # memory monitor kills such workers first.
+    retriable: bool = True
 
 
 @dataclass
@@ -48,9 +52,10 @@ class Lease:
     lease_id: int
     wid: bytes
     ra: str
-    res: dict
-    gpu_ids: list = field(default_factory=list)
+    res: Res
+    gpu_ids: list[int] = field(default_factory=list)
     blocked: bool = False
+    retriable: bool = True
 
 
 # --- actions ---------------------------------------------------------------
@@ -59,7 +64,7 @@ class Grant:
     req: LeaseRequest
     wid: bytes
     lease_id: int
-    res: dict
+    res: Res
 
 
 @dataclass
@@ -92,6 +97,7 @@ class NotifyWorkerDied:
     wid: bytes
     lease_id: int
     reason: str
+    oom: bool = False  # killed by the memory monitor; reason is its message
 
 
 @dataclass
@@ -99,7 +105,100 @@ class KillWorker:
     wid: bytes
 
 
-def fits(need: dict, have: dict) -> bool:
+Action = Union[Grant, StartWorkers, Warn, Fail, Spill, NotifyWorkerDied, KillWorker]
+
+
+# --- events ----------------------------------------------------------------
+@dataclass
+class LeaseRequested:
+    """REQUEST_LEASE from an owner (or spilled here by a peer)."""
+
+    req: LeaseRequest
+
+
+@dataclass
+class RequestCancelled:
+    """CANCEL_LEASE_REQUEST: the owner no longer wants request ``lrid``."""
+
+    ra: str
+    lrid: int
+
+
+@dataclass
+class WorkersStarting:
+    """The raylet started ``n`` worker processes that have not registered yet."""
+
+    n: int
+
+
+@dataclass
+class WorkerRegistered:
+    wid: bytes
+
+
+@dataclass
+class WorkerStartFailed:
+    pass
+
+
+@dataclass
+class LeaseReturned:
+    lease_id: int
+    exiting: bool  # the worker exits after this lease (max_calls reached)
+
+
+@dataclass
+class WorkerExited:
+    """A worker process ended (crash, kill or clean exit; ``oom``: the memory
+    monitor's message if it killed the worker)."""
+
+    wid: bytes
+    oom: str | None = None
+
+
+@dataclass
+class OwnerDied:
+    """A driver or worker that may hold leases or requests is gone."""
+
+    ra: str
+
+
+@dataclass
+class WorkerBlocked:
+    wid: bytes
+
+
+@dataclass
+class WorkerUnblocked:
+    wid: bytes
+
+
+@dataclass
+class PeersChanged:
+    """The GCS's view of the other nodes: alive ones (total, available), dead ones if
+    known; ``updated``, the peers a fresh report came for (None: all of them)."""
+
+    peers: dict[bytes, tuple[Res, Res]]
+    dead: set[bytes] | None = None
+    updated: set[bytes] | None = None
+
+
+@dataclass
+class Tick:
+    now: float
+    warn_after: float  # warn about a request no node can ever fit after this long
+
+
+Event = Union[LeaseRequested, RequestCancelled, WorkersStarting, WorkerRegistered,
+              WorkerStartFailed, LeaseReturned, WorkerExited, OwnerDied, WorkerBlocked,
+              WorkerUnblocked, PeersChanged, Tick]
+
+
+# Where a request goes: LOCAL (queue here), WAIT, a peer's node id (spill), or a Fail.
+Placement = Union[str, bytes, Fail]
+
+
+def fits(need: Res, have: Res) -> bool:
     for k, v in need.items():
         if v > have.get(k, 0.0) + EPS:
             return False
@@ -109,11 +208,11 @@ def fits(need: dict, have: dict) -> bool:
 class NodeScheduler:
     """Resources, lease queue, leases and idle workers of one node."""
 
-    def __init__(self, total: dict, max_idle_workers: int | None = None):
+    def __init__(self, total: Res, max_idle_workers: int | None = None):
         self.total = {k: float(v) for k, v in total.items() if v}
         self.avail = dict(self.total)
         self.gpu_free = list(range(int(self.total.get("GPU", 0))))
-        self.queue: collections.OrderedDict[tuple, LeaseRequest] = collections.OrderedDict()
+        self.queue: collections.OrderedDict[tuple[str, int], LeaseRequest] = collections.OrderedDict()
         self.leases: dict[int, Lease] = {}
         self.by_worker: dict[bytes, int] = {}
         self.idle: list[bytes] = []  # registered workers with no lease (LIFO: warm first)
@@ -122,57 +221,80 @@ class NodeScheduler:
         self._next_lease = 0
         self.max_idle = max_idle_workers or max(int(self.total.get("CPU", 1)), 1)
         # Peers' resources from the GCS: node id -> (total, available)
-        self.peers: dict[bytes, tuple[dict, dict]] = {}
+        self.peers: dict[bytes, tuple[Res, Res]] = {}
         self.node_id = b""  # set by the raylet
         self.dead_peers: set[bytes] = set()
         self.peers_ready = False  # the GCS's first snapshot has arrived
         self._rr = 0
         # What we spilled to each peer and its next report may not show yet: counted
         # against its available resources until that report, or two ticks at most.
-        self.reserved: dict[bytes, dict] = {}
-        self._reserved_old: dict[bytes, dict] = {}
+        self.reserved: dict[bytes, Res] = {}
+        self._reserved_old: dict[bytes, Res] = {}
 
     # -- events
-    def request(self, req: LeaseRequest) -> list:
+    def handle(self, event: Event) -> list[Action]:
+        """Take one event; return the actions it calls for (the only way in)."""
+        match event:
+            case LeaseRequested(req):
+                return self._request(req)
+            case RequestCancelled(ra, lrid):
+                self.queue.pop((ra, lrid), None)
+                return []
+            case WorkersStarting(n):
+                self.starting += n
+                return []
+            case WorkerRegistered(wid):
+                return self._worker_registered(wid)
+            case WorkerStartFailed():
+                return self._worker_start_failed()
+            case LeaseReturned(lease_id, exiting):
+                return self._lease_returned(lease_id, exiting)
+            case WorkerExited(wid, oom):
+                return self._worker_exited(wid, oom)
+            case OwnerDied(ra):
+                return self._owner_died(ra)
+            case WorkerBlocked(wid):
+                return self._blocked(wid)
+            case WorkerUnblocked(wid):
+                return self._unblocked(wid)
+            case PeersChanged(peers, dead, updated):
+                return self._peers_changed(peers, dead, updated)
+            case Tick(now, warn_after):
+                return self._tick(now, warn_after)
+        raise TypeError(f"not a scheduler event: {event!r}")
+
+    def _request(self, req: LeaseRequest) -> list[Action]:
         self.queue[(req.ra, req.lrid)] = req
         return self.dispatch()
 
-    def cancel(self, ra: str, lrid: int) -> list:
-        self.queue.pop((ra, lrid), None)
-        return []
-
-    def worker_started(self) -> None:
-        self.starting += 1
-
-    def worker_registered(self, wid: bytes) -> list:
+    def _worker_registered(self, wid: bytes) -> list[Action]:
         self.starting = max(0, self.starting - 1)
         self.workers.add(wid)
         self.idle.append(wid)
         return self.dispatch()
 
-    def worker_start_failed(self) -> list:
+    def _worker_start_failed(self) -> list[Action]:
         self.starting = max(0, self.starting - 1)
         return self.dispatch()
 
-    def lease_returned(self, lease_id: int, exiting: bool) -> list:
+    def _lease_returned(self, lease_id: int, exiting: bool) -> list[Action]:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return []
         self._release(lease)
         self.by_worker.pop(lease.wid, None)
-        acts: list = []
+        acts: list[Action] = []
         if exiting:
             acts.append(KillWorker(lease.wid))
         elif lease.wid in self.workers:
             self.idle.append(lease.wid)
         return acts + self.dispatch()
 
-    def worker_exited(self, wid: bytes, started: bool = True) -> list:
-        """A worker process ended (crash, kill or clean exit)."""
-        acts: list = []
+    def _worker_exited(self, wid: bytes, oom: str | None) -> list[Action]:
+        acts: list[Action] = []
         if wid not in self.workers:
             # Died before it registered.
-            return self.worker_start_failed()
+            return self._worker_start_failed()
         self.workers.discard(wid)
         if wid in self.idle:
             self.idle.remove(wid)
@@ -180,10 +302,11 @@ class NodeScheduler:
         if lid is not None:
             lease = self.leases.pop(lid)
             self._release(lease)
-            acts.append(NotifyWorkerDied(lease.ra, wid, lid, "the worker process died"))
+            acts.append(NotifyWorkerDied(lease.ra, wid, lid, oom or "the worker process died",
+                                         oom is not None))
         return acts + self.dispatch()
 
-    def owner_died(self, ra: str) -> list:
+    def _owner_died(self, ra: str) -> list[Action]:
         """A driver or worker that held leases is gone: its leases and requests end.
 
         Its leased workers may be running its tasks; nobody wants their results,
@@ -191,7 +314,7 @@ class NodeScheduler:
         """
         for key in [k for k, r in self.queue.items() if r.ra == ra]:
             del self.queue[key]
-        acts: list = []
+        acts: list[Action] = []
         for lid, lease in list(self.leases.items()):
             if lease.ra == ra:
                 del self.leases[lid]
@@ -200,7 +323,7 @@ class NodeScheduler:
                 acts.append(KillWorker(lease.wid))
         return acts + self.dispatch()
 
-    def blocked(self, wid: bytes) -> list:
+    def _blocked(self, wid: bytes) -> list[Action]:
         lid = self.by_worker.get(wid)
         lease = self.leases.get(lid) if lid is not None else None
         if lease is None or lease.blocked:
@@ -212,7 +335,7 @@ class NodeScheduler:
             self.avail["CPU"] = self.avail.get("CPU", 0) + cpu
         return self.dispatch()
 
-    def unblocked(self, wid: bytes) -> list:
+    def _unblocked(self, wid: bytes) -> list[Action]:
         lid = self.by_worker.get(wid)
         lease = self.leases.get(lid) if lid is not None else None
         if lease is None or not lease.blocked:
@@ -223,13 +346,8 @@ class NodeScheduler:
             self.avail["CPU"] = self.avail.get("CPU", 0) - cpu  # may go negative for a while
         return []
 
-    def peers_changed(self, peers: dict[bytes, tuple[dict, dict]],
-                      dead: set[bytes] | None = None,
-                      updated: set[bytes] | None = None) -> list:
-        """The GCS's view of the other nodes changed (alive ones; dead ones if known).
-
-        ``updated``: the peers a fresh report came for (None: all of them).
-        """
+    def _peers_changed(self, peers: dict[bytes, tuple[Res, Res]], dead: set[bytes] | None,
+                       updated: set[bytes] | None) -> list[Action]:
         self.peers = peers
         if dead is not None:
             self.dead_peers = set(dead)
@@ -240,8 +358,8 @@ class NodeScheduler:
         self.peers_ready = True
         return self.dispatch()
 
-    def tick(self, now: float, warn_after: float) -> list:
-        acts: list = []
+    def _tick(self, now: float, warn_after: float) -> list[Action]:
+        acts: list[Action] = []
         if self.reserved or self._reserved_old:
             self._reserved_old, self.reserved = self.reserved, {}
             acts += self.dispatch()
@@ -278,13 +396,14 @@ class NodeScheduler:
             return node, bool(s.get("soft"))
         return None, False
 
-    def dispatch(self, local_node: bytes | None = None) -> list:
-        acts: list = []
+    def dispatch(self, local_node: bytes | None = None) -> list[Action]:
+        acts: list[Action] = []
         want_workers = 0
         # Local resources as this pass has promised them (requests placed here
         # that wait for a worker count as taken, so the next one looks elsewhere).
         avail = dict(self.avail)
         for key, req in list(self.queue.items()):
+            where: Placement
             if req.sticky and fits(req.res, avail):
                 where = LOCAL
             else:
@@ -296,7 +415,7 @@ class NodeScheduler:
                 del self.queue[key]
                 acts.append(where)
                 continue
-            if where is not LOCAL:
+            if isinstance(where, bytes):  # a peer's node id
                 del self.queue[key]
                 self._reserve_peer(where, req.res)
                 acts.append(Spill(req, where))
@@ -319,7 +438,7 @@ class NodeScheduler:
         return acts
 
     # -- placement
-    def _place(self, req: LeaseRequest, avail: dict) -> Any:
+    def _place(self, req: LeaseRequest, avail: Res) -> Placement:
         """LOCAL (queue here), WAIT, a peer's node id (spill there), or a Fail."""
         res = req.res
         aff, soft = self._affinity(req)
@@ -355,7 +474,7 @@ class NodeScheduler:
             return self._spread(req, avail)
         return self._hybrid(req, avail)
 
-    def _candidates(self, res: dict, avail: dict) -> list:
+    def _candidates(self, res: Res, avail: Res) -> list[tuple[bytes, Res, Res]]:
         """(node id, total, available) of every node that could ever run res; local first."""
         out = []
         if fits(res, self.total):
@@ -366,7 +485,7 @@ class NodeScheduler:
                 out.append((node, total, pavail))
         return out
 
-    def _hybrid(self, req: LeaseRequest, avail: dict) -> Any:
+    def _hybrid(self, req: LeaseRequest, avail: Res) -> Placement:
         res = req.res
         local_ok = fits(res, self.total)
         if local_ok and fits(res, avail) and _util(self.total, avail, res) < SPREAD_THRESHOLD:
@@ -383,7 +502,7 @@ class NodeScheduler:
             return LOCAL  # wait here: nobody has room now
         return self._pick_peer(req) or WAIT
 
-    def _spread(self, req: LeaseRequest, avail: dict) -> Any:
+    def _spread(self, req: LeaseRequest, avail: Res) -> Placement:
         res = req.res
         free = [c for c in self._candidates(res, avail) if fits(res, c[2])]
         if not free:
@@ -396,12 +515,12 @@ class NodeScheduler:
         self._rr += 1
         return LOCAL if node == self.node_id else node
 
-    def _reserve_peer(self, node: bytes, res: dict) -> None:
+    def _reserve_peer(self, node: bytes, res: Res) -> None:
         r = self.reserved.setdefault(node, {})
         for k, v in res.items():
             r[k] = r.get(k, 0.0) + v
 
-    def _peer_avail(self, node: bytes) -> dict:
+    def _peer_avail(self, node: bytes) -> Res:
         avail = self.peers[node][1]
         if node not in self.reserved and node not in self._reserved_old:
             return avail
@@ -426,11 +545,11 @@ class NodeScheduler:
         res = dict(req.res if req.hold is None else req.hold)
         for k, v in res.items():
             self.avail[k] = self.avail.get(k, 0.0) - v
-        gpu_ids: list = []
+        gpu_ids: list[int] = []
         n_gpu = int(res.get("GPU", 0) + 0.999) if res.get("GPU") else 0
         if n_gpu:
             gpu_ids, self.gpu_free = self.gpu_free[:n_gpu], self.gpu_free[n_gpu:]
-        lease = Lease(lid, wid, req.ra, res, gpu_ids)
+        lease = Lease(lid, wid, req.ra, res, gpu_ids, retriable=req.retriable)
         self.leases[lid] = lease
         self.by_worker[wid] = lid
         granted: dict[str, Any] = dict(res)
@@ -451,11 +570,11 @@ class NodeScheduler:
         extra = len(self.idle) - self.max_idle
         return self.idle[:extra] if extra > 0 else []
 
-    def available(self) -> dict:
+    def available(self) -> Res:
         return {k: max(v, 0.0) for k, v in self.avail.items()}
 
 
-def _util(total: dict, avail: dict, res: dict) -> float:
+def _util(total: Res, avail: Res, res: Res) -> float:
     """How full a node is: the largest used fraction among CPU and the requested resources."""
     u = 0.0
     for k in {"CPU", *res}:

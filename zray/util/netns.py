@@ -64,7 +64,7 @@ class NetnsPair:
     def shape(self, ns: str, dev: str) -> None:
         """Egress shaping of one end to ``rate`` (a token bucket, like a real link's speed)."""
         subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
-                        "tbf", "rate", self.rate, "burst", "256kb", "latency", "50ms"],
+                        "tbf", "rate", self.rate or "", "burst", "256kb", "latency", "50ms"],
                        check=True, capture_output=True, timeout=20)
 
     def exec_a(self, argv: list[str]) -> list[str]:

@@ -8,6 +8,9 @@ workers share the zygote's pages copy-on-write, which keeps an idle node light.
 The zygote dies with the raylet (PR_SET_PDEATHSIG) and its workers die with
 it; the raylet watches each worker through a pidfd, which works for processes
 that are not its children.
+
+It lives outside the raylet package: it imports the worker's modules (that is
+its point), which the raylet's own modules never do.
 """
 
 from __future__ import annotations
@@ -20,21 +23,13 @@ import signal
 import socket
 import sys
 
+from zray.process import set_title
+
 
 def _pdeathsig(sig: int) -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)
     except OSError:
-        pass
-
-
-def set_title(title: str) -> None:
-    """The process title `ps` shows (forked workers would show the raylet's otherwise)."""
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(title)
-    except ImportError:
         pass
 
 
@@ -120,7 +115,7 @@ class ForkedProc:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(self.args, timeout)
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
             time.sleep(0.01)
         return self.returncode or 0
 

@@ -51,7 +51,7 @@ def _domain(public: bytes) -> bytes:
     return b"zray-" + hashlib.blake2b(public, digest_size=8).hexdigest().encode()
 
 
-_FAILED = {
+_FAILED: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "not a CURVE client of this cluster (protocol)",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "not a cluster member (authentication)",

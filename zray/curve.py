@@ -14,7 +14,8 @@ cookie belongs to a server transient key that no longer exists).
 A ZAP handler (one thread per ZeroMQ context) also checks the client's long-term public
 key against the one derived from the secret: the client proves it holds the secret key,
 not only that it knows the server's public key. ZAP runs once per connection, not per
-message.
+message. The same thread watches every CURVE server's monitor and logs failed
+handshakes (rate-limited: anyone who reaches the port can cause them).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import sys
 import threading
 import time
 
-MAX_BYTES = int(os.environ.get("ZRAY_ROTATION_MAX_BYTES", 512 * 1024 * 1024))
-BACKUP_COUNT = int(os.environ.get("ZRAY_ROTATION_BACKUP_COUNT", 5))
+from zray.config import ROTATION_BACKUP_COUNT as BACKUP_COUNT
+from zray.config import ROTATION_MAX_BYTES as MAX_BYTES
 
 _rotate_lock = threading.Lock()
 

@@ -31,7 +31,9 @@ class Counter:
     def pid(self):
         return os.getpid()
 
-    def slow_append(self, log, x, delay):
+    def slow_append(self, log, x, delay, started=None):
+        if started:
+            open(started, "w").close()
         time.sleep(delay)
         log.append(x)
         return list(log)
@@ -301,16 +303,15 @@ def test_kill(ray_start):
         ray.kill("not an actor")
 
 
-def test_kill_interrupts_running_call(ray_start):
+def test_kill_interrupts_running_call(ray_start, tmp_path):
     c = Counter.remote()
     ray.get(c.get.remote())
-    ref = c.slow_append.remote([], 1, 30)
-    time.sleep(0.3)
-    t0 = time.monotonic()
+    started = tmp_path / "started"
+    ref = c.slow_append.remote([], 1, 30, str(started))
+    assert wait_until(started.exists, 30)
     ray.kill(c)
-    with pytest.raises(exceptions.RayActorError):
+    with pytest.raises(exceptions.RayActorError):  # long before the 30 s call would end
         ray.get(ref, timeout=20)
-    assert time.monotonic() - t0 < 10
 
 
 def test_terminate_after_queued_calls(ray_start):

@@ -35,7 +35,9 @@ class Phoenix:
     def die(self):
         os._exit(1)
 
-    def sleep(self, t):
+    def sleep(self, t, started=None):
+        if started:  # the test waits for this instead of guessing when the call runs
+            open(started, "a").close()
         time.sleep(t)
         return t
 
@@ -65,23 +67,25 @@ def test_crash_without_restart(ray_start):
         ray.get(a.inc.remote(), timeout=30)
 
 
-def test_inflight_call_fails_when_process_killed(ray_start):
+def test_inflight_call_fails_when_process_killed(ray_start, tmp_path):
     a = Phoenix.remote()
     pid = ray.get(a.pid.remote())
-    ref = a.sleep.remote(30)
-    time.sleep(0.3)
+    started = tmp_path / "started"
+    ref = a.sleep.remote(30, str(started))
+    assert wait_until(started.exists, 30)
     _kill_pid(pid)
     with pytest.raises(exceptions.ActorDiedError):
         ray.get(ref, timeout=30)
 
 
-def test_restart_reruns_constructor(ray_start):
+def test_restart_reruns_constructor(ray_start, tmp_path):
     a = Phoenix.options(max_restarts=1).remote()
     assert ray.get(a.inc.remote()) == 1
     assert ray.get(a.restarted.remote()) is False
     pid = ray.get(a.pid.remote())
-    ref = a.sleep.remote(30)
-    time.sleep(0.3)
+    started = tmp_path / "started"
+    ref = a.sleep.remote(30, str(started))
+    assert wait_until(started.exists, 30)
     _kill_pid(pid)
     # In flight with max_task_retries=0: it fails, as "unavailable" (it may have run).
     with pytest.raises(exceptions.RayActorError):
@@ -97,11 +101,12 @@ def test_restart_reruns_constructor(ray_start):
             time.sleep(0.1)
 
 
-def test_inflight_calls_retried(ray_start):
+def test_inflight_calls_retried(ray_start, tmp_path):
     a = Phoenix.options(max_restarts=-1, max_task_retries=-1).remote()
     pid = ray.get(a.pid.remote())
-    refs = [a.sleep.remote(1.0), a.inc.remote(), a.inc.remote()]
-    time.sleep(0.3)
+    started = tmp_path / "started"
+    refs = [a.sleep.remote(1.0, str(started)), a.inc.remote(), a.inc.remote()]
+    assert wait_until(started.exists, 30)  # in flight: the first runs, two wait behind it
     _kill_pid(pid)
     out = ray.get(refs, timeout=60)
     assert out[0] == 1.0 and sorted(out[1:]) == [1, 2]  # (zray keeps their order; Ray may not)

@@ -112,21 +112,21 @@ def test_routing_by_custom_resource(cluster):
     assert zray.get(on_r2.remote(), timeout=60) == cluster.n2.node_id
 
 
-def test_three_tasks_on_three_one_cpu_nodes_run_at_once(cluster):
+def test_three_tasks_on_three_one_cpu_nodes_run_at_once(cluster, tmp_path):
+    # Each task waits until all three have started: they finish only if they ran at once
+    # (one per node, each node having one CPU), however slow the machine is.
     @zray.remote
-    def slow():
-        time.sleep(1.5)
-        return node_id()
+    def together(d):
+        open(os.path.join(d, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(d)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return node_id(), len(os.listdir(d))
 
-    slow.remote()  # warm the workers up (lease + first import)
-    time.sleep(0.1)
-    zray.get(slow.remote(), timeout=60)
     wait_idle(3)
-    t = time.monotonic()
-    where = zray.get([slow.remote() for _ in range(3)], timeout=60)
-    took = time.monotonic() - t
-    assert len(set(where)) == 3, where
-    assert took < 2.9, f"three 1.5 s tasks took {took:.2f} s: they did not run at once"
+    out = zray.get([together.remote(str(tmp_path)) for _ in range(3)], timeout=120)
+    assert [n for _, n in out] == [3, 3, 3], "the three tasks did not run at once"
+    assert len({w for w, _ in out}) == 3, out
 
 
 def test_spread(cluster, tmp_path):

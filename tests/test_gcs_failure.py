@@ -268,3 +268,51 @@ def test_cluster_gcs_restart_two_nodes(short_reconnect):
         assert zray.get(on_worker.remote(), timeout=60) == worker.node_id
     finally:
         cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_cli_restore_after_the_head_raylet_gave_up(session_root, monkeypatch):  # noqa: F811
+    """The GCS stays away beyond the reconnect timeout: the head raylet stops with its
+    workers. `zray start --head` on that port still restores the session (with a new head
+    raylet); the old node is dead after NODE_DEATH_S, and the detached actor that ran there
+    is restarted on the new node from its restored record and class."""
+    from test_cli import free_port
+
+    root = session_root
+    port = free_port()
+    monkeypatch.setenv("ZRAY_SESSION_ROOT", root)
+    env = {"ZRAY_GCS_RECONNECT_TIMEOUT_S": "2"}
+    zray_cli(root, "start", "--head", "--port", str(port), "--num-cpus", "1", env_extra=env)
+    pids = _pids(root)
+    zray.init(address="auto", namespace="keep")
+
+    @zray.remote(max_restarts=1)
+    class Keeper:
+        def node(self):
+            return zray.get_runtime_context().get_node_id()
+
+    k = Keeper.options(name="keeper", lifetime="detached").remote()
+    old_node = zray.get(k.node.remote(), timeout=60)
+    zray.shutdown()
+    os.kill(pids["gcs"], signal.SIGKILL)
+    assert wait_until(lambda: not _alive(pids["raylet"]), 30)
+
+    out = zray_cli(root, "start", "--head", "--port", str(port), "--num-cpus", "1").stdout
+    assert "Restored" in out, out
+    session = os.path.realpath(os.path.join(root, "session_latest"))
+    raylets = [json.load(open(f))["pid"] for f in glob.glob(os.path.join(session, "pids",
+                                                                         "raylet-*.json"))]
+    assert any(p != pids["raylet"] and _alive(p) for p in raylets)  # a new head raylet
+    zray.init(address="auto", namespace="keep")
+    try:
+        def restarted_elsewhere():
+            h = _try(lambda: zray.get_actor("keeper"))
+            return h is not None and _try(lambda: zray.get(h.node.remote(), timeout=10))
+
+        assert wait_until(lambda: restarted_elsewhere() not in (None, False, old_node), 60)
+        dead = [n for n in zray.nodes() if n["NodeID"] == old_node]
+        assert dead and not dead[0]["Alive"]
+    finally:
+        zray.shutdown()
+    zray_cli(root, "stop")
+    assert not wait_gone(root, timeout=15)

@@ -198,3 +198,20 @@ def test_reregistration_without_the_owner_ends_its_non_detached_actors():
     create_actor(t3, disk3, detached=True)
     register_node(t3, disk3, now=1.0, workers=[b"W1"])
     assert t3.actors.actors[b"A" * 16].state == at.ALIVE
+
+
+def test_an_unreadable_durable_copy_is_set_aside(tmp_path):
+    """The shell's side (gcs/server.py): a gcs.sqlite that is not a database never keeps
+    the GCS from starting; it is moved aside and an empty one is used."""
+    from zray.gcs.server import GcsServer
+    from zray.gcs.store import GcsStore
+
+    path = str(tmp_path / "gcs.sqlite")
+    with open(path, "wb") as f:
+        f.write(b"this is not a database" * 100)
+    store = GcsServer._open_store(path)
+    assert isinstance(store, GcsStore) and store.load() == []
+    store.write([Persist("kv", b"fn\0k", b"v")])
+    assert store.load() == [("kv", b"fn\0k", b"v")]
+    store.close()
+    assert [p.name for p in tmp_path.iterdir() if "unreadable" in p.name]

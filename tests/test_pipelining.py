@@ -17,7 +17,7 @@ import os
 import time
 
 import pytest
-from backend import ray
+from backend import ray, touch, wait_for_file, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,8 +28,8 @@ def short(i):
 
 
 @ray.remote(max_retries=0)
-def long_task(s):
-    time.sleep(s)
+def long_task(gate):
+    wait_for_file(gate, 60)  # runs until the test opens the gate
     return "long"
 
 
@@ -38,17 +38,19 @@ def _warm(n=40):
     assert ray.get([short.remote(i) for i in range(n)]) == list(range(n))
 
 
-def test_short_tasks_not_stuck_behind_a_long_one(ray_fresh):
+def test_short_tasks_not_stuck_behind_a_long_one(ray_fresh, tmp_path):
     ray_fresh(num_cpus=2)
     _warm()
-    slow = long_task.remote(3.0)
-    t0 = time.monotonic()
+    gate = tmp_path / "gate"
+    slow = long_task.remote(str(gate))
     refs = [short.remote(i) for i in range(40)]
-    assert ray.get(refs, timeout=20) == list(range(40))
-    took = time.monotonic() - t0
-    # One of the shorts was queued behind the 3 s task; it was handed back.
-    assert took < 2.0, f"short tasks took {took:.2f} s: one waited for the long task"
-    assert ray.get(slow, timeout=20) == "long"
+    try:
+        # The long task runs until the gate opens, after this: a short queued behind it
+        # must have been handed back to run elsewhere, or this get cannot succeed.
+        assert ray.get(refs, timeout=30) == list(range(40))
+    finally:
+        touch(gate)
+    assert ray.get(slow, timeout=30) == "long"
 
 
 @ray.remote(num_cpus=0)
@@ -102,13 +104,17 @@ def test_tasks_queued_behind_a_crashed_task_still_run(ray_fresh):
             ray.get(bad, timeout=30)
 
 
-def test_cancel_of_a_task_queued_behind_another(ray_fresh):
+def test_cancel_of_a_task_queued_behind_another(ray_fresh, tmp_path):
     ray_fresh(num_cpus=1)
     _warm()
-    first = long_task.remote(0.5)
+    gate = tmp_path / "gate"
+    first = long_task.remote(str(gate))
     refs = [short.remote(i) for i in range(30)]
     for r in refs[::2]:
         ray.cancel(r)
+    # All still queued (the one CPU is busy until the gate opens): each cancel lands.
+    assert wait_until(lambda: len(ray.wait(refs[::2], num_returns=15, timeout=0)[0]) == 15, 30)
+    touch(gate)
     for i, r in enumerate(refs):
         if i % 2:
             assert ray.get(r, timeout=20) == i

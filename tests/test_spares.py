@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import numpy as np
@@ -159,7 +158,15 @@ def test_a_reader_that_opened_it_before_the_recycle_finds_it_gone(prefix, filler
 
     t = threading.Thread(target=reader)
     t.start()
-    time.sleep(0.2)  # the reader has opened the file and waits for its shared lock
+    # The reader has opened the file and waits for its shared lock (a blocked flock
+    # shows in /proc/locks as "->" on the file's inode).
+    ino = os.stat(path).st_ino
+
+    def reader_waits() -> bool:
+        with open("/proc/locks") as f:
+            return any("->" in line and f":{ino} " in line for line in f)
+
+    assert wait_until(reader_waits, 10), "the reader never waited for the lock"
     os.rename(path, shm.segment_path(spare.spare_name(prefix, 10 * MB + 128)))
     os.close(holder)
     t.join(10)

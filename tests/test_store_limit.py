@@ -5,9 +5,9 @@ unmapped objects are spilled wait a bounded time, then raise
 ``ObjectStoreFullError`` naming the sizes. Objects mapped by a reader (a numpy
 array from ``get``) are not spilled: that would free no memory.
 
-Decided for objects larger than the whole store: refused at once with
-``ObjectStoreFullError`` (Ray instead writes them to a disk-backed "fallback"
-allocation; zray has no such allocation yet), never written to /dev/shm.
+Decided for objects larger than the whole store, as Ray does (its fallback
+allocation, a disk-backed mmap): they go to a file in the node's spill
+directory, never to /dev/shm, and are read in place from there.
 
 The /dev/shm usage test runs the driver in a private mount namespace with its
 own tmpfs on /dev/shm, so ``statvfs`` counts our segments only (mapped but
@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 import pytest
-from backend import IS_RAY
+from backend import IS_RAY, shm_segments, wait_until
 
 pytestmark = pytest.mark.skipif(IS_RAY, reason="zray's object store")
 
@@ -86,12 +86,30 @@ def test_freed_objects_still_mapped_count_until_unmapped(small_store):
     assert [int(zray.get(r)[0]) for r in refs] == list(range(6))
 
 
-def test_object_larger_than_the_store_is_refused_at_once(small_store):
+def test_object_larger_than_the_store_goes_to_a_file_on_disk(small_store):
+    """Decided as Ray does (its fallback allocation): a put or a task return larger than the
+    whole store is written to a file in the node's spill directory, never to /dev/shm,
+    and read in place from there."""
     zray = small_store
+    ctx = zray.get_runtime_context()
+    spill = os.path.join(ctx.session_dir, "spill", ctx.get_node_id()[:12])
+    value = np.arange(80 * MB // 8, dtype=np.int64)
     t0 = time.monotonic()
-    with pytest.raises(zray.exceptions.ObjectStoreFullError, match="larger than"):
-        zray.put(np.ones(80 * MB, np.uint8))
-    assert time.monotonic() - t0 < 0.9  # no wait: it could never fit
+    ref = zray.put(value)
+    assert time.monotonic() - t0 < 0.9  # no wait for room it could never have
+    assert os.path.exists(os.path.join(spill, ref.hex() + ".big"))
+    assert not [n for n, size in shm_segments().items() if ref.hex() in n]
+    np.testing.assert_array_equal(zray.get(ref), value)
+
+    @zray.remote
+    def make():
+        return np.full(70 * MB, 3, np.uint8)
+
+    ret = make.remote()
+    assert zray.get(ret, timeout=60).sum() == 3 * 70 * MB
+    path = os.path.join(spill, ref.hex() + ".big")
+    del ref
+    assert wait_until(lambda: not os.path.exists(path), 10)  # freed with the object
     assert zray.get(zray.put(np.ones(8 * MB, np.uint8))).sum() == 8 * MB
 
 
@@ -147,3 +165,33 @@ def test_shm_use_stays_within_capacity_plus_one_object(tmp_path):
     assert r["ok"] and r["puts"] == 40 and r["full"] == 0, r
     one = 10 * MB + 4096
     assert r["peak"] <= 64 * MB + one, f"/dev/shm peaked at {r['peak'] / MB:.1f} MiB"
+
+
+@pytest.mark.slow
+def test_pulled_copies_obey_the_limit_and_fallback_files_are_served():
+    import zray
+    from zray.cluster_utils import Cluster
+
+    if zray.is_initialized():
+        zray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 64 * MB})
+    c.add_node(num_cpus=1, object_store_memory=256 * MB, resources={"big": 1})
+    zray.init(address=c.address)
+    try:
+        ref = zray.put(np.full(80 * MB, 5, np.uint8))  # larger than the head's store: on disk
+
+        @zray.remote(resources={"big": 1})
+        def total(x):
+            return int(x.sum())
+
+        assert zray.get(total.remote(ref), timeout=120) == 5 * 80 * MB  # served from the file
+
+        @zray.remote(resources={"big": 1})
+        def make():
+            return np.full(100 * MB, 2, np.uint8)  # fits the other node, not the head's store
+
+        with pytest.raises(zray.exceptions.ObjectStoreFullError, match="larger than"):
+            zray.get(make.remote(), timeout=120)  # the driver's copy would not fit
+    finally:
+        zray.shutdown()
+        c.shutdown()

@@ -200,18 +200,19 @@ def test_tasks_submit_tasks_and_get_their_results(ray_start):
 
 
 @ray.remote
-def sleep_for(seconds):
-    time.sleep(seconds)
-    return os.getpid()
+def meet(d, n):
+    """Arrive in directory d, then wait until n tasks have: they end only if they ran at once."""
+    open(os.path.join(d, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(d)) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid(), len(os.listdir(d))
 
 
-def test_four_two_second_tasks_run_in_parallel_on_four_cpus(ray_start):
-    ray.get([sleep_for.remote(0.2) for _ in range(4)])  # warm the worker pool
-    start = time.monotonic()
-    pids = ray.get([sleep_for.remote(2) for _ in range(4)])
-    elapsed = time.monotonic() - start
-    assert elapsed < 8, f"four 2 s tasks on 4 CPUs took {elapsed:.1f} s"
-    assert len(set(pids)) == 4
+def test_four_tasks_run_in_parallel_on_four_cpus(ray_start, tmp_path):
+    out = ray.get([meet.remote(str(tmp_path), 4) for _ in range(4)], timeout=120)
+    assert [n for _, n in out] == [4] * 4, "the four tasks did not run at once"
+    assert len({pid for pid, _ in out}) == 4
 
 
 @ray.remote

@@ -56,7 +56,7 @@ NODE_DEATH_S = _env("NODE_DEATH_S", 5.0)
 # the raylet's own machine is watched by pidfd: its exit is noticed at once). A raylet
 # whose GCS stays down longer than the reconnect timeout stops itself and its workers
 # (Ray's gcs_rpc_server_reconnect_timeout_s).
-GCS_PING_TIMEOUT_S = _env("GCS_PING_TIMEOUT_S", 5.0)
+GCS_PING_TIMEOUT_S = _env("GCS_PING_TIMEOUT_S", 10.0)
 GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)
 # The GCS keeps a durable copy of its tables in <session>/gcs.sqlite (0: none; then a
 # crashed GCS cannot be restored).

@@ -486,13 +486,15 @@ class CoreWorker:
                                               "size": total, "wid": self.worker_id})
         if not h.get("ok"):
             raise exc.ObjectStoreFullError(h.get("msg") or "object store full")
+        disk = h.get("disk")  # larger than the whole store: a file on disk (raylet/store_room.py)
         try:
-            total = shm.create(self.shm_prefix + oid.hex(), frames)
+            total = shm.create_file(disk, frames) if disk else shm.create(
+                self.shm_prefix + oid.hex(), frames)
         except BaseException:
             self.raylet.send({"t": protocol.CREATE_OBJECT, "oid": oid, "cancel": True})
             raise
         self.raylet.send({"t": protocol.OBJECT_SEALED, "oid": oid, "size": total,
-                          "own": self.address_packed})
+                          "own": self.address_packed, "disk": bool(disk)})
         return total
 
     def _read_stored(self, oid: bytes, node: bytes, owner: list | None) -> list:
@@ -508,7 +510,7 @@ class CoreWorker:
             if h.get("full"):  # no room to restore or copy it here
                 raise exc.ObjectStoreFullError(h.get("msg"))
             raise exc.ObjectLostError(oid.hex(), str(owner))
-        return shm.read(name)
+        return shm.read_file(h["path"]) if h.get("path") else shm.read(name)
 
     def _value_of(self, oid: bytes, e: Entry) -> Any:
         if e.frames is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 
 import zmq
@@ -38,7 +39,7 @@ class GcsServer:
         self.running = True
         if persist is None:
             persist = bool(config.GCS_PERSIST)
-        self.store = gstore.GcsStore(gstore.path_for(session_dir)) if persist else None
+        self.store = self._open_store(gstore.path_for(session_dir)) if persist else None
         self.restored = 0
         if self.store is not None:
             rows = self.store.load()
@@ -50,6 +51,32 @@ class GcsServer:
                 self.flush()
         with open(os.path.join(session_dir, "gcs_address"), "w") as f:
             f.write(self.tables.gcs_address)
+
+    @staticmethod
+    def _open_store(path: str) -> gstore.GcsStore | None:
+        """The durable copy; one that cannot be read is set aside (never a GCS that cannot
+        start), and without any the GCS serves from memory alone."""
+        for attempt in range(2):
+            s = None
+            try:
+                s = gstore.GcsStore(path)
+                s.load()
+                return s
+            except sqlite3.Error as e:
+                if s is not None:
+                    s.db.close()
+                if attempt:
+                    log.error("no durable copy of the GCS tables (%s: %s): a crash of this "
+                              "GCS will not be recoverable", path, e)
+                    return None
+                bad = f"{path}.unreadable-{int(time.time())}"
+                log.error("cannot read %s (%s); moved to %s, starting empty", path, e, bad)
+                for suffix in ("", "-wal", "-shm"):
+                    try:
+                        os.replace(path + suffix, bad + suffix)
+                    except OSError:
+                        pass
+        return None
 
     def handle(self, h: dict, payload: list) -> None:
         try:
@@ -64,7 +91,14 @@ class GcsServer:
         if self.store is not None:
             rows = [a for a in acts if isinstance(a, Persist)]
             if rows:
-                self.store.write(rows)
+                try:
+                    self.store.write(rows)
+                except sqlite3.Error as e:  # a full disk must not stop the cluster
+                    log.error("cannot write the GCS tables to %s (%s): from now on they "
+                              "live in memory only; a crash of this GCS will not be "
+                              "recoverable", self.store.path, e)
+                    self.store.close()
+                    self.store = None
         for a in acts:
             if isinstance(a, Send):
                 self.conns.send(a.dest, a.header, a.payload)

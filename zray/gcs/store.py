@@ -48,7 +48,10 @@ class GcsStore:
                                (p.table, p.key, p.value))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # no transaction left to roll back
             raise
 
     def close(self, remove: bool = False) -> None:

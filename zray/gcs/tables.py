@@ -115,16 +115,16 @@ class GcsTables:
         self.ident: dict = {}  # gcs_start, gcs_pid, gcs_id: told to raylets at registration
         self.actors = actor_table.ActorTable(self.nodes, "tcp://" + gcs_address)
         self._actor_messages = actor_table.MESSAGES
-        self._handlers = {
-            protocol.HEARTBEAT: self.heartbeat,
-            protocol.KV_GET: self.kv_get,
-            protocol.KV_PUT: self.kv_put,
-            protocol.GET_NODES: self.get_nodes,
-            protocol.REGISTER_NODE: self.register_node,
-            protocol.UNREGISTER_NODE: lambda h, now: self.unregister_node(h["node"]),
-            protocol.SUBSCRIBE: lambda h, now: self.subscribe(h["ra"], h.get("ch", "node")),
-            protocol.PING: self.ping,
-            protocol.SHUTDOWN: lambda h, now: [Stop()],
+        self._handlers = {  # message type -> fn(Message) -> instructions
+            protocol.HEARTBEAT: lambda m: self.heartbeat(m.h, m.now),
+            protocol.KV_GET: lambda m: self.kv_get(m.h),
+            protocol.KV_PUT: lambda m: self.kv_put(m.h, m.payload),
+            protocol.GET_NODES: lambda m: self.get_nodes(m.h),
+            protocol.REGISTER_NODE: lambda m: self.register_node(m.h, m.now),
+            protocol.UNREGISTER_NODE: lambda m: self.unregister_node(m.h["node"]),
+            protocol.SUBSCRIBE: lambda m: self.subscribe(m.h["ra"], m.h.get("ch", "node")),
+            protocol.PING: lambda m: self.ping(m.h),
+            protocol.SHUTDOWN: lambda m: [Stop()],
         }
 
     # ------------------------------------------------------------ dispatch
@@ -136,9 +136,7 @@ class GcsTables:
             fn = self._handlers.get(t)
             if fn is None:
                 raise ValueError(f"unexpected message {protocol.NAMES.get(t, t)}")
-            if t == protocol.KV_PUT:
-                return self.kv_put(ev.h, ev.now, ev.payload)
-            return fn(ev.h, ev.now)
+            return fn(ev)
         if isinstance(ev, Tick):
             return self.tick(ev.now)
         if isinstance(ev, Restore):
@@ -193,7 +191,7 @@ class GcsTables:
                 acts += self.unregister_node(info.node_id, "missed heartbeats")
         return acts + self.actors.tick(now)
 
-    def get_nodes(self, h: dict, now: float) -> list:
+    def get_nodes(self, h: dict) -> list:
         return [Send(h["ra"], {"t": protocol.NODES_REPLY, "rid": h["rid"],
                                "nodes": self.nodes_view(), "gcs_address": self.gcs_address})]
 
@@ -205,7 +203,7 @@ class GcsTables:
         return [Send(dest, {"t": protocol.PUBLISH, "ch": "node", "ev": "snapshot",
                             "nodes": [n.public() for n in self.nodes.values()]})]
 
-    def ping(self, h: dict, now: float) -> list:
+    def ping(self, h: dict) -> list:
         if "ra" not in h:
             return []
         return [Send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid"),
@@ -213,7 +211,7 @@ class GcsTables:
                                "gcs_start": self.ident.get("gcs_start")})]
 
     # ------------------------------------------------------------------ KV
-    def kv_put(self, h: dict, now: float, payload: list | None = None) -> list:
+    def kv_put(self, h: dict, payload: list) -> list:
         ns, key = h["ns"], h["k"]
         value = bytes(payload[0]) if payload else b""
         ok = h.get("overwrite", True) or (ns, key) not in self.kv
@@ -225,7 +223,7 @@ class GcsTables:
             acts.append(Send(h["ra"], {"t": protocol.KV_REPLY, "rid": h["rid"], "ok": ok}))
         return acts
 
-    def kv_get(self, h: dict, now: float) -> list:
+    def kv_get(self, h: dict) -> list:
         v = self.kv.get((h["ns"], h["k"]))
         return [Send(h["ra"], {"t": protocol.KV_REPLY, "rid": h["rid"], "found": v is not None},
                      [v] if v is not None else [])]

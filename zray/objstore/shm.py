@@ -440,6 +440,21 @@ def _create(name: str, frames: list) -> int:
             os.close(fd)
 
 
+def create_file(path: str, frames: list) -> int:
+    """Write ``frames`` in segment layout into a new private file at ``path`` (anywhere)."""
+    fd = create_private(path)
+    try:
+        return write_frames(fd, frames, path, False)
+    except BaseException:
+        os.close(fd)
+        fd = -1
+        os.unlink(path)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def open_for_write(prefix: str, total: int, path: str,
                    prefer: set[int] | frozenset = frozenset()) -> tuple[int, bool]:
     """The fd (shared-locked, checked to be ours) of a new segment at ``path``; and

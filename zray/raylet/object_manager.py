@@ -1076,7 +1076,9 @@ class ObjectManager:
             self.serving.move_to_end(oid)
             self._served_at[oid] = time.monotonic()
             return seg
-        path = shm.segment_path(self.r.shm_prefix + oid.hex())
+        room = getattr(self.r, "room", None)
+        path = (room.fallback.get(oid) if room is not None else None) or \
+            shm.segment_path(self.r.shm_prefix + oid.hex())  # (or its file on disk)
         try:
             fd = shm.open_shared(path)  # locked while mapped: never recycled under a send
         except OSError:

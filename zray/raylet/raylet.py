@@ -295,6 +295,10 @@ class Raylet:
                 self.room.cancel(h["oid"])
                 return
             ra, rid = h["ra"], h["rid"]
+            if int(h["size"]) > self.capacity:  # Ray's fallback allocation: a file on disk
+                self.conns.send(ra, {"t": protocol.CREATE_OBJECT_REPLY, "rid": rid, "ok": True,
+                                     "disk": self.room.fallback_path(h["oid"])})
+                return
 
             def created(why: str, ra=ra, rid=rid) -> None:
                 self.conns.send(ra, {"t": protocol.CREATE_OBJECT_REPLY, "rid": rid,
@@ -302,6 +306,8 @@ class Raylet:
             self.room.reserve(h["oid"], int(h["size"]), created, owner=h.get("wid", b""))
         elif t == protocol.OBJECT_SEALED:
             self.room.sealed(h["oid"])
+            if h.get("disk"):  # a fallback file, never in /dev/shm (store_room.py)
+                return
             self.spares.note(int(h["size"]))
             self.store_apply(self.store.handle(ostore.Seal(h["oid"], int(h["size"]),
                                                            primary=not h.get("secondary"))))
@@ -315,12 +321,19 @@ class Raylet:
             self.om.freed(h["oids"])
             for oid in h["oids"]:
                 self.room.cancel(oid)  # a writer that gave up before its seal
+                if self.room.drop_fallback(oid):
+                    continue
                 if self.store.contains(oid):
                     self.store_apply(self.store.handle(ostore.Delete(oid)))
                 elif not self.spares.recycle(self.shm_prefix + oid.hex()):
                     shm.unlink(self.shm_prefix + oid.hex())
         elif t == protocol.PULL_OBJECT:
             node = h.get("node")
+            path = self.room.fallback.get(h["oid"])
+            if path is not None:  # read in place from its file on disk
+                self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": True,
+                                          "path": path})
+                return
             if node != self.node_id and not self.store.contains(h["oid"]):
                 self.om.pull(h)  # on another node: copy it here (raylet/object_manager.py)
                 return

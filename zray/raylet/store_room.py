@@ -11,10 +11,12 @@ with ``ObjectStoreFullError``'s message, which names the sizes. So the node's
 objects (sealed and reserved) never exceed the capacity; the spares stay in the
 room the objects leave, but for the one a writer in flight may claim.
 
-Objects larger than the whole store are refused at once: a segment of that
-size could only exist above the limit. (Ray writes those to a disk-backed
-"fallback" allocation instead; zray does not do that yet, see
-``tests/test_store_limit.py``.)
+Objects larger than the whole store go to a file in the node's spill directory
+instead (``fallback_path``), as Ray's fallback allocation puts them in a
+disk-backed mmap: the writer writes it there, readers on the node map it in
+place (``PULL_DONE`` carries its ``path``), peers are served from it, and it
+goes when the object is freed. A pulled copy or a restore that is larger than
+the store is refused (``ObjectStoreFullError``).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class RoomKeeper:
         self.by_writer: dict[bytes, set[bytes]] = {}  # writer's worker id -> reserved oids
         self.writer_of: dict[bytes, bytes] = {}
         self.drained: dict[str, int] = {}  # name of a freed, still mapped segment -> bytes
+        self.fallback: dict[bytes, str] = {}  # objects larger than the store -> their file
 
     def _try(self, w: _Wait) -> bool:
         store = self.r.store
@@ -108,6 +111,23 @@ class RoomKeeper:
             done(full_message(oid, size, self.r.store._used, cap, 0.0))
         else:
             self.waiting.append(w)
+
+    def fallback_path(self, oid: bytes) -> str:
+        """Where an object larger than the whole store is written: the node's spill dir."""
+        path = os.path.join(self.r.store_exec.spill_dir, oid.hex() + ".big")
+        self.fallback[oid] = path
+        return path
+
+    def drop_fallback(self, oid: bytes) -> bool:
+        """Freed: remove the object's fallback file, if it has one."""
+        path = self.fallback.pop(oid, None)
+        if path is None:
+            return False
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return True
 
     def sealed(self, oid: bytes) -> None:
         """The reservation became an object (the store's seal counted it)."""

@@ -223,12 +223,7 @@ class ActorHandle:
         cw = worker_state.current()
         if cw is not None:
             self._zray_cw = cw
-            s = actor_submitter.submitter(cw)
-            s.handle_made(aid, meta)
-            if owned:
-                st = s.actors.get(aid)
-                if st is not None:
-                    st.owned = True
+            actor_submitter.submitter(cw).handle_made(aid, meta, owned)
 
     @property
     def _actor_id(self) -> ActorID:

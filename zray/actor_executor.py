@@ -35,12 +35,10 @@ import traceback
 from typing import Any
 
 from zray import exceptions as exc
-from zray import protocol, serialization
+from zray import protocol, serialization, task_codec
 from zray.actor import ActorExit, ActorHandle
-from zray.actor_submitter import REF
-from zray.core_worker import INLINE, STORED, CoreWorker, Waiter
+from zray.core_worker import INLINE, CoreWorker, Waiter
 from zray.ids import ActorID, TaskID, new_task_id
-from zray.object_ref import ObjectRef
 from zray.util.dedup import RecentIds, task_key
 from zray.util.logs import RateLimited
 
@@ -416,30 +414,7 @@ class ActorRuntime:
 
     # ------------------------------------------------------------ helpers
     def decode_args(self, h: dict, payload: list) -> tuple[list, dict]:
-        if not h["args"]:
-            return [], {}
-        cw = self.cw
-        vals = []
-        pos = 0
-        for d in h["args"]:
-            kind = d[0]
-            if kind == INLINE:
-                n = d[1]
-                vals.append(serialization.deserialize(payload[pos: pos + n]))
-                pos += n
-            elif kind == STORED:
-                _, oid, node, owner = d
-                vals.append(serialization.deserialize(cw._read_stored(oid, node, owner)))
-            elif kind == REF:
-                _, oid, owner = d
-                vals.append(cw.get([ObjectRef(oid, owner)], None)[0])
-            else:
-                raise exc.RaySystemError(f"unknown argument descriptor {kind!r}")
-        kw = h.get("kw") or []
-        if kw:
-            k = len(kw)
-            return vals[:-k], dict(zip(kw, vals[-k:]))
-        return vals, {}
+        return task_codec.decode_args(self.cw, h, payload)
 
     def error(self, name: str, e: BaseException) -> exc.RayTaskError:
         if isinstance(e, exc.RayTaskError):

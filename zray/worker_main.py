@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from zray import actor_executor, config, protocol, serialization, worker_state
+from zray import actor_executor, config, protocol, serialization, task_codec, worker_state
 from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
@@ -208,22 +208,7 @@ class Executor:
                     sys.path.insert(0, p)
 
     def decode_args(self, h: dict, payload: list) -> tuple[list, dict]:
-        vals = []
-        pos = 0
-        for d in h["args"]:
-            if d[0] == INLINE:
-                n = d[1]
-                vals.append(serialization.deserialize(payload[pos: pos + n]))
-                pos += n
-            else:
-                _, oid, node, owner = d
-                frames = self.cw._read_stored(oid, node, owner)
-                vals.append(serialization.deserialize(frames))
-        kw = h.get("kw") or []
-        if kw:
-            k = len(kw)
-            return vals[:-k], dict(zip(kw, vals[-k:]))
-        return vals, {}
+        return task_codec.decode_args(self.cw, h, payload)
 
     def execute(self, h: dict, payload: list) -> None:
         cw = self.cw
@@ -353,14 +338,7 @@ class Executor:
 
     def _lend_contained(self, contained: list, caller: list) -> None:
         # Refs inside a return value: the caller borrows them from now on.
-        cw = self.cw
-        with cw.lock:
-            for oid, owner in contained:
-                e = cw.objects.get(oid)
-                if e is not None and e.owned:
-                    e.add_borrower(protocol.Address.unpack(caller).for_node(cw.node_id))
-                elif owner is not None:
-                    cw._send_owner(owner, {"t": protocol.ADD_BORROWER, "oid": oid, "b": caller})
+        self.cw.lend(contained, caller)
 
     def reply_values(self, h: dict, owner: str, values: list) -> None:
         rets, payload, contained = [], [], []

@@ -1,0 +1,123 @@
+"""What an owner asks the world to do: the instructions ``Owner.handle`` returns.
+
+The shell (zray/core_worker.py) turns each into a message (or a wake-up of
+threads blocked in get/wait). Addresses: a ``str`` is a socket address ready to
+use, a ``list`` a packed address the shell resolves, ``None`` the local raylet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zray.owner.state import Entry, LeasedWorker, Task
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLease:
+    lrid: int
+    dest: str | None
+    res: dict[Any, Any]
+    strategy: Any
+    retriable: bool = True  # False: the raylet's memory monitor kills retriable work first
+
+
+@dataclass(frozen=True, slots=True)
+class PushTask:
+    task: Task
+    worker: LeasedWorker
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnLease:
+    raylet: list[Any] | str
+    lease: int
+    exiting: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FreeObjects:
+    dest: str | list[Any] | None
+    oids: list[Any]
+    node: bytes | None = None  # the node meant (a forwarding raylet needs it)
+
+
+@dataclass(frozen=True, slots=True)
+class AddBorrower:
+    owner: list[Any]
+    oid: bytes
+    borrower: list[Any] | None = None  # packed address; None: this process
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveBorrower:
+    owner: list[Any]
+    oid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FetchObject:
+    """Ask the owner of a borrowed object for its value (GET_OBJECT)."""
+    oid: bytes
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class SendValue:
+    """OBJECT_VALUE to a borrower: the entry's value or location, or ``error_frames``."""
+    ra: str
+    oid: bytes
+    entry: Entry | None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectsReady:
+    """These objects became ready or failed: wake what waits for them."""
+    oids: list[Any]
+    entries: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorEnded:
+    tid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRunning:
+    addr: str
+    tid: bytes
+    force: bool
+    recursive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LocationsReply:
+    ra: str
+    rid: Any
+    oid: bytes
+    nodes: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DropConnection:
+    addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeActor:
+    aid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendActorCall:
+    addr: str
+    header: dict[Any, Any]
+    payload: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateActor:
+    """Every handle of an actor this process owns is gone: end it after its calls."""
+    aid: bytes
+    meta: dict[Any, Any]

@@ -39,8 +39,11 @@ from zray import protocol, serialization, task_codec
 from zray.actor import ActorExit, ActorHandle
 from zray.core_worker import INLINE, CoreWorker, Waiter
 from zray.ids import ActorID, TaskID, new_task_id
+from zray.util.dedup import RecentIds, task_key
+from zray.util.logs import RateLimited
 
 log = logging.getLogger("zray.actor")
+_refused = RateLimited(log, "refused duplicate actor calls")
 
 EXIT_ACK_TIMEOUT_S = 2.0
 
@@ -96,6 +99,7 @@ class ActorRuntime:
         self.instance: Any = None
         self.lock = threading.Lock()
         self.order = CallOrder()
+        self.taken = RecentIds()  # calls taken: a duplicate task id is refused
         self.cancelled: set[bytes] = set()
         self.local = threading.local()  # .tid: the call this thread runs
         self.exiting = False  # ending now: calls not started yet are answered "dead"
@@ -202,6 +206,9 @@ class ActorRuntime:
                 "died and was restarted elsewhere).", h.get("aid", b"").hex()))
             return
         with self.lock:
+            if not self.taken.add(task_key(h)):
+                _refused.warning("refused a duplicate actor call %s", h.get("tid", b"").hex())
+                return
             if self.exiting or self.closing:
                 ready = [(h, payload)]
             else:

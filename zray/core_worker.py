@@ -643,7 +643,7 @@ class CoreWorker(Waiting, PollingRole):
         w = i.worker
         h = {"t": protocol.PUSH_TASK, "tid": t.tid, "fn": t.fn_id, "name": t.fname,
              "nret": t.nret, "args": argd, "kw": t.kwnames, "own": self.address_packed,
-             "drv": self.driver_addr, "job": self.job_id, "res": w.res}
+             "drv": self.driver_addr, "job": self.job_id, "res": w.res, "att": t.attempt}
         if t.max_calls:
             h["mc"] = t.max_calls
         if t.env:

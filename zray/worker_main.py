@@ -20,8 +20,11 @@ from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
 from zray.process import set_title
+from zray.util.dedup import RecentIds, task_key
+from zray.util.logs import RateLimited, rotate_if_large, setup_process_logging
 
 log = logging.getLogger("zray.worker")
+_refused = RateLimited(log, "refused duplicate tasks")
 
 
 def _die_with_parent() -> None:
@@ -43,6 +46,7 @@ class LogStream:
         self.buf = ""
         self.lock = threading.Lock()
         self.dirty = False  # written to since the last flush
+        self.unchecked = 0  # characters written since the log's size was checked
 
     def write(self, s: str) -> int:
         self.dirty = True
@@ -56,6 +60,10 @@ class LogStream:
             self.raw.write(s)
         except Exception:
             pass
+        self.unchecked += len(s)
+        if self.unchecked > 1 << 16:  # the log file behind it stays size-bounded
+            self.unchecked = 0
+            rotate_if_large()
         return len(s)
 
     def flush(self) -> None:
@@ -96,10 +104,12 @@ class Executor:
         self.pid = os.getpid()
         self.log_prefix = ""
         self.title = ""
-        # Tasks pushed but not started (owner address by task id), and those
+        # Tasks pushed but not started (owner address, key by task id), and those
         # handed back to their owners, which this worker must then skip.
-        self.queued: dict[bytes, list] = {}
+        self.queued: dict[bytes, tuple] = {}  # tid -> (owner, task_key)
         self.returned: set[bytes] = set()
+        # Task ids taken (a duplicate PUSH_TASK is refused, never run twice).
+        self.taken = RecentIds()
         self.started = 0.0
         cw.on_push_task = self.on_push
         cw.on_cancel_task = self.on_cancel
@@ -110,7 +120,11 @@ class Executor:
     def on_push(self, h: dict, payload: list) -> None:
         if h["t"] == protocol.PUSH_TASK:
             with self.state_lock:
-                self.queued[h["tid"]] = h["own"]
+                key = task_key(h)
+                if not self.taken.add(key):
+                    _refused.warning("refused a duplicate PUSH_TASK %s", h["tid"].hex())
+                    return
+                self.queued[h["tid"]] = (h["own"], key)
         self.q.put((h, payload))
 
     def on_tick(self, now: float) -> None:
@@ -128,9 +142,10 @@ class Executor:
             if not self.queued:
                 return
             by_owner: dict[str, list] = {}
-            for tid, own in self.queued.items():
+            for tid, (own, key) in self.queued.items():
                 by_owner.setdefault(self.cw.addr_of(own), []).append(tid)
                 self.returned.add(tid)
+                self.taken.discard(key)  # its owner may push it here again
                 self.cancelled.discard(tid)
             self.queued.clear()
         for addr, tids in by_owner.items():
@@ -429,8 +444,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout = LogStream(ex, False, sys.stdout)
     sys.stderr = LogStream(ex, True, sys.stderr)
     # After the swap, so that log records of tasks reach the driver too.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
-                        force=True)  # the zygote inherited the raylet's handlers
+    # force: the zygote inherited the raylet's handlers.
+    setup_process_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s")
     # Only our SIGINT (from a cancel) should interrupt a task.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

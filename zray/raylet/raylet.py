@@ -145,7 +145,7 @@ class Raylet:
         # Actors owned by this worker share its fate: the GCS ends them.
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid,
                        "addr": waddr[1] if waddr is not None else None})
-        self.memory.worker_exited(wid)
+        self.memory.handle(mm.WorkerExited(wid))
         self.apply(self.sched.handle(sch.WorkerExited(wid, oom=self.oom_killed.pop(wid, None))))
 
     def _remove_worker_socket(self, wid: bytes) -> None:
@@ -185,7 +185,7 @@ class Raylet:
             p = self.procs.get(lease.wid)
             if p is not None and p.poll() is None:
                 running.append(mm.Running(lease.wid, lid, lease.retriable, p.pid, _rss(p.pid)))
-        for a in self.memory.check(now, usage, running):
+        for a in self.memory.handle(mm.Sample(now, usage, running)):
             if isinstance(a, mm.Kill):
                 log.warning("%s", a.message)
                 self.oom_killed[a.wid] = a.message
@@ -363,7 +363,7 @@ class Raylet:
             self.gcs_address = h.get("gcs_address", "")
             self.gcs_watch.address = self.gcs_address or self.gcs_watch.address
             self._watch_gcs_process(h)
-            self.apply_gcs(self.gcs_watch.registered(time.monotonic(), h.get("gcs_start")))
+            self.apply_gcs(self.gcs_watch.handle(gw.Registered(time.monotonic(), h.get("gcs_start"))))
             # Clients that came first are answered now: once init() returns, the
             # node must be in the GCS (nodes(), cluster_resources()).
             waiting, self._early_clients = self._early_clients, []
@@ -375,7 +375,7 @@ class Raylet:
             if "ra" in h:
                 self.conns.send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid")})
         elif t == protocol.PONG:  # the GCS answers our pings
-            self.apply_gcs(self.gcs_watch.pong(time.monotonic(), h.get("gcs_start")))
+            self.apply_gcs(self.gcs_watch.handle(gw.PongReceived(time.monotonic(), h.get("gcs_start"))))
         else:
             log.warning("unexpected message %s", protocol.NAMES.get(t, t))
 
@@ -420,7 +420,7 @@ class Raylet:
         self.poller.unregister(self.gcs_fd)
         os.close(self.gcs_fd)
         self.gcs_fd = None
-        self.apply_gcs(self.gcs_watch.process_exited(time.monotonic()))
+        self.apply_gcs(self.gcs_watch.handle(gw.ProcessExited(time.monotonic())))
 
     def apply_gcs(self, acts: list) -> None:
         for a in acts:
@@ -473,7 +473,7 @@ class Raylet:
 
     def run(self) -> None:
         self.register_with_gcs()
-        self.apply_gcs(self.gcs_watch.start(time.monotonic()))
+        self.apply_gcs(self.gcs_watch.handle(gw.Started(time.monotonic())))
         self.start_workers(min(config.PRESTART_WORKERS, max(int(self.sched.total.get("CPU", 1)), 1)))
         self.sched.handle(sch.WorkersStarting(len(self.procs)))
         tick = 0.0
@@ -498,7 +498,7 @@ class Raylet:
                 self.apply(self.sched.handle(sch.Tick(now, config.INFEASIBLE_WARN_S)))
                 self.om.tick(now)
                 self.room.retry(now)
-                self.apply_gcs(self.gcs_watch.tick(now))
+                self.apply_gcs(self.gcs_watch.handle(gw.Tick(now)))
         self.shutdown()
 
     def shutdown(self) -> None:

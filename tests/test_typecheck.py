@@ -6,6 +6,7 @@ configuration still lists as skipped.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,11 @@ def test_package_ships_its_type_marker():
     assert (ROOT / "zray" / "py.typed").exists()
     text = (ROOT / "pyproject.toml").read_text()
     assert 'zray = ["py.typed"]' in text
+
+
+def test_every_subpackage_ships():
+    """pyproject.toml lists packages by hand: a new one (zray/owner/) must be listed too."""
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(zray[\w.]*)"', text.split("packages = [", 1)[1].split("]", 1)[0]))
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "zray").rglob("__init__.py")}
+    assert found <= listed, f"not in [tool.setuptools] packages: {sorted(found - listed)}"

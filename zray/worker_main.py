@@ -229,7 +229,7 @@ class Executor:
         cw.current_task_id = tid
         cw.current_task_name = name
         cw.assigned_resources = h.get("res") or {}
-        cw.driver_addr = h.get("drv")
+        cw.driver_addr = h.get("drv") or cw.driver_addr
         cw.job_id = h.get("job", cw.job_id)
         if name != self.title:
             self.title = name
@@ -306,8 +306,8 @@ class Executor:
             self.calls[h["fn"]] = n
 
     def exiting_after(self, h: dict) -> bool:
-        mc = h.get("mc")
-        return bool(mc) and self.calls.get(h["fn"], 0) + 1 >= mc
+        mc: int = h.get("mc") or 0
+        return mc > 0 and self.calls.get(h["fn"], 0) + 1 >= mc
 
     def task_error(self, name: str, e: BaseException) -> exc.RayTaskError:
         if isinstance(e, exc.RayTaskError):
@@ -341,7 +341,9 @@ class Executor:
         self.cw.lend(contained, caller)
 
     def reply_values(self, h: dict, owner: str, values: list) -> None:
-        rets, payload, contained = [], [], []
+        rets: list[Any] = []
+        payload: list[Any] = []
+        contained: list[Any] = []
         for i, v in enumerate(values):
             mine: list = []
             d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, mine)

@@ -94,3 +94,18 @@ def test_strategy_wire_is_one_for_tasks_and_actors():
     # No private copy left to drift apart from this one.
     for mod in (actor_submitter, core_worker):
         assert not hasattr(mod, "_strategy_wire"), mod.__name__
+
+
+def test_every_message_type_is_documented():
+    """docs/PROTOCOL.md lists every message type of protocol.py, under its number."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    rows = {}
+    for nums, names in re.findall(r"^\| ([\d/]+) \| ([A-Z_ /]+?) (?:\(.*?\) )?\|", doc, re.M):
+        for n, name in zip(nums.split("/"), names.split("/")):
+            rows[name.strip()] = int(n)
+    assert rows, "no message table found"
+    missing = {name: num for num, name in protocol.NAMES.items() if rows.get(name) != num}
+    assert not missing, f"not in docs/PROTOCOL.md (or under another number): {missing}"

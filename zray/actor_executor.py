@@ -317,8 +317,8 @@ class ActorRuntime:
         if len(values) == 1:
             data = serialization.dumps_small(values[0])
             if data is not None:  # a small builtin value: no refs, no store, one frame
-                self.cw.conns.send(owner, {"t": protocol.TASK_REPLY, "tid": h["tid"],
-                                           "rets": [[INLINE, 1, False]]}, [data])
+                self.cw.conns.send(owner, protocol.task_reply(h["tid"], [[INLINE, 1, False]]),
+                                   [data])
                 return
         self.ex.reply_values(h, owner, values)
 
@@ -397,8 +397,7 @@ class ActorRuntime:
         except Exception as e:
             ex._stream_error(h, owner, i, self.error(h.get("name", ""), e))
             i += 1
-        ex._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": [],
-                                  "gen_n": i}, [])
+        ex._send_reply(h, owner, protocol.task_reply(h["tid"], [], gen_n=i), [])
 
     def _send_item(self, h: dict, owner: str, i: int, v: Any) -> None:
         from zray.ids import object_id_for
@@ -406,7 +405,7 @@ class ActorRuntime:
         ex = self.ex
         contained: list = []
         d, frames = ex.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
-        gh = {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i, "ret": d}
+        gh = protocol.generator_item(h["tid"], i, d)
         if contained:  # as worker_main.Executor.run_streaming does
             ex._lend_contained(contained, h["own"])
             gh["contained"] = [(0, oid, own) for oid, own in contained]
@@ -432,8 +431,7 @@ class ActorRuntime:
         owner = self.cw.addr_of(h["own"])
         if h.get("nret") == -1:  # a stream: the error is its one item
             ex._stream_error(h, owner, 0, err)
-            ex._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": [],
-                                      "gen_n": 1}, [])
+            ex._send_reply(h, owner, protocol.task_reply(h["tid"], [], gen_n=1), [])
             return
         ex.reply_error(h, owner, err)
 

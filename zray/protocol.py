@@ -91,10 +91,8 @@ NODES_REPLY = 44
 SUBSCRIBE = 45
 PUBLISH = 46
 OBJECT_LOCATION_ADD = 47
-OBJECT_LOCATION_REMOVE = 48
 GET_OBJECT_LOCATIONS = 49
 OBJECT_LOCATIONS_REPLY = 50
-REGISTER_JOB = 51
 # Logs
 LOG_LINES = 60
 # Control
@@ -152,6 +150,42 @@ def strategy_wire(s: Any) -> dict | None:
     if getattr(s, "_spill_on_unavailable", False):
         h["spill"] = True
     return h
+
+
+# --- headers built in several places ---------------------------------------------
+# (a header is a plain dict; these name the fields a message always has)
+def task_reply(tid: bytes, rets: list, **extra: Any) -> Header:
+    """TASK_REPLY: ``rets`` descriptors; extra: ``err gen_n contained exiting dt``."""
+    return {"t": TASK_REPLY, "tid": tid, "rets": rets, **extra}
+
+
+def generator_item(tid: bytes, i: int, ret: list) -> Header:
+    """GENERATOR_ITEM ``i`` of a streaming task; ``ret``: its descriptor."""
+    return {"t": GENERATOR_ITEM, "tid": tid, "i": i, "ret": ret}
+
+
+def lease_failed(lrid: int, msg: str, kind: str | None = None) -> Header:
+    """LEASE_FAILED: with ``kind`` (an exception's name) the request failed; without,
+    it is a warning only and the request stays."""
+    if kind is None:
+        return {"t": LEASE_FAILED, "lrid": lrid, "warn": True, "msg": msg}
+    return {"t": LEASE_FAILED, "lrid": lrid, "kind": kind, "msg": msg}
+
+
+def actor_ack(rid: int, ok: bool = True, **extra: Any) -> Header:
+    """ACTOR_ACK: the GCS's answer to KILL_ACTOR, ACTOR_EXITING, JOB_FINISHED, a failed
+    ACTOR_CREATED."""
+    return {"t": ACTOR_ACK, "rid": rid, "ok": ok, **extra}
+
+
+def pull_done(rid: int, ok: bool, **extra: Any) -> Header:
+    """PULL_DONE; extra: ``msg full path``."""
+    return {"t": PULL_DONE, "rid": rid, "ok": ok, **extra}
+
+
+def publish(ch: str, ev: str, **fields: Any) -> Header:
+    """PUBLISH on channel ``ch`` ("node", "gcs") of event ``ev``."""
+    return {"t": PUBLISH, "ch": ch, "ev": ev, **fields}
 
 
 def encode(header: dict, payload: list | tuple = (), bulk: int = 0) -> list:

@@ -229,7 +229,7 @@ class Executor:
         cw.current_task_id = tid
         cw.current_task_name = name
         cw.assigned_resources = h.get("res") or {}
-        cw.driver_addr = h.get("drv")
+        cw.driver_addr = h.get("drv") or cw.driver_addr
         cw.job_id = h.get("job", cw.job_id)
         if name != self.title:
             self.title = name
@@ -306,8 +306,8 @@ class Executor:
             self.calls[h["fn"]] = n
 
     def exiting_after(self, h: dict) -> bool:
-        mc = h.get("mc")
-        return bool(mc) and self.calls.get(h["fn"], 0) + 1 >= mc
+        mc: int = h.get("mc") or 0
+        return mc > 0 and self.calls.get(h["fn"], 0) + 1 >= mc
 
     def task_error(self, name: str, e: BaseException) -> exc.RayTaskError:
         if isinstance(e, exc.RayTaskError):
@@ -341,7 +341,9 @@ class Executor:
         self.cw.lend(contained, caller)
 
     def reply_values(self, h: dict, owner: str, values: list) -> None:
-        rets, payload, contained = [], [], []
+        rets: list[Any] = []
+        payload: list[Any] = []
+        contained: list[Any] = []
         for i, v in enumerate(values):
             mine: list = []
             d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, mine)
@@ -351,7 +353,7 @@ class Executor:
                 return
             rets.append(d)
             payload.extend(frames)
-        rh = {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": rets}
+        rh = protocol.task_reply(h["tid"], rets)
         if contained:
             self._lend_contained([(oid, owner) for _, oid, owner in contained], h["own"])
             rh["contained"] = pack_contained(contained)
@@ -382,8 +384,8 @@ class Executor:
     def reply_error_frames(self, h: dict, owner: str, frames: list) -> None:
         n = max(h["nret"], 1)
         rets = [[INLINE, len(frames), True]] * n
-        self._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": rets,
-                                    "err": True}, list(frames) * n)
+        self._send_reply(h, owner, protocol.task_reply(h["tid"], rets, err=True),
+                         list(frames) * n)
 
     def run_streaming(self, h: dict, owner: str, fn, args, kwargs) -> None:
         i = 0
@@ -396,7 +398,7 @@ class Executor:
             for v in gen:
                 contained: list = []
                 d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
-                gh = {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i, "ret": d}
+                gh = protocol.generator_item(h["tid"], i, d)
                 if contained:
                     self._lend_contained(contained, h["own"])
                     gh["contained"] = pack_contained([(0, oid, owner) for oid, owner in contained])
@@ -411,13 +413,12 @@ class Executor:
         except Exception as e:
             self._stream_error(h, owner, i, self.task_error(name, e))
             i += 1
-        self._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": [],
-                                    "gen_n": i}, [])
+        self._send_reply(h, owner, protocol.task_reply(h["tid"], [], gen_n=i), [])
 
     def _stream_error(self, h: dict, owner: str, i: int, err: BaseException) -> None:
         frames, _ = serialization.serialize(err)
-        self.cw.conns.send(owner, {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i,
-                                   "ret": [INLINE, len(frames), True]}, frames)
+        self.cw.conns.send(owner, protocol.generator_item(h["tid"], i, [INLINE, len(frames), True]),
+                           frames)
 
 
 def main(argv: list[str] | None = None) -> None:

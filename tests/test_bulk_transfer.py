@@ -136,13 +136,11 @@ def test_bulk_fetch_fails_cleanly_when_the_holder_breaks(tmp_path, monkeypatch):
     done = Done()
     cl = bulk.BulkClients(done, conns=1)
     try:
-        t = time.monotonic()
         cl.fetch("127.0.0.1", port, os.urandom(16), dst, 0, 4000, "cut")
         assert "closed" in done.wait(1)[0][1]
         cl.fetch("127.0.0.1", port, os.urandom(16), dst, 0, 4000, "stalled")
         tag, err = done.wait(2)[1]
         assert tag == "stalled" and err is not None
-        assert time.monotonic() - t < 10
         ls.close()  # nobody listens: refused at once
         cl.fetch("127.0.0.1", port, os.urandom(16), dst, 0, 4000, "refused")
         assert done.wait(3)[2][1] is not None

@@ -28,10 +28,8 @@ def test_get_of_an_object_whose_owner_died_raises_owner_died(cluster):
 
     [inner], pid = zray.get(nested.remote())
     os.kill(pid, 9)
-    t0 = time.monotonic()
     with pytest.raises(zray.exceptions.OwnerDiedError) as info:
-        zray.get(inner, timeout=60)
-    assert time.monotonic() - t0 < 30
+        zray.get(inner, timeout=60)  # raises, rather than waiting for this timeout
     assert isinstance(info.value, zray.exceptions.ObjectLostError)
     # The owner's address is readable: no packed list of raw bytes.
     text = str(info.value)

@@ -17,14 +17,14 @@ def run(wid: bytes, lease: int, retriable: bool = True) -> mm.Running:
 
 def test_below_the_threshold_nothing_is_killed():
     p = mm.MemoryPolicy(0.9)
-    assert p.check(0.0, mm.Usage(89, 100), [run(b"a", 1)]) == []
-    assert p.check(0.0, mm.Usage(0, 0), [run(b"a", 1)]) == []  # no reading: nothing
+    assert p.handle(mm.Sample(0.0, mm.Usage(89, 100), [run(b"a", 1)])) == []
+    assert p.handle(mm.Sample(0.0, mm.Usage(0, 0), [run(b"a", 1)])) == []  # no reading: nothing
 
 
 def test_above_it_the_newest_retriable_task_goes_first():
     p = mm.MemoryPolicy(0.9, "10.0.0.1", bytes.fromhex("ab" * 28))
     running = [run(b"old", 1), run(b"new-not-retriable", 3, False), run(b"new", 2)]
-    [kill] = p.check(0.0, mm.Usage(95 * GB // 10, 10 * GB), running)
+    [kill] = p.handle(mm.Sample(0.0, mm.Usage(95 * GB // 10, 10 * GB), running))
     assert isinstance(kill, mm.Kill) and kill.wid == b"new"
     m = kill.message
     assert "memory usage threshold of 0.9" in m and "9.50GB / 10.00GB (0.9500)" in m
@@ -36,36 +36,36 @@ def test_one_kill_at_a_time_then_the_next():
     p = mm.MemoryPolicy(0.5)
     high = mm.Usage(8, 10)
     running = [run(b"a", 1), run(b"b", 2)]
-    assert [k.wid for k in p.check(0.0, high, running)] == [b"b"]
-    assert p.check(0.3, high, running) == []  # b has not exited yet
-    p.worker_exited(b"b")
+    assert [k.wid for k in p.handle(mm.Sample(0.0, high, running))] == [b"b"]
+    assert p.handle(mm.Sample(0.3, high, running)) == []  # b has not exited yet
+    p.handle(mm.WorkerExited(b"b"))
     running = running[:1]
-    assert [k.wid for k in p.check(0.6, high, running)] == [b"a"]
+    assert [k.wid for k in p.handle(mm.Sample(0.6, high, running))] == [b"a"]
 
 
 def test_a_kill_that_does_not_end_its_worker_is_given_up_after_a_while():
     p = mm.MemoryPolicy(0.5)
     high = mm.Usage(8, 10)
     running = [run(b"a", 1), run(b"b", 2)]
-    assert [k.wid for k in p.check(0.0, high, running)] == [b"b"]
-    assert p.check(mm.KILL_TIMEOUT_S - 1, high, running) == []
-    assert [k.wid for k in p.check(mm.KILL_TIMEOUT_S + 1, high, running)] == [b"b"]
+    assert [k.wid for k in p.handle(mm.Sample(0.0, high, running))] == [b"b"]
+    assert p.handle(mm.Sample(mm.KILL_TIMEOUT_S - 1, high, running)) == []
+    assert [k.wid for k in p.handle(mm.Sample(mm.KILL_TIMEOUT_S + 1, high, running))] == [b"b"]
     # A killed worker whose lease is gone is not waited for.
-    assert [k.wid for k in p.check(100.0, high, [run(b"a", 1)])] == [b"a"]
+    assert [k.wid for k in p.handle(mm.Sample(100.0, high, [run(b"a", 1)]))] == [b"a"]
 
 
 def test_without_retriable_work_the_newest_task_goes():
     p = mm.MemoryPolicy(0.5)
-    [kill] = p.check(0.0, mm.Usage(8, 10), [run(b"x", 4, False), run(b"y", 5, False)])
+    [kill] = p.handle(mm.Sample(0.0, mm.Usage(8, 10), [run(b"x", 4, False), run(b"y", 5, False)]))
     assert kill.wid == b"y" and "none that can be retried" in kill.message
 
 
 def test_nothing_to_kill_warns_now_and_then():
     p = mm.MemoryPolicy(0.5)
-    w = p.check(0.0, mm.Usage(8, 10), [])
+    w = p.handle(mm.Sample(0.0, mm.Usage(8, 10), []))
     assert len(w) == 1 and isinstance(w[0], mm.Warn) and "threshold of 0.5" in w[0].message
-    assert p.check(1.0, mm.Usage(8, 10), []) == []
-    assert len(p.check(mm.WARN_EVERY_S + 1, mm.Usage(8, 10), [])) == 1
+    assert p.handle(mm.Sample(1.0, mm.Usage(8, 10), [])) == []
+    assert len(p.handle(mm.Sample(mm.WARN_EVERY_S + 1, mm.Usage(8, 10), []))) == 1
 
 
 # ------------------------------------------------------------------ readers

@@ -49,10 +49,8 @@ def test_get_one_ref_or_a_list_in_order(ray_start):
 
 def test_get_timeout_raises_get_timeout_error(ray_start, tmp_path):
     ref = wait_then.remote(1, str(tmp_path / "go"))
-    start = time.monotonic()
     with pytest.raises(exceptions.GetTimeoutError) as info:
         ray.get(ref, timeout=0.5)
-    assert time.monotonic() - start < 30  # returned at all
     assert isinstance(info.value, TimeoutError)
     assert isinstance(info.value, exceptions.RayError)
     with pytest.raises(TimeoutError):
@@ -64,11 +62,9 @@ def test_get_timeout_raises_get_timeout_error(ray_start, tmp_path):
 def test_get_raises_as_soon_as_any_input_failed(ray_start, tmp_path):
     go = tmp_path / "go"
     blocked = wait_then.remote("late", str(go), 120)
-    start = time.monotonic()
     with pytest.raises(ValueError, match="early failure"):
         ray.get([blocked, fail.remote("early failure")])
     # `blocked` only finishes once the test creates `go`, after this get.
-    assert time.monotonic() - start < 60
     touch(go)
     assert ray.get(blocked) == "late"
 
@@ -147,10 +143,8 @@ def test_wait_defaults_to_one(ray_start, tmp_path):
 def test_wait_timeout_and_fetch_local(ray_start, tmp_path):
     go = str(tmp_path / "go")
     refs = [wait_then.remote(i, go) for i in range(2)]
-    start = time.monotonic()
     assert ray.wait(refs, num_returns=1, timeout=0.5) == ([], refs)
     assert ray.wait(refs, num_returns=2, timeout=0) == ([], refs)
-    assert time.monotonic() - start < 30  # returned at all
     touch(go)
     ready, not_ready = ray.wait(refs, num_returns=2, timeout=60, fetch_local=False)
     assert ready == refs and not_ready == []

@@ -6,38 +6,27 @@ import msgpack
 import pytest
 import zmq
 
-from zray import protocol
+from zray import curve, protocol
 
 KEY = b"k" * 32
 
 
-def test_roundtrip_ipc_and_tcp():
+def test_roundtrip():
     h = {"t": protocol.PING, "x": b"\x00\x01", "s": "é"}
     frames = protocol.encode(dict(h), [b"payload"])
-    assert frames == [frames[0], b"payload"]  # no MAC frame on ipc
+    assert frames == [frames[0], b"payload"]
     hh, p = protocol.decode(frames)
     assert hh == h and p == [b"payload"]
-    frames = protocol.encode(dict(h), [b"payload"], key=KEY)
-    hh, p = protocol.decode(frames, key=KEY)
-    assert hh == h and p == [b"payload"]
+    frames = protocol.encode({"t": protocol.CHUNK}, [b"meta", b"raw"], bulk=1)
+    hh, p = protocol.decode(frames)
+    assert hh == {"t": protocol.CHUNK, "bulk": 1} and p == [b"meta", b"raw"]
 
 
-def test_bad_mac_and_missing_mac_are_refused():
-    frames = protocol.encode({"t": protocol.PING}, [b"x"], key=b"w" * 32)
-    with pytest.raises(protocol.ProtocolError, match="MAC"):
-        protocol.decode(frames, key=KEY)
-    frames = protocol.encode({"t": protocol.PING}, [b"x"])
-    with pytest.raises(protocol.ProtocolError, match="no MAC"):
-        protocol.decode(frames, key=KEY)
-
-
-def test_tampered_payload_is_refused_but_bulk_frames_are_not_signed():
-    frames = protocol.encode({"t": protocol.CHUNK}, [b"meta", b"bulkdata"], key=KEY, bulk=1)
-    frames[3] = b"changed!"  # bulk: raw bytes, never unpickled
-    protocol.decode(frames, key=KEY)
-    frames[2] = b"evil"  # signed frame
-    with pytest.raises(protocol.ProtocolError):
-        protocol.decode(frames, key=KEY)
+def test_the_curve_keypair_comes_from_the_secret():
+    pub, sec = curve.keypair(KEY)
+    assert curve.keypair(KEY) == (pub, sec)
+    assert zmq.curve_public(sec) == pub
+    assert curve.keypair(b"w" * 32)[0] != pub
 
 
 @pytest.mark.parametrize("frames", [
@@ -45,6 +34,9 @@ def test_tampered_payload_is_refused_but_bulk_frames_are_not_signed():
     [b"\xc1\xc1", b""],  # undecodable msgpack
     [msgpack.packb([1, 2]), b""],  # not a map
     [msgpack.packb({"t": "str"}), b""],  # type not an int
+    [msgpack.packb({"t": 1, "bulk": 2}), b""],  # more bulk frames than frames
+    [msgpack.packb({"t": 1, "bulk": -1})],
+    [],
 ])
 def test_malformed_messages(frames):
     with pytest.raises(protocol.ProtocolError):
@@ -57,22 +49,32 @@ def test_inbound_drops_garbage_and_keeps_serving(tmp_path, caplog):
     inbound.register(poller)
     got = []
     ctx = protocol.context()
-    raw = ctx.socket(zmq.DEALER)
+    raw = ctx.socket(zmq.DEALER)  # no CURVE keys: refused during the handshake
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(inbound.tcp_addr)
+    member = ctx.socket(zmq.DEALER)  # holds the secret, sends garbage: dropped, logged
+    member.setsockopt(zmq.LINGER, 0)
+    curve.make_client(member, KEY)
+    member.connect(inbound.tcp_addr)
+    good = protocol.Conn(inbound.tcp_addr, KEY)
     try:
         raw.send_multipart([b"garbage"])
-        raw.send_multipart(protocol.encode({"t": protocol.PING}, [b"x"]))  # unsigned on tcp
-        good = protocol.Conn(inbound.tcp_addr, KEY)
+        raw.send_multipart(protocol.encode({"t": protocol.PING}, [b"x"]))
+        member.send_multipart([b"garbage"])
+        member.send_multipart([msgpack.packb([1, 2])])  # not a map
         good.send({"t": protocol.PING, "n": 1})
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+                got and "refused a tcp peer" in caplog.text
+                and caplog.text.count("dropped a malformed message") >= 2):
             ready = dict(poller.poll(100))
             inbound.drain(ready, lambda h, p: got.append(h))
         assert got == [{"t": protocol.PING, "n": 1}]
-        assert "dropped a malformed message" in caplog.text
-        good.close()
+        assert caplog.text.count("dropped a malformed message") == 2
+        assert "refused a tcp peer" in caplog.text
     finally:
+        good.close()
+        member.close()
         raw.close()
         inbound.close()
 
@@ -92,3 +94,18 @@ def test_strategy_wire_is_one_for_tasks_and_actors():
     # No private copy left to drift apart from this one.
     for mod in (actor_submitter, core_worker):
         assert not hasattr(mod, "_strategy_wire"), mod.__name__
+
+
+def test_every_message_type_is_documented():
+    """docs/PROTOCOL.md lists every message type of protocol.py, under its number."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    rows = {}
+    for nums, names in re.findall(r"^\| ([\d/]+) \| ([A-Z_ /]+?) (?:\(.*?\) )?\|", doc, re.M):
+        for n, name in zip(nums.split("/"), names.split("/")):
+            rows[name.strip()] = int(n)
+    assert rows, "no message table found"
+    missing = {name: num for num, name in protocol.NAMES.items() if rows.get(name) != num}
+    assert not missing, f"not in docs/PROTOCOL.md (or under another number): {missing}"

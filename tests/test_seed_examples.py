@@ -8,7 +8,6 @@ they run from a copy that says ``import ray``.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -66,11 +65,7 @@ def _run(name: str, tmp_path: Path, timeout: float = 120):
 def test_tasks_example(tmp_path):
     # The driver starts four 10 s tasks and exits without waiting for them: the runtime
     # stops with the driver instead of waiting for them to finish.
-    start = time.monotonic()
-    _run("tasks.py", tmp_path)
-    # Not a performance bound: only "did not wait for the 10 s tasks to finish" would
-    # be checked by a bound below 10 s, and start-up time varies; so only a hang is caught.
-    assert time.monotonic() - start < 100
+    _run("tasks.py", tmp_path)  # (a hang is caught by _run's timeout)
 
 
 def test_object_refs_example(tmp_path):

@@ -6,13 +6,13 @@ configuration still lists as skipped.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# To do: zray.gcs.actor_table too (it was, until the GCS's persistence rewrite).
-STRICT = {"zray.objstore.store", "zray.raylet.scheduler", "zray.owner.*"}
+STRICT = {"zray.objstore.store", "zray.raylet.scheduler", "zray.gcs.actor_table", "zray.owner.*"}
 
 
 def _mypy_config() -> dict:
@@ -45,3 +45,11 @@ def test_package_ships_its_type_marker():
     assert (ROOT / "zray" / "py.typed").exists()
     text = (ROOT / "pyproject.toml").read_text()
     assert 'zray = ["py.typed"]' in text
+
+
+def test_every_subpackage_ships():
+    """pyproject.toml lists packages by hand: a new one (zray/owner/) must be listed too."""
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(zray[\w.]*)"', text.split("packages = [", 1)[1].split("]", 1)[0]))
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "zray").rglob("__init__.py")}
+    assert found <= listed, f"not in [tool.setuptools] packages: {sorted(found - listed)}"

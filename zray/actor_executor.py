@@ -39,8 +39,11 @@ from zray import protocol, serialization, task_codec
 from zray.actor import ActorExit, ActorHandle
 from zray.core_worker import INLINE, CoreWorker, Waiter
 from zray.ids import ActorID, TaskID, new_task_id
+from zray.util.dedup import RecentIds, task_key
+from zray.util.logs import RateLimited
 
 log = logging.getLogger("zray.actor")
+_refused = RateLimited(log, "refused duplicate actor calls")
 
 EXIT_ACK_TIMEOUT_S = 2.0
 
@@ -96,6 +99,7 @@ class ActorRuntime:
         self.instance: Any = None
         self.lock = threading.Lock()
         self.order = CallOrder()
+        self.taken = RecentIds()  # calls taken: a duplicate task id is refused
         self.cancelled: set[bytes] = set()
         self.local = threading.local()  # .tid: the call this thread runs
         self.exiting = False  # ending now: calls not started yet are answered "dead"
@@ -202,6 +206,9 @@ class ActorRuntime:
                 "died and was restarted elsewhere).", h.get("aid", b"").hex()))
             return
         with self.lock:
+            if not self.taken.add(task_key(h)):
+                _refused.warning("refused a duplicate actor call %s", h.get("tid", b"").hex())
+                return
             if self.exiting or self.closing:
                 ready = [(h, payload)]
             else:
@@ -310,8 +317,8 @@ class ActorRuntime:
         if len(values) == 1:
             data = serialization.dumps_small(values[0])
             if data is not None:  # a small builtin value: no refs, no store, one frame
-                self.cw.conns.send(owner, {"t": protocol.TASK_REPLY, "tid": h["tid"],
-                                           "rets": [[INLINE, 1, False]]}, [data])
+                self.cw.conns.send(owner, protocol.task_reply(h["tid"], [[INLINE, 1, False]]),
+                                   [data])
                 return
         self.ex.reply_values(h, owner, values)
 
@@ -390,8 +397,7 @@ class ActorRuntime:
         except Exception as e:
             ex._stream_error(h, owner, i, self.error(h.get("name", ""), e))
             i += 1
-        ex._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": [],
-                                  "gen_n": i}, [])
+        ex._send_reply(h, owner, protocol.task_reply(h["tid"], [], gen_n=i), [])
 
     def _send_item(self, h: dict, owner: str, i: int, v: Any) -> None:
         from zray.ids import object_id_for
@@ -399,7 +405,7 @@ class ActorRuntime:
         ex = self.ex
         contained: list = []
         d, frames = ex.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
-        gh = {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i, "ret": d}
+        gh = protocol.generator_item(h["tid"], i, d)
         if contained:  # as worker_main.Executor.run_streaming does
             ex._lend_contained(contained, h["own"])
             gh["contained"] = [(0, oid, own) for oid, own in contained]
@@ -425,8 +431,7 @@ class ActorRuntime:
         owner = self.cw.addr_of(h["own"])
         if h.get("nret") == -1:  # a stream: the error is its one item
             ex._stream_error(h, owner, 0, err)
-            ex._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": [],
-                                      "gen_n": 1}, [])
+            ex._send_reply(h, owner, protocol.task_reply(h["tid"], [], gen_n=1), [])
             return
         ex.reply_error(h, owner, err)
 

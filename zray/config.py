@@ -76,3 +76,7 @@ MEMORY_USAGE_THRESHOLD = _env("MEMORY_USAGE_THRESHOLD",
                               env_number("RAY_memory_usage_threshold", 0.95))
 MEMORY_MONITOR_REFRESH_MS = int(_env("MEMORY_MONITOR_REFRESH_MS",
                                      env_number("RAY_memory_monitor_refresh_ms", 250)))
+# Size-rotated logs of the GCS, raylets and workers (Ray's RAY_ROTATION_* defaults):
+# a log file is rotated past MAX_BYTES, keeping BACKUP_COUNT older files.
+ROTATION_MAX_BYTES = int(_env("ROTATION_MAX_BYTES", 512 * 1024 * 1024))
+ROTATION_BACKUP_COUNT = int(_env("ROTATION_BACKUP_COUNT", 5))

@@ -107,10 +107,16 @@ class CoreWorker(Waiting, PollingRole):
                            str(self.address), _encode_error, serialization.deserialize)
         self.objects = self.owner.objects  # read by get/wait under self.lock
         self.tasks = self.owner.tasks
-        self.on_push_task = None  # set by the worker's executor
-        self.on_blocked = None  # executor: the running task blocks in get/wait
-        self.on_tick = None  # executor: called by the I/O thread every tick
-        self.on_cancel_task = None
+        # Hooks of the worker's executor (worker_main.py, actor_executor.py).
+        self.on_push_task: Callable[[dict, list], None] | None = None
+        self.on_blocked: Callable[[], None] | None = None  # the running task blocks in get
+        self.on_tick: Callable[[float], None] | None = None  # the I/O thread's every tick
+        self.on_cancel_task: Callable[[dict], None] | None = None
+        # In an actor's worker (actor_executor.py; read by runtime_context.py).
+        self.current_actor_id: bytes | None = None
+        self.actor_restarted = False
+        self.actor_runtime: Any = None
+        self.current_actor_handle: Any = None
         # Actor calls made by this process (made on first use: actor_calls()).
         self.actor_submitter: ActorCalls | None = None
         self.log_sink: Callable[[dict, list], None] | None = None  # driver: prints LOG_LINES
@@ -644,7 +650,7 @@ class CoreWorker(Waiting, PollingRole):
         w = i.worker
         h = {"t": protocol.PUSH_TASK, "tid": t.tid, "fn": t.fn_id, "name": t.fname,
              "nret": t.nret, "args": argd, "kw": t.kwnames, "own": self.address_packed,
-             "drv": self.driver_addr, "job": self.job_id, "res": w.res}
+             "drv": self.driver_addr, "job": self.job_id, "res": w.res, "att": t.attempt}
         if t.max_calls:
             h["mc"] = t.max_calls
         if t.env:

@@ -4,22 +4,20 @@ A message is a ZeroMQ multipart message sent by a DEALER to a peer's inbound
 ROUTER (all traffic is one-way; a reply is a new message to the requester's
 inbound address)::
 
-    ipc://  [header, payload_0, ..., payload_n]
-    tcp://  [header, mac, payload_0, ..., payload_n]
+    [header, payload_0, ..., payload_n]
 
 - ``header``: msgpack map; key ``t`` is the message type (an int below), the
   other keys are that type's fields (see docs/PROTOCOL.md).
-- ``mac`` (tcp only; ipc sockets live in the owner-only session directory): a
-  keyed BLAKE2b-128 over the header and every payload frame but the trailing
-  ``bulk`` ones (raw object bytes, which are never unpickled).
 - payload frames: pickled values and their out-of-band buffers.
+
+ipc sockets live in the owner-only session directory. tcp sockets are CURVE
+(zray/curve.py): only holders of the cluster secret finish the handshake, and
+every frame is authenticated and encrypted under per-connection keys.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
 import logging
 import threading
 from typing import Any
@@ -27,9 +25,11 @@ from typing import Any
 import msgpack
 import zmq
 
+from zray import curve
+from zray.util.logs import RateLimited
+
 log = logging.getLogger("zray.protocol")
 
-MAC_LEN = 16
 MAX_HEADER = 64 << 20  # a header larger than this is malformed
 
 
@@ -91,10 +91,8 @@ NODES_REPLY = 44
 SUBSCRIBE = 45
 PUBLISH = 46
 OBJECT_LOCATION_ADD = 47
-OBJECT_LOCATION_REMOVE = 48
 GET_OBJECT_LOCATIONS = 49
 OBJECT_LOCATIONS_REPLY = 50
-REGISTER_JOB = 51
 # Logs
 LOG_LINES = 60
 # Control
@@ -118,7 +116,7 @@ KILL_WORKER = 91  # gcs -> raylet: SIGKILL one of your workers (a killed actor)
 CLIENT_DIED = 92  # raylet -> gcs: a driver or worker process ended (owners of actors)
 JOB_FINISHED = 93  # driver -> gcs (request): zray.shutdown(); its actors end
 
-NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int) and k not in ("MAC_LEN", "MAX_HEADER")}
+NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int) and k != "MAX_HEADER"}
 
 
 # --- values of fields --------------------------------------------------------
@@ -153,29 +151,56 @@ def strategy_wire(s: Any) -> dict | None:
         h["spill"] = True
     return h
 
-def _mac(key: bytes, parts: list) -> bytes:
-    h = hashlib.blake2b(key=key, digest_size=MAC_LEN)
-    for p in parts:
-        h.update(p)
-    return h.digest()
+
+# --- headers built in several places ---------------------------------------------
+# (a header is a plain dict; these name the fields a message always has)
+def task_reply(tid: bytes, rets: list, **extra: Any) -> Header:
+    """TASK_REPLY: ``rets`` descriptors; extra: ``err gen_n contained exiting dt``."""
+    return {"t": TASK_REPLY, "tid": tid, "rets": rets, **extra}
 
 
-def encode(header: dict, payload: list | tuple = (), key: bytes | None = None, bulk: int = 0) -> list:
-    """Build the frames of one message. ``key`` set means: authenticate (tcp)."""
+def generator_item(tid: bytes, i: int, ret: list) -> Header:
+    """GENERATOR_ITEM ``i`` of a streaming task; ``ret``: its descriptor."""
+    return {"t": GENERATOR_ITEM, "tid": tid, "i": i, "ret": ret}
+
+
+def lease_failed(lrid: int, msg: str, kind: str | None = None) -> Header:
+    """LEASE_FAILED: with ``kind`` (an exception's name) the request failed; without,
+    it is a warning only and the request stays."""
+    if kind is None:
+        return {"t": LEASE_FAILED, "lrid": lrid, "warn": True, "msg": msg}
+    return {"t": LEASE_FAILED, "lrid": lrid, "kind": kind, "msg": msg}
+
+
+def actor_ack(rid: int, ok: bool = True, **extra: Any) -> Header:
+    """ACTOR_ACK: the GCS's answer to KILL_ACTOR, ACTOR_EXITING, JOB_FINISHED, a failed
+    ACTOR_CREATED."""
+    return {"t": ACTOR_ACK, "rid": rid, "ok": ok, **extra}
+
+
+def pull_done(rid: int, ok: bool, **extra: Any) -> Header:
+    """PULL_DONE; extra: ``msg full path``."""
+    return {"t": PULL_DONE, "rid": rid, "ok": ok, **extra}
+
+
+def publish(ch: str, ev: str, **fields: Any) -> Header:
+    """PUBLISH on channel ``ch`` ("node", "gcs") of event ``ev``."""
+    return {"t": PUBLISH, "ch": ch, "ev": ev, **fields}
+
+
+def encode(header: dict, payload: list | tuple = (), bulk: int = 0) -> list:
+    """Build the frames of one message (``bulk``: how many trailing payload frames are
+    raw object bytes, never unpickled; the header says so)."""
     if bulk:
         header["bulk"] = bulk
-    h = msgpack.packb(header, use_bin_type=True)
-    if key is None:
-        return [h, *payload]
-    signed = payload[: len(payload) - bulk] if bulk else payload
-    return [h, _mac(key, [h, *signed]), *payload]
+    return [msgpack.packb(header, use_bin_type=True), *payload]
 
 
-def decode(frames: list, key: bytes | None = None) -> tuple[dict, list]:
-    """Parse ``[header, *payload]``, or with ``key`` authenticate ``[header, mac, *payload]``.
+def decode(frames: list) -> tuple[dict, list]:
+    """Parse ``[header, *payload]``.
 
     ``frames`` may hold ``zmq.Frame`` objects (zero-copy receive) or bytes.
-    Raises ProtocolError for anything malformed or unauthenticated.
+    Raises ProtocolError for anything malformed.
     """
     if not frames:
         raise ProtocolError("empty message")
@@ -183,34 +208,16 @@ def decode(frames: list, key: bytes | None = None) -> tuple[dict, list]:
     h = hf.bytes if isinstance(hf, zmq.Frame) else hf
     if len(h) > MAX_HEADER:
         raise ProtocolError(f"header of {len(h)} bytes")
-    if key is not None:
-        if len(frames) < 2:
-            raise ProtocolError("missing authentication (no MAC)")
-        mf = frames[1]
-        mac = mf.bytes if isinstance(mf, zmq.Frame) else mf
-        payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames[2:]]
-        if len(mac) != MAC_LEN:
-            raise ProtocolError("missing authentication (no MAC)")
-        # The header is not parsed before the MAC is checked, so bulk count
-        # is read after: verify over all frames first, then over fewer.
-        try:
-            header = msgpack.unpackb(h, raw=False)
-        except Exception as e:  # msgpack raises several types
-            raise ProtocolError(f"undecodable header: {e}") from None
-        bulk = header.get("bulk", 0) if isinstance(header, dict) else 0
-        if not isinstance(bulk, int) or bulk < 0 or bulk > len(payload):
-            raise ProtocolError("bad bulk count")
-        signed = payload[: len(payload) - bulk] if bulk else payload
-        if not hmac.compare_digest(mac, _mac(key, [h, *signed])):
-            raise ProtocolError("bad MAC: sender does not hold the cluster secret")
-    else:
-        payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames[1:]]
-        try:
-            header = msgpack.unpackb(h, raw=False)
-        except Exception as e:
-            raise ProtocolError(f"undecodable header: {e}") from None
+    payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames[1:]]
+    try:
+        header = msgpack.unpackb(h, raw=False)
+    except Exception as e:  # msgpack raises several types
+        raise ProtocolError(f"undecodable header: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("t"), int):
         raise ProtocolError("header is not a map with an int type")
+    bulk = header.get("bulk", 0)
+    if not isinstance(bulk, int) or bulk < 0 or bulk > len(payload):
+        raise ProtocolError("bad bulk count")
     return header, payload
 
 
@@ -237,6 +244,9 @@ import os as _os  # noqa: E402
 _os.register_at_fork(after_in_child=_reset_ctx_after_fork)
 
 SEND_TIMEOUT_MS = 30_000
+# Messages a tcp ROUTER queues per peer before it stops reading that peer's socket
+# (backpressure, never a drop: ROUTERs only drop on send, and ours never send).
+TCP_RCVHWM = 10_000
 COPY_MAX = 65536  # frames above this are sent without a copy
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -286,7 +296,7 @@ class Conn:
 
     def __init__(self, addr: str, key: bytes | None, identity: bytes | None = None):
         self.addr = addr
-        # Authenticate only what leaves the machine's owner-only ipc sockets.
+        # CURVE only for what leaves the machine's owner-only ipc sockets.
         self.key = key if addr.startswith("tcp://") else None
         s = context().socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
@@ -296,13 +306,15 @@ class Conn:
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         if identity:
             s.setsockopt(zmq.IDENTITY, identity)
+        if self.key is not None:
+            curve.make_client(s, self.key)
         s.connect(addr)
         self.sock = s
         self.lock = threading.Lock()
         self.closed = False
 
     def send(self, header: dict, payload: list | tuple = (), bulk: int = 0) -> bool:
-        frames = encode(header, payload, self.key, bulk)
+        frames = encode(header, payload, bulk)
         with self.lock:
             if self.closed:
                 return False
@@ -324,7 +336,10 @@ class Conn:
 
 
 class Inbound:
-    """A process's inbound ROUTER sockets: ipc (trusted) and optionally tcp (MAC'd)."""
+    """A process's inbound ROUTER sockets: ipc (trusted) and optionally tcp (CURVE).
+
+    ``socks`` lists ``(socket, None)`` pairs (the second item is a left-over of the
+    per-message MAC that CURVE replaced; callers pass it back to ``recv_one``)."""
 
     def __init__(self, ipc_path: str | None, tcp_host: str | None, key: bytes | None,
                  tcp_port: int = 0, max_msg: int = 1 << 30, copy: bool = False):
@@ -332,7 +347,8 @@ class Inbound:
         # copy=True suits small messages (bytes are cheaper than Frames);
         # copy=False lets bulk data be written to shm straight from ZeroMQ's buffer.
         self.copy = copy
-        self.socks: list[tuple[zmq.Socket, bytes | None]] = []
+        self.refused = RateLimited(log, "malformed messages")
+        self.socks: list[tuple[zmq.Socket, None]] = []
         self.ipc_addr = self.tcp_addr = ""  # "": not listening there
         ctx = context()
         if ipc_path:
@@ -343,19 +359,22 @@ class Inbound:
             self.ipc_addr = "ipc://" + ipc_path
             self.socks.append((s, None))
         if tcp_host:
+            if key is None:
+                raise ValueError("a tcp listener needs the cluster secret")
             s = ctx.socket(zmq.ROUTER)
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.RCVHWM, 0)
+            # Per peer: a peer that sends faster than we drain waits in its own queue.
+            s.setsockopt(zmq.RCVHWM, TCP_RCVHWM)
             s.setsockopt(zmq.MAXMSGSIZE, max_msg)
+            curve.make_server(s, ctx, key)
             if tcp_port:
                 s.bind(f"tcp://{tcp_host}:{tcp_port}")
                 port = tcp_port
             else:
                 port = s.bind_to_random_port(f"tcp://{tcp_host}")
             self.tcp_addr = f"tcp://{tcp_host}:{port}"
-            if key is None:
-                raise ValueError("a tcp listener needs the cluster secret")
-            self.socks.append((s, key))
+            curve.watch(s, ctx, self.tcp_addr)
+            self.socks.append((s, None))
 
     def register(self, poller: zmq.Poller) -> None:
         for s, _ in self.socks:
@@ -373,8 +392,10 @@ class Inbound:
                 n += 1
         return n
 
-    def recv_one(self, sock: zmq.Socket, key: bytes | None, handler) -> bool:
+    def recv_one(self, sock: zmq.Socket, key: None, handler) -> bool:
         """Receive and handle one message from ``sock`` (False: none was waiting).
+
+        ``key`` is the second item of ``sock``'s pair in ``socks`` (unused).
 
         For a thread that polls between messages (CoreWorker's leader): poll says
         whether more wait, cheaper than the zmq.Again that ends drain()'s loop.
@@ -383,10 +404,12 @@ class Inbound:
             frames = recv_frames(sock, self.copy)
         except zmq.Again:
             return False
+        if self.refused.suppressed:
+            self.refused.tick()
         try:
-            header, payload = decode(frames[1:], key)
+            header, payload = decode(frames[1:])
         except ProtocolError as e:
-            log.warning("dropped a malformed message: %s", e)
+            self.refused.warning("dropped a malformed message: %s", e)
             return True
         try:
             handler(header, payload)

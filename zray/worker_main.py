@@ -20,8 +20,11 @@ from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
 from zray.process import set_title
+from zray.util.dedup import RecentIds, task_key
+from zray.util.logs import RateLimited, rotate_if_large, setup_process_logging
 
 log = logging.getLogger("zray.worker")
+_refused = RateLimited(log, "refused duplicate tasks")
 
 
 def _die_with_parent() -> None:
@@ -43,6 +46,7 @@ class LogStream:
         self.buf = ""
         self.lock = threading.Lock()
         self.dirty = False  # written to since the last flush
+        self.unchecked = 0  # characters written since the log's size was checked
 
     def write(self, s: str) -> int:
         self.dirty = True
@@ -56,6 +60,10 @@ class LogStream:
             self.raw.write(s)
         except Exception:
             pass
+        self.unchecked += len(s)
+        if self.unchecked > 1 << 16:  # the log file behind it stays size-bounded
+            self.unchecked = 0
+            rotate_if_large()
         return len(s)
 
     def flush(self) -> None:
@@ -96,10 +104,12 @@ class Executor:
         self.pid = os.getpid()
         self.log_prefix = ""
         self.title = ""
-        # Tasks pushed but not started (owner address by task id), and those
+        # Tasks pushed but not started (owner address, key by task id), and those
         # handed back to their owners, which this worker must then skip.
-        self.queued: dict[bytes, list] = {}
+        self.queued: dict[bytes, tuple] = {}  # tid -> (owner, task_key)
         self.returned: set[bytes] = set()
+        # Task ids taken (a duplicate PUSH_TASK is refused, never run twice).
+        self.taken = RecentIds()
         self.started = 0.0
         cw.on_push_task = self.on_push
         cw.on_cancel_task = self.on_cancel
@@ -110,7 +120,11 @@ class Executor:
     def on_push(self, h: dict, payload: list) -> None:
         if h["t"] == protocol.PUSH_TASK:
             with self.state_lock:
-                self.queued[h["tid"]] = h["own"]
+                key = task_key(h)
+                if not self.taken.add(key):
+                    _refused.warning("refused a duplicate PUSH_TASK %s", h["tid"].hex())
+                    return
+                self.queued[h["tid"]] = (h["own"], key)
         self.q.put((h, payload))
 
     def on_tick(self, now: float) -> None:
@@ -128,9 +142,10 @@ class Executor:
             if not self.queued:
                 return
             by_owner: dict[str, list] = {}
-            for tid, own in self.queued.items():
+            for tid, (own, key) in self.queued.items():
                 by_owner.setdefault(self.cw.addr_of(own), []).append(tid)
                 self.returned.add(tid)
+                self.taken.discard(key)  # its owner may push it here again
                 self.cancelled.discard(tid)
             self.queued.clear()
         for addr, tids in by_owner.items():
@@ -214,7 +229,7 @@ class Executor:
         cw.current_task_id = tid
         cw.current_task_name = name
         cw.assigned_resources = h.get("res") or {}
-        cw.driver_addr = h.get("drv")
+        cw.driver_addr = h.get("drv") or cw.driver_addr
         cw.job_id = h.get("job", cw.job_id)
         if name != self.title:
             self.title = name
@@ -291,8 +306,8 @@ class Executor:
             self.calls[h["fn"]] = n
 
     def exiting_after(self, h: dict) -> bool:
-        mc = h.get("mc")
-        return bool(mc) and self.calls.get(h["fn"], 0) + 1 >= mc
+        mc: int = h.get("mc") or 0
+        return mc > 0 and self.calls.get(h["fn"], 0) + 1 >= mc
 
     def task_error(self, name: str, e: BaseException) -> exc.RayTaskError:
         if isinstance(e, exc.RayTaskError):
@@ -326,7 +341,9 @@ class Executor:
         self.cw.lend(contained, caller)
 
     def reply_values(self, h: dict, owner: str, values: list) -> None:
-        rets, payload, contained = [], [], []
+        rets: list[Any] = []
+        payload: list[Any] = []
+        contained: list[Any] = []
         for i, v in enumerate(values):
             mine: list = []
             d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, mine)
@@ -336,7 +353,7 @@ class Executor:
                 return
             rets.append(d)
             payload.extend(frames)
-        rh = {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": rets}
+        rh = protocol.task_reply(h["tid"], rets)
         if contained:
             self._lend_contained([(oid, owner) for _, oid, owner in contained], h["own"])
             rh["contained"] = pack_contained(contained)
@@ -367,8 +384,8 @@ class Executor:
     def reply_error_frames(self, h: dict, owner: str, frames: list) -> None:
         n = max(h["nret"], 1)
         rets = [[INLINE, len(frames), True]] * n
-        self._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": rets,
-                                    "err": True}, list(frames) * n)
+        self._send_reply(h, owner, protocol.task_reply(h["tid"], rets, err=True),
+                         list(frames) * n)
 
     def run_streaming(self, h: dict, owner: str, fn, args, kwargs) -> None:
         i = 0
@@ -381,7 +398,7 @@ class Executor:
             for v in gen:
                 contained: list = []
                 d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, contained)
-                gh = {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i, "ret": d}
+                gh = protocol.generator_item(h["tid"], i, d)
                 if contained:
                     self._lend_contained(contained, h["own"])
                     gh["contained"] = pack_contained([(0, oid, owner) for oid, owner in contained])
@@ -396,13 +413,12 @@ class Executor:
         except Exception as e:
             self._stream_error(h, owner, i, self.task_error(name, e))
             i += 1
-        self._send_reply(h, owner, {"t": protocol.TASK_REPLY, "tid": h["tid"], "rets": [],
-                                    "gen_n": i}, [])
+        self._send_reply(h, owner, protocol.task_reply(h["tid"], [], gen_n=i), [])
 
     def _stream_error(self, h: dict, owner: str, i: int, err: BaseException) -> None:
         frames, _ = serialization.serialize(err)
-        self.cw.conns.send(owner, {"t": protocol.GENERATOR_ITEM, "tid": h["tid"], "i": i,
-                                   "ret": [INLINE, len(frames), True]}, frames)
+        self.cw.conns.send(owner, protocol.generator_item(h["tid"], i, [INLINE, len(frames), True]),
+                           frames)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -430,8 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout = LogStream(ex, False, sys.stdout)
     sys.stderr = LogStream(ex, True, sys.stderr)
     # After the swap, so that log records of tasks reach the driver too.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
-                        force=True)  # the zygote inherited the raylet's handlers
+    # force: the zygote inherited the raylet's handlers.
+    setup_process_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s")
     # Only our SIGINT (from a cancel) should interrupt a task.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

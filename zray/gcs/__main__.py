@@ -8,6 +8,7 @@ import os
 
 from zray.gcs.server import GcsServer
 from zray.process import run_until_stopped
+from zray.util.logs import setup_process_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--embedded", action="store_true", help="exit when stdin closes")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gcs %(levelname)s %(message)s")
+    setup_process_logging(logging.INFO, "%(asctime)s gcs %(levelname)s %(message)s")
     with open(os.path.join(a.session_dir, "secret"), "rb") as f:
         secret = f.read()
     s = GcsServer(a.session_dir, a.host, a.port, secret)

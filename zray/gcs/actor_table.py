@@ -21,11 +21,17 @@ from __future__ import annotations
 
 import collections
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Union
 
 from zray import protocol
 from zray.gcs.instructions import DropConn, Persist, Send, pack, unpack
+from zray.protocol import Frames, Header
+
+P = ParamSpec("P")
+# What the event methods return, for the GCS's shell (gcs/server.py) to carry out.
+Action = Union[Send, DropConn, Persist]
 
 # States and death causes are wire values (protocol.py): callers read them too.
 PENDING = protocol.ACTOR_PENDING
@@ -57,23 +63,23 @@ class ActorRecord:
     name: str | None
     ns: str | None
     detached: bool
-    owner: list  # packed address of the owner (driver or worker)
+    owner: list[Any]  # packed address of the owner (driver or worker)
     owner_wid: bytes
-    drv: list  # packed address of the job's driver
+    drv: list[Any]  # packed address of the job's driver
     job: bytes
-    spec: dict  # fn, cls, res, hold, strat, max_restarts, max_concurrency, async, meta
-    args: list  # argument descriptors (see docs/PROTOCOL.md)
-    kw: list
-    payload: list  # argument frames (kept for restarts)
+    spec: dict[str, Any]  # fn, cls, res, hold, strat, max_restarts, max_concurrency, async, meta
+    args: list[Any]  # argument descriptors (see docs/PROTOCOL.md)
+    kw: list[Any]
+    payload: Frames  # argument frames (kept for restarts)
     state: str = PENDING
     num_restarts: int = 0
     # Where it runs (set at LEASE_GRANTED)
     wid: bytes | None = None
-    addr: list | None = None
+    addr: list[Any] | None = None
     node: bytes | None = None
     lease: int | None = None
-    raylet: list | None = None
-    res: dict = field(default_factory=dict)
+    raylet: list[Any] | None = None
+    res: dict[str, float] = field(default_factory=dict)
     pid: int = 0
     # A lease request in flight
     lrid: int | None = None
@@ -81,12 +87,12 @@ class ActorRecord:
     lease_node: bytes | None = None
     unplaced: bool = False  # no node was alive to ask: retried on tick / node added
     kill_restart: bool = False  # zray.kill(no_restart=False) in progress
-    subscribers: dict = field(default_factory=dict)  # reply address -> (wid, node)
+    subscribers: dict[str, Any] = field(default_factory=dict)  # reply address -> (wid, node)
     death_kind: str = ""
     death_msg: str = ""
-    death_frames: list = field(default_factory=list)
+    death_frames: Frames = field(default_factory=list)
     # The owning table's set of changed records (not persisted; None until adopted).
-    dirty: set | None = field(default=None, repr=False, compare=False)
+    dirty: set[bytes] | None = field(default=None, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__.get("dirty")
@@ -110,11 +116,13 @@ class ActorRecord:
         return self.max_restarts == -1 or self.num_restarts < self.max_restarts
 
 
-def _persisting(fn):
+def _persisting(
+        fn: Callable[Concatenate[ActorTable, P], list[Action]],
+) -> Callable[Concatenate[ActorTable, P], list[Action]]:
     """An entry point: its instructions end with a Persist per record it changed."""
 
     @functools.wraps(fn)
-    def run(self, *a, **kw):
+    def run(self: ActorTable, /, *a: P.args, **kw: P.kwargs) -> list[Action]:
         acts = fn(self, *a, **kw)
         if self._dirty or self._forgotten:
             acts += self._rows()
@@ -126,7 +134,7 @@ def _persisting(fn):
 class ActorTable:
     """Every actor of the cluster, and its name per namespace."""
 
-    def __init__(self, nodes: dict, gcs_addr: str):
+    def __init__(self, nodes: dict[bytes, Any], gcs_addr: str):
         self.nodes = nodes  # GcsTables.nodes: node id -> NodeInfo (read only)
         self.gcs_addr = gcs_addr  # where raylets and workers answer us (tcp)
         self.actors: dict[bytes, ActorRecord] = {}
@@ -144,8 +152,8 @@ class ActorTable:
         self.actors[rec.aid] = rec
         rec.dirty = self._dirty
 
-    def _rows(self) -> list:
-        acts: list = []
+    def _rows(self) -> list[Action]:
+        acts: list[Action] = []
         for aid in self._dirty:
             rec = self.actors.get(aid)
             if rec is not None:
@@ -162,7 +170,7 @@ class ActorTable:
 
     # ------------------------------------------------------------ dispatch
     @_persisting
-    def handle(self, h: dict, payload: list) -> list:
+    def handle(self, h: Header, payload: Frames) -> list[Action]:
         t = h["t"]
         if t == protocol.REGISTER_ACTOR:
             return self.register(h, payload)
@@ -180,7 +188,7 @@ class ActorTable:
             return self.client_died(h.get("wid"), h.get("addr"))
         if t == protocol.JOB_FINISHED:
             acts = self.client_died(h.get("wid"), h.get("addr"), job=h.get("job"))
-            return acts + [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})]
+            return acts + [Send(h["ra"], protocol.actor_ack(h["rid"]))]
         if t == protocol.LEASE_GRANTED:
             return self.lease_granted(h)
         if t == protocol.LEASE_SPILLBACK:
@@ -192,7 +200,7 @@ class ActorTable:
         return []
 
     # ---------------------------------------------------------- creation
-    def register(self, h: dict, payload: list) -> list:
+    def register(self, h: Header, payload: Frames) -> list[Action]:
         reply = {"t": protocol.REGISTER_ACTOR_REPLY, "rid": h["rid"], "ok": True}
         aid = h["aid"]
         name, ns = h.get("name"), h.get("ns")
@@ -246,7 +254,7 @@ class ActorTable:
         heads = [i for i in alive if i.is_head]
         return (heads or alive)[0]
 
-    def _schedule(self, rec: ActorRecord, info: Any = None, spilled: bool = False) -> list:
+    def _schedule(self, rec: ActorRecord, info: Any = None, spilled: bool = False) -> list[Action]:
         info = info or self._pick_raylet(rec)
         if info is None:
             rec.unplaced = True
@@ -268,7 +276,7 @@ class ActorTable:
         h["spilled"] = spilled
         return [Send(rec.lease_dest, h)]
 
-    def lease_granted(self, h: dict) -> list:
+    def lease_granted(self, h: Header) -> list[Action]:
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
         if aid is None or rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
@@ -285,7 +293,7 @@ class ActorTable:
               "name": rec.name, "ns": rec.ns}
         return [Send(_worker_addr(rec.addr), ch, list(rec.payload))]
 
-    def lease_spillback(self, h: dict) -> list:
+    def lease_spillback(self, h: Header) -> list[Action]:
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
@@ -296,16 +304,15 @@ class ActorTable:
             return self._schedule(rec)
         return self._schedule(rec, info, spilled=True)
 
-    def lease_failed(self, h: dict) -> list:
+    def lease_failed(self, h: Header) -> list[Action]:
         if h.get("warn"):
             # Infeasible for now: it stays queued at the raylet; the owner prints why.
             rec = self.actors.get(self.leases.get(h["lrid"], b""))
             if rec is None or not rec.owner:
                 return []
-            return [Send(_worker_addr(rec.owner), {
-                "t": protocol.LEASE_FAILED, "lrid": 0, "warn": True,
-                "msg": f"The actor {rec.spec.get('cls', '')} ({rec.aid.hex()}) cannot be "
-                       f"placed yet: {h.get('msg', '')}"})]
+            return [Send(_worker_addr(rec.owner), protocol.lease_failed(
+                0, f"The actor {rec.spec.get('cls', '')} ({rec.aid.hex()}) cannot be "
+                   f"placed yet: {h.get('msg', '')}"))]
         aid = self.leases.pop(h["lrid"], None)
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.lrid != h["lrid"] or rec.state == DEAD:
@@ -313,11 +320,10 @@ class ActorTable:
         rec.lrid = rec.lease_dest = rec.lease_node = None
         return self._set_dead(rec, UNSCHEDULABLE, h.get("msg") or "the actor cannot be scheduled")
 
-    def actor_created(self, h: dict, payload: list) -> list:
+    def actor_created(self, h: Header, payload: Frames) -> list[Action]:
         rec = self.actors.get(h["aid"])
         # A failed constructor asks (rid): its worker exits only once we know the cause.
-        acts = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})
-                ] if "rid" in h else []
+        acts: list[Action] = [Send(h["ra"], protocol.actor_ack(h["rid"]))] if "rid" in h else []
         if (rec is None or rec.state == DEAD or rec.wid != h.get("wid")
                 or h.get("inc") != rec.num_restarts):
             return acts  # stale: an earlier incarnation, or killed meanwhile
@@ -331,7 +337,7 @@ class ActorTable:
         return self._publish(rec)
 
     # ------------------------------------------------------------- queries
-    def subscribe(self, h: dict) -> list:
+    def subscribe(self, h: Header) -> list[Action]:
         rec = self.actors.get(h["aid"])
         if rec is None:
             return [Send(h["ra"], {"t": protocol.ACTOR_STATE, "aid": h["aid"], "st": DEAD,
@@ -342,8 +348,8 @@ class ActorTable:
             rec.touch()
         return [Send(h["ra"], self._state_header(rec), list(rec.death_frames))]
 
-    def get_actor(self, h: dict) -> list:
-        reply: dict = {"t": protocol.ACTOR_INFO, "rid": h["rid"]}
+    def get_actor(self, h: Header) -> list[Action]:
+        reply: Header = {"t": protocol.ACTOR_INFO, "rid": h["rid"]}
         if h.get("list"):
             out = []
             for (ns, name), _aid in sorted(self.names.items()):
@@ -363,17 +369,17 @@ class ActorTable:
         return [Send(h["ra"], reply)]
 
     # ------------------------------------------------------------- ending
-    def kill(self, h: dict) -> list:
+    def kill(self, h: Header) -> list[Action]:
         rec = self.actors.get(h["aid"])
         acts = self._kill(rec, bool(h.get("no_restart", True)))
         if "rid" in h:
-            ack = {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": rec is not None}
+            ack = protocol.actor_ack(h["rid"], rec is not None)
             if rec is not None:  # the caller applies the outcome at once
                 ack["state"] = self._state_header(rec)
             acts.append(Send(h["ra"], ack))
         return acts
 
-    def _kill(self, rec: ActorRecord | None, no_restart: bool) -> list:
+    def _kill(self, rec: ActorRecord | None, no_restart: bool) -> list[Action]:
         if rec is None or rec.state == DEAD:
             return []
         if no_restart or not rec.can_restart():
@@ -384,28 +390,28 @@ class ActorTable:
         rec.kill_restart = True
         return self._kill_worker(rec)
 
-    def actor_exiting(self, h: dict) -> list:
+    def actor_exiting(self, h: Header) -> list[Action]:
         rec = self.actors.get(h["aid"])
-        acts = [Send(h["ra"], {"t": protocol.ACTOR_ACK, "rid": h["rid"], "ok": True})]
+        acts: list[Action] = [Send(h["ra"], protocol.actor_ack(h["rid"]))]
         if rec is None or rec.state == DEAD or rec.wid != h.get("wid"):
             return acts
         return acts + self._set_dead(rec, EXITED, h.get("msg") or (
             "The actor exited intentionally (__ray_terminate__ or exit_actor())."),
             kill_worker=False)
 
-    def worker_died(self, wid: bytes | None, lease: int | None, reason: str) -> list:
+    def worker_died(self, wid: bytes | None, lease: int | None, reason: str) -> list[Action]:
         aid = self.by_worker.pop(wid, None) if wid is not None else None
         rec = self.actors.get(aid) if aid is not None else None
         if rec is None or rec.wid != wid:
             return []
-        acts: list = [DropConn(_worker_addr(rec.addr))] if rec.addr else []
+        acts: list[Action] = [DropConn(_worker_addr(rec.addr))] if rec.addr else []
         rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None
         if rec.state == DEAD:
             return acts
         return acts + self._lost(rec, WORKER_DIED, "The actor's worker process died "
                                  "unexpectedly" + (f" ({reason})." if reason else "."))
 
-    def _lost(self, rec: ActorRecord, kind: str, msg: str) -> list:
+    def _lost(self, rec: ActorRecord, kind: str, msg: str) -> list[Action]:
         """The actor's process is gone: restart it if its budget allows, else it is dead."""
         killed = rec.kill_restart
         rec.kill_restart = False
@@ -417,10 +423,10 @@ class ActorTable:
             kind, msg = KILLED, "The actor was killed by zray.kill()."
         return self._set_dead(rec, kind, msg, kill_worker=False)
 
-    def client_died(self, wid: bytes | None, addr: str | None, job: bytes | None = None) -> list:
+    def client_died(self, wid: bytes | None, addr: str | None, job: bytes | None = None) -> list[Action]:
         """A driver or worker ended: the actors it owns (or its job's, for a driver) die."""
-        acts: list = []
-        gone: set = set()
+        acts: list[Action] = []
+        gone: set[str] = set()  # subscribers' reply addresses
         for rec in list(self.actors.values()):
             for ra, (swid, _) in list(rec.subscribers.items()):
                 if ra == addr or (wid is not None and swid == wid):
@@ -440,11 +446,11 @@ class ActorTable:
         return acts + [DropConn(ra) for ra in gone]
 
     @_persisting
-    def node_added(self, node: bytes) -> list:
+    def node_added(self, node: bytes) -> list[Action]:
         return self._place_unplaced()
 
-    def _place_unplaced(self) -> list:
-        acts: list = []
+    def _place_unplaced(self) -> list[Action]:
+        acts: list[Action] = []
         for aid in list(self.unplaced):
             rec = self.actors.get(aid)
             if rec is None or rec.state not in (PENDING, RESTARTING):
@@ -454,8 +460,8 @@ class ActorTable:
         return acts
 
     @_persisting
-    def node_dead(self, node: bytes) -> list:
-        acts: list = []
+    def node_dead(self, node: bytes) -> list[Action]:
+        acts: list[Action] = []
         for rec in list(self.actors.values()):
             for ra, (_, snode) in list(rec.subscribers.items()):
                 if snode == node:
@@ -483,17 +489,17 @@ class ActorTable:
         return acts
 
     @_persisting
-    def tick(self, now: float) -> list:
+    def tick(self, now: float) -> list[Action]:
         return self._place_unplaced() if self.unplaced else []
 
     # ------------------------------------------------------------- restart
     @_persisting
-    def node_workers(self, node: bytes, alive: set) -> list:
+    def node_workers(self, node: bytes, alive: set[bytes]) -> list[Action]:
         """A raylet (re-)registered naming its live workers and drivers: what the GCS missed
         while it was away. An actor of that node whose worker is not among them died; a
         non-detached actor whose owner was there and is gone shares its owner's fate."""
-        acts: list = []
-        gone_owners: set = set()
+        acts: list[Action] = []
+        gone_owners: set[bytes] = set()
         for rec in list(self.actors.values()):
             if rec.state == DEAD:
                 continue
@@ -506,7 +512,7 @@ class ActorTable:
             acts += self.client_died(wid, None)
         return acts
 
-    def restore(self, rows: list, lrid: int = 0) -> list:
+    def restore(self, rows: list[bytes], lrid: int = 0) -> list[Action]:
         """Rebuild from the rows a GCS of this session wrote (``ActorRecord.row``).
 
         Lease requests in flight keep their ids (the raylet answers to the same GCS
@@ -535,7 +541,7 @@ class ActorTable:
         return []
 
     # ------------------------------------------------------------- helpers
-    def _kill_worker(self, rec: ActorRecord) -> list:
+    def _kill_worker(self, rec: ActorRecord) -> list[Action]:
         if rec.wid is None or rec.node is None:
             return []
         info = self.nodes.get(rec.node)
@@ -543,9 +549,9 @@ class ActorTable:
             return []
         return [Send(_raylet_addr(info.addr), {"t": protocol.KILL_WORKER, "wid": rec.wid})]
 
-    def _set_dead(self, rec: ActorRecord, kind: str, msg: str, frames: list | None = None,
-                  kill_worker: bool = True) -> list:
-        acts: list = []
+    def _set_dead(self, rec: ActorRecord, kind: str, msg: str, frames: Frames | None = None,
+                  kill_worker: bool = True) -> list[Action]:
+        acts: list[Action] = []
         if kill_worker:
             acts += self._kill_worker(rec)
         if rec.lrid is not None:
@@ -574,7 +580,7 @@ class ActorTable:
         rec.subscribers.clear()
         return acts
 
-    def _state_header(self, rec: ActorRecord) -> dict:
+    def _state_header(self, rec: ActorRecord) -> Header:
         h = {"t": protocol.ACTOR_STATE, "aid": rec.aid, "st": rec.state,
              "inc": rec.num_restarts, "cls": rec.spec.get("cls", ""), "name": rec.name,
              "ns": rec.ns, "restartable": rec.max_restarts != 0}
@@ -584,11 +590,11 @@ class ActorTable:
             h.update({"kind": rec.death_kind, "msg": rec.death_msg, "pid": rec.pid})
         return h
 
-    def _publish(self, rec: ActorRecord) -> list:
+    def _publish(self, rec: ActorRecord) -> list[Action]:
         h = self._state_header(rec)
         return [Send(ra, dict(h), list(rec.death_frames)) for ra in rec.subscribers]
 
-    def view(self) -> list[dict]:
+    def view(self) -> list[dict[str, Any]]:
         """A summary of every actor (for debugging and the state API)."""
         return [{"actor_id": r.aid.hex(), "class_name": r.spec.get("cls", ""),
                  "state": r.state, "name": r.name or "", "namespace": r.ns or "",
@@ -597,9 +603,9 @@ class ActorTable:
                 for r in self.actors.values()]
 
 
-def _raylet_addr(packed: list) -> str:
+def _raylet_addr(packed: list[Any]) -> str:
     # The GCS talks to raylets and workers over tcp (it is on no node of theirs).
-    return packed[2] or packed[1]
+    return str(packed[2] or packed[1])
 
 
 _worker_addr = _raylet_addr

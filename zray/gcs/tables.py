@@ -150,7 +150,7 @@ class GcsTables:
         return self.actors.node_added(node)
 
     def _publish(self, event: str, info: NodeInfo) -> list:
-        h = {"t": protocol.PUBLISH, "ch": "node", "ev": event, "node": info.public()}
+        h = protocol.publish("node", event, node=info.public())
         return [Send(dest, dict(h)) for dest in self.subscribers]
 
     def register_node(self, h: dict, now: float) -> list:
@@ -200,8 +200,8 @@ class GcsTables:
 
     def subscribe(self, dest: str, channel: str) -> list:
         self.subscribers[dest] = channel
-        return [Send(dest, {"t": protocol.PUBLISH, "ch": "node", "ev": "snapshot",
-                            "nodes": [n.public() for n in self.nodes.values()]})]
+        return [Send(dest, protocol.publish("node", "snapshot",
+                                            nodes=[n.public() for n in self.nodes.values()]))]
 
     def ping(self, h: dict) -> list:
         if "ra" not in h:

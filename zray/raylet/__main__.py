@@ -11,6 +11,7 @@ from zray.node import shm_prefix_for
 from zray.objstore import shm
 from zray.process import run_until_stopped
 from zray.raylet.raylet import Raylet
+from zray.util.logs import setup_process_logging
 from zray.zygote import Zygote
 
 
@@ -26,8 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head", action="store_true")
     p.add_argument("--embedded", action="store_true", help="exit when stdin closes")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if os.environ.get("ZRAY_DEBUG") else logging.INFO,
-                        format="%(asctime)s raylet %(levelname)s %(message)s")
+    setup_process_logging(logging.DEBUG if os.environ.get("ZRAY_DEBUG") else logging.INFO,
+                          "%(asctime)s raylet %(levelname)s %(message)s")
     # Fork the worker zygote before this process creates any ZeroMQ context.
     node_hex = a.node_id
     leftovers = (os.path.join(a.session_dir, "spill", node_hex[:12]),

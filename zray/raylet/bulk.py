@@ -48,6 +48,7 @@ import threading
 import time
 
 from zray import config
+from zray.util.logs import RateLimited
 
 log = logging.getLogger("zray.bulk")
 
@@ -102,6 +103,8 @@ class BulkServer:
         self._stop = False
         self.dead = False  # the listener failed: offer nothing more
         self.refused = 0
+        # Anyone who can reach the port can cause these lines: rate-limited.
+        self._refusals = RateLimited(log, "bulk connection refusals")
         self.served_bytes = 0
         self._thread = threading.Thread(target=self._accept_loop, name="zray-bulk-accept",
                                         daemon=True)
@@ -120,6 +123,7 @@ class BulkServer:
 
     def purge(self, now: float) -> None:
         """Drop offers older than TOKEN_TTL_S (their fetcher never came)."""
+        self._refusals.tick()
         with self._lock:
             old = [t for t, o in self._offers.items() if now - o[3] > TOKEN_TTL_S]
             fds = [self._offers.pop(t)[0] for t in old]
@@ -164,8 +168,8 @@ class BulkServer:
                 if not full:
                     self._conns.add(c)
             if full:
-                log.warning("refused a bulk connection from %s: %d open already", peer,
-                            MAX_SERVED_CONNS)
+                self._refusals.warning("refused a bulk connection from %s: %d open already",
+                                       peer, MAX_SERVED_CONNS)
                 c.close()
                 continue
             threading.Thread(target=self._serve, args=(c, peer), name="zray-bulk-serve",
@@ -187,8 +191,8 @@ class BulkServer:
                     o = self._offers.pop(tok, None) if hello[:len(MAGIC)] == MAGIC else None
                 if o is None:
                     self.refused += 1
-                    log.warning("refused a bulk connection from %s: %s", where,
-                                "unknown token" if hello[:len(MAGIC)] == MAGIC else "bad magic")
+                    self._refusals.warning("refused a bulk connection from %s: %s", where,
+                                           "unknown token" if hello[:len(MAGIC)] == MAGIC else "bad magic")
                     return
                 fd, off, n, _ = o
                 try:
@@ -200,7 +204,8 @@ class BulkServer:
                     _timeouts(c, 3 * IDLE_S, IO_TIMEOUT_S)
         except (OSError, EOFError) as e:
             if not self._stop:
-                log.info("bulk connection from %s ended: %s", where, e or type(e).__name__)
+                self._refusals.info("bulk connection from %s ended: %s", where,
+                                    e or type(e).__name__)
         finally:
             with self._lock:
                 self._conns.discard(c)

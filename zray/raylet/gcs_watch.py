@@ -14,12 +14,14 @@ fast with ``RpcError``) and re-registers every ``retry_s``; a REGISTER_NODE_REPL
 brings it *up* again. Down longer than ``reconnect_s`` (Ray's
 ``gcs_rpc_server_reconnect_timeout_s``) and the raylet stops itself and its workers.
 
-Events are methods; each returns a list of the instructions below.
+Events go in one way, ``GcsWatch.handle(event)``, which returns a list of the
+instructions below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 CONNECTING, UP, DOWN = "connecting", "up", "down"
 
@@ -53,6 +55,44 @@ class Stop:
     msg: str
 
 
+Instruction = Union[Ping, Register, Down, Up, Stop]
+
+
+# --- events
+@dataclass
+class Started:
+    now: float
+
+
+@dataclass
+class Registered:
+    """REGISTER_NODE_REPLY, naming the GCS's incarnation."""
+
+    now: float
+    incarnation: bytes | None
+
+
+@dataclass
+class PongReceived:
+    now: float
+    incarnation: bytes | None
+
+
+@dataclass
+class ProcessExited:
+    """The GCS's process (watched with a pidfd on this machine) exited."""
+
+    now: float
+
+
+@dataclass
+class Tick:
+    now: float
+
+
+Event = Union[Started, Registered, PongReceived, ProcessExited, Tick]
+
+
 class GcsWatch:
     def __init__(self, address: str, ping_s: float, timeout_s: float, reconnect_s: float,
                  retry_s: float = 1.0):
@@ -67,19 +107,30 @@ class GcsWatch:
         self.last_retry = 0.0
         self.msg = ""
 
-    def start(self, now: float) -> list:
-        self.since = self.last_pong = self.last_ping = now
-        return []
+    def handle(self, event: Event) -> list[Instruction]:
+        """Take one event; return the instructions it calls for (the only way in)."""
+        match event:
+            case Started(now):
+                self.since = self.last_pong = self.last_ping = now
+                return []
+            case Registered(now, incarnation):
+                return self._registered(now, incarnation)
+            case PongReceived(now, incarnation):
+                return self._pong(now, incarnation)
+            case ProcessExited(now):
+                return self._process_exited(now)
+            case Tick(now):
+                return self._tick(now)
+        raise TypeError(f"not a GCS watch event: {event!r}")
 
-    def registered(self, now: float, incarnation: bytes | None) -> list:
-        """REGISTER_NODE_REPLY."""
+    def _registered(self, now: float, incarnation: bytes | None) -> list[Instruction]:
         was = self.state
         self.state, self.since, self.last_pong = UP, now, now
         self.incarnation = incarnation
         self.msg = ""
         return [Up()] if was == DOWN else []
 
-    def pong(self, now: float, incarnation: bytes | None) -> list:
+    def _pong(self, now: float, incarnation: bytes | None) -> list[Instruction]:
         if self.state != UP:
             return []
         if incarnation is not None and self.incarnation is not None and \
@@ -89,12 +140,12 @@ class GcsWatch:
         self.last_pong = now
         return []
 
-    def process_exited(self, now: float) -> list:
+    def _process_exited(self, now: float) -> list[Instruction]:
         if self.state == DOWN:
             return []
         return self._down(now, f"the GCS process at {self.address} exited")
 
-    def tick(self, now: float) -> list:
+    def _tick(self, now: float) -> list[Instruction]:
         if self.state == UP:
             if now - self.last_pong > self.timeout_s:
                 return self._down(now, f"the GCS at {self.address} did not answer for "
@@ -112,7 +163,7 @@ class GcsWatch:
             return [Register()]
         return []
 
-    def _down(self, now: float, why: str) -> list:
+    def _down(self, now: float, why: str) -> list[Instruction]:
         self.state, self.since, self.last_retry = DOWN, now, now
         self.msg = why
         return [Down(f"The GCS at {self.address} is unreachable: {why}. GCS-bound calls "

@@ -2,7 +2,7 @@
 
 Every ``MEMORY_MONITOR_REFRESH_MS`` (Ray's ``memory_monitor_refresh_ms``, 250; 0 turns
 it off) the raylet reads the memory in use (``read_usage``) and hands it to
-``MemoryPolicy.check`` with the workers that hold leases. Above ``MEMORY_USAGE_THRESHOLD``
+``MemoryPolicy.handle(Sample(...))`` with the workers that hold leases. Above ``MEMORY_USAGE_THRESHOLD``
 (Ray's ``memory_usage_threshold``, 0.95) of the limit the policy picks one worker to kill,
 Ray's way: retriable work first (a task that has retries left, an actor that may restart),
 newest first; then, only if there is no retriable one, the newest of the rest. One kill at
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Union
 
 KILL_TIMEOUT_S = 10.0  # a kill that has not ended its worker by then: pick again
 WARN_EVERY_S = 10.0  # "above the threshold but nothing to kill" at most this often
@@ -65,6 +66,27 @@ class Warn:
     message: str
 
 
+Action = Union[Kill, Warn]
+
+
+# --- events
+@dataclass
+class Sample:
+    """The memory in use now, and the workers that hold leases."""
+
+    now: float
+    usage: Usage
+    running: list[Running]
+
+
+@dataclass
+class WorkerExited:
+    wid: bytes
+
+
+Event = Union[Sample, WorkerExited]
+
+
 class MemoryPolicy:
     """Decides which worker, if any, to kill for the memory usage it is shown."""
 
@@ -76,7 +98,18 @@ class MemoryPolicy:
         self._warned = -1e18
         self.kills = 0
 
-    def check(self, now: float, usage: Usage, running: list[Running]) -> list:
+    def handle(self, event: Event) -> list[Action]:
+        """Take one event; return the actions it calls for (the only way in)."""
+        match event:
+            case Sample(now, usage, running):
+                return self._check(now, usage, running)
+            case WorkerExited(wid):
+                if self.pending is not None and self.pending[0] == wid:
+                    self.pending = None
+                return []
+        raise TypeError(f"not a memory policy event: {event!r}")
+
+    def _check(self, now: float, usage: Usage, running: list[Running]) -> list[Action]:
         if usage.total <= 0 or usage.fraction < self.threshold:
             return []
         if self.pending is not None:
@@ -95,10 +128,6 @@ class MemoryPolicy:
         self.pending = (victim.wid, now)
         self.kills += 1
         return [Kill(victim.wid, self.message(usage, victim))]
-
-    def worker_exited(self, wid: bytes) -> None:
-        if self.pending is not None and self.pending[0] == wid:
-            self.pending = None
 
     def message(self, usage: Usage, victim: Running) -> str:
         where = f"IP: {self.node_ip}, ID: {self.node_id.hex()[:16]}"

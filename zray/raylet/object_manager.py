@@ -907,8 +907,7 @@ class ObjectManager:
         full = oid in self._full
         self._full.discard(oid)
         for ra, rid in self.waiters.pop(oid, []):
-            self.r.conns.send(ra, {"t": protocol.PULL_DONE, "rid": rid, "ok": ok,
-                                   "msg": d.msg, "full": full and not ok})
+            self.r.conns.send(ra, protocol.pull_done(rid, ok, msg=d.msg, full=full and not ok))
 
     def _seal_copy(self, oid: bytes, p: _Pull) -> None:
         # Store accounting goes through the raylet's ordinary seal path.

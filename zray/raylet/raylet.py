@@ -145,7 +145,7 @@ class Raylet:
         # Actors owned by this worker share its fate: the GCS ends them.
         self.gcs.send({"t": protocol.CLIENT_DIED, "wid": wid,
                        "addr": waddr[1] if waddr is not None else None})
-        self.memory.worker_exited(wid)
+        self.memory.handle(mm.WorkerExited(wid))
         self.apply(self.sched.handle(sch.WorkerExited(wid, oom=self.oom_killed.pop(wid, None))))
 
     def _remove_worker_socket(self, wid: bytes) -> None:
@@ -185,7 +185,7 @@ class Raylet:
             p = self.procs.get(lease.wid)
             if p is not None and p.poll() is None:
                 running.append(mm.Running(lease.wid, lid, lease.retriable, p.pid, _rss(p.pid)))
-        for a in self.memory.check(now, usage, running):
+        for a in self.memory.handle(mm.Sample(now, usage, running)):
             if isinstance(a, mm.Kill):
                 log.warning("%s", a.message)
                 self.oom_killed[a.wid] = a.message
@@ -213,11 +213,9 @@ class Raylet:
             elif isinstance(a, sch.StartWorkers):
                 self.start_workers(a.n)
             elif isinstance(a, sch.Warn):
-                self.conns.send(a.req.ra, {"t": protocol.LEASE_FAILED, "lrid": a.req.lrid,
-                                           "warn": True, "msg": a.msg})
+                self.conns.send(a.req.ra, protocol.lease_failed(a.req.lrid, a.msg))
             elif isinstance(a, sch.Fail):
-                self.conns.send(a.req.ra, {"t": protocol.LEASE_FAILED, "lrid": a.req.lrid,
-                                           "kind": a.kind, "msg": a.msg})
+                self.conns.send(a.req.ra, protocol.lease_failed(a.req.lrid, a.msg, a.kind))
             elif isinstance(a, sch.Spill):
                 self.conns.send(a.req.ra, {"t": protocol.LEASE_SPILLBACK, "lrid": a.req.lrid,
                                            "raylet": self.peer_addr(a.node)})
@@ -242,8 +240,7 @@ class Raylet:
             # Owners on this node retry what ran there and rebuild what was stored there.
             # Told before the pulls from that node move on: a pull that asks an owner
             # here where copies are must reach it after the news (same connection).
-            note = {"t": protocol.PUBLISH, "ch": "node", "ev": "dead", "node": node,
-                    "raylet": addr}
+            note = protocol.publish("node", "dead", node=node, raylet=addr)
             for ra in list(self.drivers.values()):
                 self.conns.send(ra, dict(note))
             for waddr in list(self.workers_addr.values()):
@@ -331,8 +328,7 @@ class Raylet:
             node = h.get("node")
             path = self.room.fallback.get(h["oid"])
             if path is not None:  # read in place from its file on disk
-                self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": True,
-                                          "path": path})
+                self.conns.send(h["ra"], protocol.pull_done(h["rid"], True, path=path))
                 return
             if node != self.node_id and not self.store.contains(h["oid"]):
                 self.om.pull(h)  # on another node: copy it here (raylet/object_manager.py)
@@ -346,7 +342,7 @@ class Raylet:
             if self.store.contains(h["oid"]):
                 ok = any(isinstance(a, ostore.Ready) for a in self.store_apply(
                     self.store.handle(ostore.Get(h["oid"]))))
-            self.conns.send(h["ra"], {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": ok})
+            self.conns.send(h["ra"], protocol.pull_done(h["rid"], ok))
         elif t == protocol.CHUNK_REQUEST:
             self.om.serve(h)
         elif t == protocol.CHUNK:
@@ -367,7 +363,7 @@ class Raylet:
             self.gcs_address = h.get("gcs_address", "")
             self.gcs_watch.address = self.gcs_address or self.gcs_watch.address
             self._watch_gcs_process(h)
-            self.apply_gcs(self.gcs_watch.registered(time.monotonic(), h.get("gcs_start")))
+            self.apply_gcs(self.gcs_watch.handle(gw.Registered(time.monotonic(), h.get("gcs_start"))))
             # Clients that came first are answered now: once init() returns, the
             # node must be in the GCS (nodes(), cluster_resources()).
             waiting, self._early_clients = self._early_clients, []
@@ -379,13 +375,13 @@ class Raylet:
             if "ra" in h:
                 self.conns.send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid")})
         elif t == protocol.PONG:  # the GCS answers our pings
-            self.apply_gcs(self.gcs_watch.pong(time.monotonic(), h.get("gcs_start")))
+            self.apply_gcs(self.gcs_watch.handle(gw.PongReceived(time.monotonic(), h.get("gcs_start"))))
         else:
             log.warning("unexpected message %s", protocol.NAMES.get(t, t))
 
     def _restore_for(self, h: dict, why: str) -> None:
         """PULL_OBJECT of a spilled object, once room was reserved for it (or not)."""
-        reply = {"t": protocol.PULL_DONE, "rid": h["rid"], "ok": False}
+        reply = protocol.pull_done(h["rid"], False)
         if why:
             reply.update(full=True, msg=why)
         else:
@@ -424,7 +420,7 @@ class Raylet:
         self.poller.unregister(self.gcs_fd)
         os.close(self.gcs_fd)
         self.gcs_fd = None
-        self.apply_gcs(self.gcs_watch.process_exited(time.monotonic()))
+        self.apply_gcs(self.gcs_watch.handle(gw.ProcessExited(time.monotonic())))
 
     def apply_gcs(self, acts: list) -> None:
         for a in acts:
@@ -440,8 +436,8 @@ class Raylet:
                 else:
                     log.warning("the GCS at %s is back: registered again", self.gcs_watch.address)
                 # Drivers and workers fail their GCS-bound calls fast while it is down.
-                note = {"t": protocol.PUBLISH, "ch": "gcs", "ev": "down" if down else "up",
-                        "msg": a.msg if down else ""}
+                note = protocol.publish("gcs", "down" if down else "up",
+                                        msg=a.msg if down else "")
                 for ra in list(self.drivers.values()):
                     self.conns.send(ra, dict(note))
                 for waddr in list(self.workers_addr.values()):
@@ -477,7 +473,7 @@ class Raylet:
 
     def run(self) -> None:
         self.register_with_gcs()
-        self.apply_gcs(self.gcs_watch.start(time.monotonic()))
+        self.apply_gcs(self.gcs_watch.handle(gw.Started(time.monotonic())))
         self.start_workers(min(config.PRESTART_WORKERS, max(int(self.sched.total.get("CPU", 1)), 1)))
         self.sched.handle(sch.WorkersStarting(len(self.procs)))
         tick = 0.0
@@ -502,7 +498,7 @@ class Raylet:
                 self.apply(self.sched.handle(sch.Tick(now, config.INFEASIBLE_WARN_S)))
                 self.om.tick(now)
                 self.room.retry(now)
-                self.apply_gcs(self.gcs_watch.tick(now))
+                self.apply_gcs(self.gcs_watch.handle(gw.Tick(now)))
         self.shutdown()
 
     def shutdown(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from zray.util.actor_pool import ActorPool
+from zray.util.helpers import as_completed, map_unordered
+
 
 def list_named_actors(all_namespaces: bool = False) -> list:
     """Names of the live named actors: in this job's namespace, or (all_namespaces=True)
@@ -11,4 +14,4 @@ def list_named_actors(all_namespaces: bool = False) -> list:
     return _list(all_namespaces)
 
 
-__all__ = ["list_named_actors"]
+__all__ = ["ActorPool", "as_completed", "list_named_actors", "map_unordered"]

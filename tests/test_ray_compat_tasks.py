@@ -85,3 +85,44 @@ def test_actor_signature_checked_at_remote(ray_start):
     assert ray.get(a.st.remote(1, 2)) == 3
     assert ray.get(a.cm.remote(5)) == 5
     assert ray.get(Empty.remote().__ray_ready__.remote())
+
+
+# ---------------------------------------------------------------- small API names
+def test_small_api_names(ray_start):
+    """Names Ray's public API has: ray.ObjectID (the legacy alias of ObjectRef), ray.types,
+    ray.util.get_node_ip_address, ObjectRef.from_random, two exception classes."""
+    import importlib
+
+    assert ray.ObjectID is ray.ObjectRef
+    assert isinstance(ray.put(1), ray.ObjectID)
+    types = importlib.import_module(ray.__name__ + ".types")
+    assert types.ObjectRef is ray.ObjectRef
+    assert ray.types.ObjectRef is ray.ObjectRef
+    ip = ray.util.get_node_ip_address()
+    assert ip == ray.nodes()[0]["NodeManagerAddress"]
+    a, b = ray.ObjectRef.from_random(), ray.ObjectRef.from_random()
+    assert isinstance(a, ray.ObjectRef) and a != b and len(a.binary()) == len(ray.put(1).binary())
+    assert issubclass(ray.exceptions.ObjectRefStreamEndOfStreamError, ray.exceptions.RayError)
+    actor_mod = importlib.import_module(ray.__name__ + ".actor")
+    assert issubclass(actor_mod.ActorClassInheritanceException, TypeError)
+    assert actor_mod.ActorClassInheritanceException is \
+        ray.exceptions.ActorClassInheritanceException
+
+
+def test_list_named_actors_all_namespaces(ray_start):
+    """list_named_actors(all_namespaces=True) gives {"name", "namespace"} dicts (Ray)."""
+
+    @ray.remote(num_cpus=0)
+    class A:
+        pass
+
+    a = A.options(name="lna-x", namespace="lna-ns").remote()
+    b = A.options(name="lna-y").remote()
+    ray.get([a.__ray_ready__.remote(), b.__ray_ready__.remote()])
+    names = ray.util.list_named_actors(all_namespaces=True)
+    assert {"name": "lna-x", "namespace": "lna-ns"} in names
+    ns = ray.get_runtime_context().namespace
+    assert {"name": "lna-y", "namespace": ns} in names
+    assert "lna-y" in ray.util.list_named_actors() and "lna-x" not in ray.util.list_named_actors()
+    ray.kill(a)
+    ray.kill(b)

@@ -14,6 +14,7 @@ from typing import Any
 
 from zray import actor_submitter, serialization, worker_state
 from zray import options as opt
+from zray.exceptions import ActorClassInheritanceException  # noqa: F401  (Ray: ray.actor.*)
 from zray.ids import ActorID
 from zray.signature import actor_specs
 from zray.signature import check as _check_args

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from zray import exceptions as exc
@@ -107,12 +108,22 @@ class ActorRuntime:
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.waiter: Waiter | None = None  # the main thread, waiting for a sync call
         self._idle: Waiter | None = None
-        self._has_call = None
+        self._has_call: Callable[[], bool] | None = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.atasks: dict[bytes, asyncio.Task] = {}
         self.sem: asyncio.Semaphore | None = None
         self.pid = os.getpid()
+
+    def _aloop(self) -> asyncio.AbstractEventLoop:
+        """The event loop of an async actor (made by start)."""
+        assert self.loop is not None, "not an async actor"
+        return self.loop
+
+    def _tpool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread pool of a threaded actor (made by start)."""
+        assert self.pool is not None, "not a threaded actor"
+        return self.pool
 
     # ----------------------------------------------------------- creation
     def start(self, h: dict, payload: list) -> None:
@@ -168,7 +179,7 @@ class ActorRuntime:
     def run(self) -> None:
         if self.mode == "async":
             self.sem = asyncio.Semaphore(self.max_concurrency)
-            self.loop.run_forever()
+            self._aloop().run_forever()
         elif self.mode == "threaded":
             threading.Event().wait()
         else:
@@ -233,9 +244,9 @@ class ActorRuntime:
                     if self.waiter is not None:
                         self.waiter.notify()
         elif self.mode == "threaded":
-            self.pool.submit(self._run_threaded, h, payload)
+            self._tpool().submit(self._run_threaded, h, payload)
         else:
-            self.loop.call_soon_threadsafe(self._start_async, h, payload)
+            self._aloop().call_soon_threadsafe(self._start_async, h, payload)
 
     def on_cancel(self, h: dict) -> None:
         tid = h["tid"]
@@ -245,7 +256,7 @@ class ActorRuntime:
             if self.mode == "async":
                 task = self.atasks.get(tid)
                 if task is not None:
-                    self.loop.call_soon_threadsafe(task.cancel)
+                    self._aloop().call_soon_threadsafe(task.cancel)
                     return
             self.cancelled.add(tid)  # not started: never runs; running: flagged
 
@@ -331,7 +342,7 @@ class ActorRuntime:
 
     # ------------------------------------------------------ calls (async)
     def _start_async(self, h: dict, payload: list) -> None:
-        task = self.loop.create_task(self._arun(h, payload))
+        task = self._aloop().create_task(self._arun(h, payload))
         with self.lock:
             self.atasks[h["tid"]] = task
 
@@ -342,7 +353,9 @@ class ActorRuntime:
         owner = cw.addr_of(h["own"])
         nret = h["nret"]
         try:
-            async with self.sem:
+            sem = self.sem
+            assert sem is not None  # set by run() before the loop starts
+            async with sem:
                 with self.lock:
                     if tid in self.cancelled:
                         self.cancelled.discard(tid)
@@ -353,8 +366,8 @@ class ActorRuntime:
                 cw.current_task_id = tid
                 cw.driver_addr = h.get("drv") or cw.driver_addr
                 if any(d[0] != INLINE for d in h["args"]):
-                    args, kwargs = await self.loop.run_in_executor(None, self.decode_args, h,
-                                                                   payload)
+                    args, kwargs = await self._aloop().run_in_executor(
+                        None, self.decode_args, h, payload)
                 else:
                     args, kwargs = self.decode_args(h, payload)
                 fn = self.method(meth)

@@ -8,6 +8,8 @@ from typing import Any
 
 from zray import options as opt
 from zray import serialization, worker_state
+from zray.signature import check as _check_args
+from zray.signature import spec_of
 
 
 class RemoteFunction:
@@ -25,6 +27,7 @@ class RemoteFunction:
         if self._default_options.get("num_gpus") and "max_calls" not in task_options:
             self._default_options["max_calls"] = 1  # Ray: GPU tasks release their worker
         self._prepare(self._default_options)
+        self._sig = spec_of(function)
         self._blob: bytes | None = None
         self._fn_id: bytes | None = None
         self.__doc__ = function.__doc__
@@ -55,6 +58,7 @@ class RemoteFunction:
         return self._remote(args, kwargs, self._default_options)
 
     def _remote(self, args: tuple, kwargs: dict, o: dict) -> Any:
+        _check_args(self._sig, self._function_name, args, kwargs)  # Ray: TypeError at once
         cw = worker_state.ensure_initialized()
         fn_id = self._export(cw)
         return cw.submit_task(fn_id, o.get("name") or self._function_name, args, kwargs, o)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from zray.util.actor_pool import ActorPool
+from zray.util.helpers import as_completed, map_unordered
+
 
 def list_named_actors(all_namespaces: bool = False) -> list:
     """Names of the live named actors: in this job's namespace, or (all_namespaces=True)
@@ -22,4 +25,5 @@ def get_node_ip_address(address: str = "8.8.8.8:53") -> str:
     return "127.0.0.1"
 
 
-__all__ = ["get_node_ip_address", "list_named_actors"]
+__all__ = ["ActorPool", "as_completed", "get_node_ip_address", "list_named_actors",
+           "map_unordered"]

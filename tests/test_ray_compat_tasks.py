@@ -228,3 +228,29 @@ def test_static_generator_error_retried_by_retry_exceptions(ray_start):
 
     assert ray.get(list(flaky.remote(c))) == ["first", "second"]
     assert ray.get(c.inc.remote()) == 4
+
+
+# ---------------------------------------------------------------- init / Cluster
+def test_init_local_starts_a_new_cluster(ray_fresh, monkeypatch):
+    """Ray: address="local" starts a new local cluster, even when RAY_ADDRESS names
+    another one (here one that does not exist, so connecting would fail)."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setenv("ZRAY_ADDRESS", "127.0.0.1:1")
+    info = ray.init("local", num_cpus=1)
+    assert ray.is_initialized() and info["address"] != "127.0.0.1:1"
+    assert ray.get(ray.put(7)) == 7
+    ray.shutdown()
+    ray.init(address="local", num_cpus=1)
+    assert ray.cluster_resources()["CPU"] == 1
+
+
+def test_cluster_address_before_head_is_none():
+    """Ray's Cluster().address is None until the head node is added."""
+    import importlib
+
+    cluster_utils = importlib.import_module(ray.__name__ + ".cluster_utils")
+    c = cluster_utils.Cluster(shutdown_at_exit=False)
+    try:
+        assert c.address is None
+    finally:
+        c.shutdown()

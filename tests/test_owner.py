@@ -232,6 +232,20 @@ def test_node_death_reexecutes_from_lineage():
     assert t.retries == 0 and t.tid in o.tasks
 
 
+def test_spillback_to_a_dead_node_asks_the_local_raylet_again():
+    o = make_owner()
+    t = task(retries=1)
+    lrid = of(o.handle(ev.Submit(t)), ins.RequestLease)[0].lrid
+    o.handle(ev.NodeDied(OTHER_NODE, RAYLET2[2]))
+    # Our raylet heard of the death later than we did: it sends us there.
+    out = o.handle(ev.Spillback(lrid, RAYLET2[2], OTHER_NODE))
+    assert [(r.dest, r.lrid != lrid) for r in of(out, ins.RequestLease)] == [(None, True)]
+    # A live peer is asked as told.
+    out = o.handle(ev.Spillback(of(out, ins.RequestLease)[0].lrid, "tcp://10.0.0.3:6000",
+                                b"p" * 28))
+    assert [r.dest for r in of(out, ins.RequestLease)] == ["tcp://10.0.0.3:6000"]
+
+
 def test_node_death_without_retries_loses_the_value():
     o = make_owner()
     t = _stored_on_other_node(o, retries=0)

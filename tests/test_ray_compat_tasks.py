@@ -254,3 +254,67 @@ def test_cluster_address_before_head_is_none():
         assert c.address is None
     finally:
         c.shutdown()
+
+
+# ---------------------------------------------------------------- cancel
+def test_cancel_borrowed_ref_goes_to_owner(ray_start):
+    """Ray forwards ray.cancel() on a borrowed ref to the ref's owner, which cancels the
+    task (CancelRemoteTask); the borrower's call returns at once without error."""
+    import time
+
+    @ray.remote
+    def slow():
+        time.sleep(120)
+        return "finished"
+
+    @ray.remote
+    def canceller(refs):
+        ray.cancel(refs[0])
+        return "sent"
+
+    ref = slow.remote()
+    time.sleep(0.5)  # let it start (a queued task is cancelled too, either way works)
+    assert ray.get(canceller.remote([ref]), timeout=60) == "sent"
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(ref, timeout=60)
+
+
+def test_is_canceled_in_keyboard_interrupt_of_a_task(ray_start):
+    """Ray: a normal task interrupted by ray.cancel() sees is_canceled() True in its
+    KeyboardInterrupt handler, and a value it then returns is its result."""
+
+    @ray.remote(num_cpus=0)
+    class Gate:
+        def __init__(self):
+            self.waiting = 0
+
+        async def wait(self):
+            import asyncio
+
+            self.waiting += 1
+            await asyncio.sleep(120)
+
+        def waiters(self):
+            return self.waiting
+
+    @ray.remote
+    def task(gate):
+        assert not ray.get_runtime_context().is_canceled()
+        try:
+            ray.get(gate.wait.remote())
+        except KeyboardInterrupt:
+            if ray.get_runtime_context().is_canceled():
+                return "canceled_via_keyboard_interrupt"
+            return "interrupted but not canceled"
+        return "completed"
+
+    import time
+
+    gate = Gate.remote()
+    ref = task.remote(gate)
+    deadline = time.monotonic() + 60
+    while ray.get(gate.waiters.remote()) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ray.cancel(ref)
+    assert ray.get(ref, timeout=60) == "canceled_via_keyboard_interrupt"

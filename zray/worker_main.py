@@ -116,6 +116,7 @@ class Executor:
         cw.on_cancel_task = self.on_cancel
         cw.on_blocked = self.return_queued
         cw.on_tick = self.on_tick
+        cw.task_executor = self  # get_runtime_context().is_canceled() of a normal task
 
     # -- called on the I/O thread
     def on_push(self, h: dict, payload: list) -> None:
@@ -151,6 +152,11 @@ class Executor:
             self.queued.clear()
         for addr, tids in by_owner.items():
             self.cw.conns.send(addr, {"t": protocol.TASKS_RETURNED, "tids": tids})
+
+    def is_canceled(self, tid: bytes | None) -> bool:
+        """Whether zray.cancel() interrupted the running task ``tid`` (Ray: True in its
+        KeyboardInterrupt handler)."""
+        return tid is not None and self.interrupting == tid
 
     def on_cancel(self, h: dict) -> None:
         tid = h["tid"]

@@ -24,7 +24,7 @@ import zray
 from zray.cluster_utils import Cluster
 from zray.objstore import shm
 from zray.raylet import bulk
-from zray.raylet import object_manager as om
+from zray.raylet import pulls as om
 from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 A, B = b"a" * 16, b"b" * 16

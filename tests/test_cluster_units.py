@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from zray.objstore import shm
-from zray.raylet import object_manager as om
+from zray.raylet import chunk_codec as cc
+from zray.raylet import pulls as om
 from zray.raylet import scheduler as sch
 from zray.raylet.peers import PeerView
 
@@ -200,23 +201,23 @@ def test_pull_retries_a_lost_chunk_then_gives_up_on_the_holder():
 @pytest.mark.parametrize("n", [0, 7, 8, 4097, (256 << 10) * 2 + 13, 1 << 20])
 def test_shuffle_roundtrip_and_both_implementations_agree(n):
     data = os.urandom(n)
-    fast, slow = bytes(om.shuffle8(data)), bytes(om.shuffle8(data, use_numpy=False))
+    fast, slow = bytes(cc.shuffle8(data)), bytes(cc.shuffle8(data, use_numpy=False))
     assert fast == slow
-    assert bytes(om.unshuffle8(fast)) == data == bytes(om.unshuffle8(fast, use_numpy=False))
+    assert bytes(cc.unshuffle8(fast)) == data == bytes(cc.unshuffle8(fast, use_numpy=False))
 
 
 def test_codec_compresses_numbers_and_leaves_random_bytes_raw():
     ar = np.arange(1 << 19, dtype=np.int64).tobytes()  # 4 MiB
-    codec, data = om.encode_part(memoryview(ar), 125e6)
-    assert codec == om.SHUF8_LZ4 and len(data) < len(ar) // 20
-    assert bytes(om.decode_part(codec, len(ar), data)) == ar
+    codec, data = cc.encode_part(memoryview(ar), 125e6)
+    assert codec == cc.SHUF8_LZ4 and len(data) < len(ar) // 20
+    assert bytes(cc.decode_part(codec, len(ar), data)) == ar
     rnd = os.urandom(4 << 20)
-    codec, data = om.encode_part(memoryview(rnd), 125e6)
-    assert codec == om.RAW
-    codec, _ = om.encode_part(memoryview(ar), None)  # loopback: never compressed
-    assert codec == om.RAW
+    codec, data = cc.encode_part(memoryview(rnd), 125e6)
+    assert codec == cc.RAW
+    codec, _ = cc.encode_part(memoryview(ar), None)  # loopback: never compressed
+    assert codec == cc.RAW
     with pytest.raises(ValueError):
-        om.decode_part(om.LZ4, 100, b"garbage")
+        cc.decode_part(cc.LZ4, 100, b"garbage")
 
 
 def test_signed_end_covers_header_and_pickle_stream(tmp_path):
@@ -226,7 +227,7 @@ def test_signed_end_covers_header_and_pickle_stream(tmp_path):
     try:
         with open(shm.segment_path(name), "rb") as f:
             data = f.read()
-        size, sens = om.segment_signed_end(data)
+        size, sens = cc.segment_signed_end(data)
         assert size == total
         pickle_off = data.index(b"p" * 100)
         assert sens == pickle_off + 100 < total

@@ -496,3 +496,25 @@ def test_default_capacity():
     assert default_capacity(total_memory=10**13, shm_free=10**13, shm_total=10**13) == MAX_DEFAULT_BYTES
     assert default_capacity(total_memory=10 * gib, shm_free=1 << 20, shm_total=1 << 20) == 0
     assert 0 < default_capacity()
+
+
+def test_reservations_are_events_too():
+    """The hard limit's bookkeeping goes through handle() like every other event."""
+    from zray.objstore.store import MakeRoom, Reserve, Unreserve
+
+    st = ObjectStoreState(300)
+    st.handle(Seal(oid("old"), 200, primary=False))
+    assert not st.fits(200)
+    assert st.handle(MakeRoom(200)) == [Evict(oid("old"))]  # a secondary copy makes way
+    st.handle(Evicted(oid("old")))
+    assert st.fits(200)
+    assert st.handle(Reserve(oid("w"), 200)) == [] and st.is_reserved(oid("w"))
+    assert not st.fits(200)  # the reservation counts
+    assert st.handle(Reserve(oid("w"), 200)) == []  # twice: counted once
+    assert st.stats().used_bytes == 200
+    assert st.handle(Seal(oid("w"), 200, primary=True)) == []  # it becomes the object
+    assert not st.is_reserved(oid("w")) and st.stats().used_bytes == 200
+    assert st.handle(Reserve(oid("x"), 50)) == []
+    assert st.handle(Unreserve(oid("x"))) == [] and st.stats().used_bytes == 200
+    assert st.handle(Unreserve(oid("x"))) == []  # a second cancel is harmless
+    check_invariants(st)

@@ -31,11 +31,12 @@ _LAZY = {
     "remote": "zray.api",
     "shutdown": "zray.api",
     "wait": "zray.api",
+    "ObjectID": "zray.object_ref",
     "ObjectRef": "zray.object_ref",
     "ObjectRefGenerator": "zray.object_ref",
     "get_runtime_context": "zray.runtime_context",
 }
-_SUBMODULES = {"exceptions", "util", "cluster_utils", "runtime_context", "actor"}
+_SUBMODULES = {"exceptions", "util", "cluster_utils", "runtime_context", "actor", "types"}
 
 __all__ = sorted([*_LAZY, "exceptions", "util"])
 
@@ -76,5 +77,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         shutdown,
         wait,
     )
-    from zray.object_ref import ObjectRef, ObjectRefGenerator  # noqa: F401
+    from zray.object_ref import ObjectID, ObjectRef, ObjectRefGenerator  # noqa: F401
     from zray.runtime_context import get_runtime_context  # noqa: F401

@@ -14,7 +14,10 @@ from typing import Any
 
 from zray import actor_submitter, serialization, worker_state
 from zray import options as opt
+from zray.exceptions import ActorClassInheritanceException  # noqa: F401  (Ray: ray.actor.*)
 from zray.ids import ActorID
+from zray.signature import actor_specs
+from zray.signature import check as _check_args
 
 _METHOD_OPTIONS = {"num_returns", "max_task_retries", "retry_exceptions", "concurrency_group",
                    "name", "enable_task_events", "_generator_backpressure_num_objects"}
@@ -40,7 +43,7 @@ def method(*args: Any, **kwargs: Any) -> Any:
 
 
 def _check_method_options(o: dict) -> None:
-    if "num_returns" in o:
+    if o.get("num_returns") is not None:  # None: the method's default (Ray)
         n = o["num_returns"]
         if n not in ("streaming", "dynamic") and (isinstance(n, bool) or not isinstance(n, int)
                                                   or n < 0):
@@ -136,7 +139,7 @@ class ActorClass:
         self._default_options = {**ACTOR_DEFAULTS, **options}
         nret, retries, is_async = _methods(cls)
         self._meta = {"cls": cls.__name__, "methods": nret, "retries": retries,
-                      "async": is_async}
+                      "async": is_async, "sigs": actor_specs(cls)}
         self._blob: bytes | None = None
         self._fn_id: bytes | None = None
         self.__name__ = cls.__name__
@@ -168,6 +171,7 @@ class ActorClass:
         return self._fn_id
 
     def _remote(self, args: tuple, kwargs: dict, o: dict) -> ActorHandle:
+        _check_args(self._meta["sigs"].get("__init__"), f"{self.__name__}.__init__", args, kwargs)
         cw = worker_state.ensure_initialized()
         if o.get("get_if_exists") and o.get("name"):
             try:
@@ -239,6 +243,9 @@ class ActorHandle:
 
     def _call(self, name: str, args: tuple, kwargs: dict, nret: Any, retries: Any,
               call_name: str | None) -> Any:
+        sigs = self._zray_meta.get("sigs")
+        if sigs:  # Ray: a call that does not fit the method's signature fails at once
+            _check_args(sigs.get(name), name, args, kwargs)
         cw = worker_state.ensure_initialized()
         if retries is None:
             retries = self._zray_meta.get("retries", {}).get(
@@ -300,6 +307,8 @@ class ActorMethod:
                                  f"{sorted(_METHOD_OPTIONS)}.")
         _check_method_options(o)
         n = o.get("num_returns", self._num_returns)
+        if n is None:
+            n = self._handle._zray_meta.get("methods", {}).get(self._name, 1)
         if n == "dynamic":
             n = "streaming"
         return ActorMethod(self._handle, self._name, n, o.get("max_task_retries", self._retries),

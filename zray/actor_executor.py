@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from zray import exceptions as exc
@@ -39,6 +40,7 @@ from zray import protocol, serialization, task_codec
 from zray.actor import ActorExit, ActorHandle
 from zray.core_worker import INLINE, CoreWorker, Waiter
 from zray.ids import ActorID, TaskID, new_task_id
+from zray.returns import split_returns
 from zray.util.dedup import RecentIds, task_key
 from zray.util.logs import RateLimited
 
@@ -107,12 +109,22 @@ class ActorRuntime:
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.waiter: Waiter | None = None  # the main thread, waiting for a sync call
         self._idle: Waiter | None = None
-        self._has_call = None
+        self._has_call: Callable[[], bool] | None = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.atasks: dict[bytes, asyncio.Task] = {}
         self.sem: asyncio.Semaphore | None = None
         self.pid = os.getpid()
+
+    def _aloop(self) -> asyncio.AbstractEventLoop:
+        """The event loop of an async actor (made by start)."""
+        assert self.loop is not None, "not an async actor"
+        return self.loop
+
+    def _tpool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread pool of a threaded actor (made by start)."""
+        assert self.pool is not None, "not a threaded actor"
+        return self.pool
 
     # ----------------------------------------------------------- creation
     def start(self, h: dict, payload: list) -> None:
@@ -168,7 +180,7 @@ class ActorRuntime:
     def run(self) -> None:
         if self.mode == "async":
             self.sem = asyncio.Semaphore(self.max_concurrency)
-            self.loop.run_forever()
+            self._aloop().run_forever()
         elif self.mode == "threaded":
             threading.Event().wait()
         else:
@@ -233,9 +245,9 @@ class ActorRuntime:
                     if self.waiter is not None:
                         self.waiter.notify()
         elif self.mode == "threaded":
-            self.pool.submit(self._run_threaded, h, payload)
+            self._tpool().submit(self._run_threaded, h, payload)
         else:
-            self.loop.call_soon_threadsafe(self._start_async, h, payload)
+            self._aloop().call_soon_threadsafe(self._start_async, h, payload)
 
     def on_cancel(self, h: dict) -> None:
         tid = h["tid"]
@@ -245,7 +257,7 @@ class ActorRuntime:
             if self.mode == "async":
                 task = self.atasks.get(tid)
                 if task is not None:
-                    self.loop.call_soon_threadsafe(task.cancel)
+                    self._aloop().call_soon_threadsafe(task.cancel)
                     return
             self.cancelled.add(tid)  # not started: never runs; running: flagged
 
@@ -278,6 +290,7 @@ class ActorRuntime:
         meth = h.get("meth", "")
         owner = cw.addr_of(h["own"])
         nret = h["nret"]
+        partial: list = []  # what a static-num_returns generator yielded before it raised
         exit_after = False
         try:
             try:
@@ -291,7 +304,7 @@ class ActorRuntime:
                     ex.run_streaming(h, owner, fn, args, kwargs)
                     return
                 result = fn(*args, **kwargs)
-                values = _split(result, nret)
+                values = split_returns(result, nret, partial)
                 if tid in self.cancelled:  # cancelled while it ran: Ray reports the cancel
                     self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
                     return
@@ -300,7 +313,7 @@ class ActorRuntime:
                 self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
                 return
             except Exception as e:
-                self.reply_error(h, self.error(h.get("name", meth), e))
+                self.reply_error(h, self.error(h.get("name", meth), e), partial)
                 return
             self.reply_values(h, owner, values)
         finally:
@@ -331,7 +344,7 @@ class ActorRuntime:
 
     # ------------------------------------------------------ calls (async)
     def _start_async(self, h: dict, payload: list) -> None:
-        task = self.loop.create_task(self._arun(h, payload))
+        task = self._aloop().create_task(self._arun(h, payload))
         with self.lock:
             self.atasks[h["tid"]] = task
 
@@ -341,8 +354,11 @@ class ActorRuntime:
         meth = h.get("meth", "")
         owner = cw.addr_of(h["own"])
         nret = h["nret"]
+        partial: list = []
         try:
-            async with self.sem:
+            sem = self.sem
+            assert sem is not None  # set by run() before the loop starts
+            async with sem:
                 with self.lock:
                     if tid in self.cancelled:
                         self.cancelled.discard(tid)
@@ -353,8 +369,8 @@ class ActorRuntime:
                 cw.current_task_id = tid
                 cw.driver_addr = h.get("drv") or cw.driver_addr
                 if any(d[0] != INLINE for d in h["args"]):
-                    args, kwargs = await self.loop.run_in_executor(None, self.decode_args, h,
-                                                                   payload)
+                    args, kwargs = await self._aloop().run_in_executor(
+                        None, self.decode_args, h, payload)
                 else:
                     args, kwargs = self.decode_args(h, payload)
                 fn = self.method(meth)
@@ -364,14 +380,14 @@ class ActorRuntime:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-                ex.reply_values(h, owner, _split(result, nret))
+                ex.reply_values(h, owner, split_returns(result, nret, partial))
         except asyncio.CancelledError:
             self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
         except (ActorExit, SystemExit, exc.AsyncioActorExit):
             self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
             self.exit_gracefully()
         except Exception as e:
-            self.reply_error(h, self.error(h.get("name", meth), e))
+            self.reply_error(h, self.error(h.get("name", meth), e), partial)
         finally:
             with self.lock:
                 self.atasks.pop(tid, None)
@@ -426,14 +442,14 @@ class ActorRuntime:
                                 ip=self.cw.node_ip, actor_repr=rep,
                                 actor_id=ActorID(self.aid).hex())
 
-    def reply_error(self, h: dict, err: BaseException) -> None:
+    def reply_error(self, h: dict, err: BaseException, partial: list | None = None) -> None:
         ex = self.ex
         owner = self.cw.addr_of(h["own"])
         if h.get("nret") == -1:  # a stream: the error is its one item
             ex._stream_error(h, owner, 0, err)
             ex._send_reply(h, owner, protocol.task_reply(h["tid"], [], gen_n=1), [])
             return
-        ex.reply_error(h, owner, err)
+        ex.reply_error(h, owner, err, partial)
 
     def reply_dead(self, h: dict, why: str = "") -> None:
         self.reply_error(h, exc.ActorDiedError(None, (
@@ -479,17 +495,6 @@ class ActorRuntime:
         except Exception:  # noqa: BLE001 - exit anyway: the raylet reports the death
             pass
         _flush_and_exit(0, 0.02)
-
-
-def _split(result: Any, nret: int) -> list:
-    if nret in (0, 1):
-        return [result if nret == 1 else None]
-    if inspect.isgenerator(result):
-        result = list(result)
-    if not isinstance(result, (tuple, list)) or len(result) != nret:
-        n = len(result) if isinstance(result, (tuple, list)) else "not a sequence"
-        raise ValueError(f"Task returned {n} objects, but num_returns={nret}.")
-    return list(result)
 
 
 def _flush_std() -> None:

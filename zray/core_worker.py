@@ -405,8 +405,9 @@ class CoreWorker(Waiting, PollingRole):
             self._do(ev.TasksReturned(h["tids"]))
 
     def _h_task_reply(self, h: dict, payload: list) -> None:
-        r = ev.TaskReply(h["tid"], h.get("rets") or [], payload, bool(h.get("err")), h.get("dt"),
-                         bool(h.get("exiting")), h.get("contained"), h.get("gen_n"))
+        get = h.get
+        r = ev.TaskReply(h["tid"], get("rets") or [], payload, get("err", False), get("dt"),
+                         get("exiting", False), get("contained"), get("gen_n"))
         with self.lock:
             self._do(r)
 

@@ -310,6 +310,14 @@ class AsyncioActorExit(RayError):
     pass
 
 
+class ObjectRefStreamEndOfStreamError(RayError):
+    """A streaming generator has no more values (iteration turns it into StopIteration)."""
+
+
+class ActorClassInheritanceException(TypeError):
+    """An actor class (a class decorated with @remote) cannot be subclassed."""
+
+
 class RaySerializationError(RayError, TypeError):
     """A value could not be serialised; the message names its type."""
 

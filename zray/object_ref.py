@@ -41,6 +41,15 @@ class ObjectRef:
             except Exception:
                 pass
 
+    @classmethod
+    def from_random(cls) -> ObjectRef:
+        """A ref with a random id and no owner (Ray's test helper); nothing is counted."""
+        import os
+
+        from zray.ids import OBJECT_ID_LEN
+
+        return cls(os.urandom(OBJECT_ID_LEN), None, _register=False)
+
     def binary(self) -> bytes:
         return self._id
 
@@ -155,6 +164,7 @@ class ObjectRefGenerator:
         return f"ObjectRefGenerator({self._task_id.hex()})"
 
 
-# Ray's older name
+# Ray's older names
+ObjectID = ObjectRef
 StreamingObjectRefGenerator = ObjectRefGenerator
 DynamicObjectRefGenerator = ObjectRefGenerator

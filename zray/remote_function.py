@@ -8,12 +8,22 @@ from typing import Any
 
 from zray import options as opt
 from zray import serialization, worker_state
+from zray.signature import check as _check_args
+from zray.signature import spec_of
+
+
+def _default_num_returns(task_options: dict) -> dict:
+    """Ray reads ``num_returns=None`` as "the default" (1, or streaming for a generator)."""
+    if task_options.get("num_returns", 0) is None:
+        task_options = {k: v for k, v in task_options.items() if k != "num_returns"}
+    return task_options
 
 
 class RemoteFunction:
     """A function that runs as a task: call ``.remote()`` to run it."""
 
     def __init__(self, function: Any, task_options: dict):
+        task_options = _default_num_returns(task_options)
         opt.validate(task_options)
         self._function = function
         self._function_name = getattr(function, "__name__", "function")
@@ -25,6 +35,7 @@ class RemoteFunction:
         if self._default_options.get("num_gpus") and "max_calls" not in task_options:
             self._default_options["max_calls"] = 1  # Ray: GPU tasks release their worker
         self._prepare(self._default_options)
+        self._sig = spec_of(function)
         self._blob: bytes | None = None
         self._fn_id: bytes | None = None
         self.__doc__ = function.__doc__
@@ -55,12 +66,14 @@ class RemoteFunction:
         return self._remote(args, kwargs, self._default_options)
 
     def _remote(self, args: tuple, kwargs: dict, o: dict) -> Any:
+        _check_args(self._sig, self._function_name, args, kwargs)  # Ray: TypeError at once
         cw = worker_state.ensure_initialized()
         fn_id = self._export(cw)
         return cw.submit_task(fn_id, o.get("name") or self._function_name, args, kwargs, o)
 
     def options(self, **task_options: Any) -> _OptionsWrapper:
         """Override options for the calls made through the returned object."""
+        task_options = _default_num_returns(task_options)
         opt.validate(task_options)
         o = {**self._default_options, **task_options}
         if "num_gpus" in task_options and task_options["num_gpus"] and "max_calls" not in task_options:
@@ -84,6 +97,8 @@ class _OptionsWrapper:
         return self._rf._remote(args, kwargs, self._o)
 
     def options(self, **task_options: Any) -> _OptionsWrapper:
+        if task_options.get("num_returns", 0) is None:
+            task_options["num_returns"] = self._rf._default_options["num_returns"]
         opt.validate(task_options)
         o = {**self._o, **task_options}
         self._rf._prepare(o)

@@ -269,7 +269,7 @@ class TasksMixin(OwnerBase):
                 self._requeue_unstarted(ks, list(w.inflight.values()))
                 w.inflight.clear()
         t.worker = None
-        if r.err and not t.cancelled and self._should_retry_exception(t, r.payload):
+        if r.err and not t.cancelled and self._should_retry_exception(t, _error_frames(r.rets, r.payload)):
             if t.retries > 0:
                 t.retries -= 1
             t.state = "queued"
@@ -479,3 +479,15 @@ class TasksMixin(OwnerBase):
             for w in ks.workers.values():
                 self.out.append(ins.ReturnLease(w.raylet, w.lease, False))
             ks.workers.clear()
+
+
+def _error_frames(rets: list[Any], payload: list[Any]) -> list[Any]:
+    """The frames of the first error among a reply's returns (a generator that raised after
+    yielding some values sends those values first)."""
+    pos = 0
+    for d in rets:
+        if d[0] == INLINE:
+            if len(d) > 2 and d[2]:
+                return payload[pos: pos + d[1]]
+            pos += d[1]
+    return payload

@@ -1,4 +1,5 @@
-"""Moving objects between nodes: pull state machine, chunk codec, and the raylet's transfer shell.
+"""Moving objects between nodes: the raylet's transfer shell (state machine: raylet/pulls.py,
+chunk encodings: raylet/chunk_codec.py).
 
 A reader whose object lives on another node asks its own raylet (PULL_OBJECT);
 that raylet pulls the bytes of the holder's shared-memory segment from the
@@ -28,12 +29,12 @@ holder's raylet over tcp and writes them into a segment of its own::
   most ``MAX_RATIO`` and compresses faster than the link's measured bandwidth. A
   byte-shuffle filter (8-byte lanes, as blosc does) is tried too: it is what
   makes a numpy arange or other numeric arrays compress well.
-- Authentication: tcp messages carry a MAC over their header and their signed
-  frames. The bytes that are ever unpickled (the segment's header, frame table
-  and pickle stream: everything before ``sens``) always travel in signed frames;
-  raw out-of-band buffer bytes after ``sens`` travel as ``bulk`` frames outside
-  the MAC (see docs/PROTOCOL.md, "Bulk frames") or, when the puller sent a token
-  and the holder has a bulk plane, over that plane (raylet/bulk.py). The puller
+- Authentication: tcp traffic between raylets is CURVE (zray/curve.py), keyed by
+  the cluster secret. The bytes that are ever unpickled (the segment's header,
+  frame table and pickle stream: everything before ``sens``) always travel over
+  ZeroMQ; raw out-of-band buffer bytes after ``sens`` travel as ``bulk`` frames
+  (see docs/PROTOCOL.md, "Bulk frames") or, when the puller sent a token and the
+  holder has a bulk plane, over that plane (raylet/bulk.py). The puller
   checks that no bulk part starts before ``sens`` and that a bulk-plane part
   comes with a token it issued for that chunk and holder.
 - A bulk fetch that fails (refused, reset, stalled ``bulk.IO_TIMEOUT_S``) makes
@@ -68,17 +69,24 @@ import collections
 import logging
 import mmap
 import os
-import struct
 import threading
 import time
-from dataclasses import dataclass, field
-
-import lz4.block
 
 from zray import config, protocol
 from zray.objstore import shm
 from zray.objstore import store as ostore
 from zray.raylet import bulk as bulkplane
+from zray.raylet.chunk_codec import (
+    _HDR,
+    BULK,
+    CODEC_BPS,
+    RAW,
+    SAMPLE,
+    decode_part,
+    encode_part,
+    segment_signed_end,
+)
+from zray.raylet.pulls import CHUNK_BYTES, AskOwner, Done, Pull, Pulls, Request
 
 log = logging.getLogger("zray.object_manager")
 
@@ -91,16 +99,7 @@ def _env_int(name: str, default: int) -> int:
     return config.env_number("ZRAY_" + name, default)
 
 
-CHUNK_BYTES = _env_int("TRANSFER_CHUNK_BYTES", 4 << 20)
-WINDOW = _env_int("TRANSFER_WINDOW", 8)  # chunks in flight per pull
-MAX_INFLIGHT = _env_int("TRANSFER_MAX_INFLIGHT", 24)  # chunks in flight in all
-INITIAL_WINDOW = 4  # before the size is known
-CHUNK_TIMEOUT_S = 10.0
-MAX_CHUNK_RETRIES = 2  # per holder, then the next holder
-OWNER_TIMEOUT_S = 60.0
 SERVE_IDLE_S = 5.0  # a served object's mapping is dropped after this long unused
-MAX_OWNER_ASKS = 3
-OWNER_AGAIN_S = 0.5  # an owner that names only dead nodes may not know of the death yet
 # "auto": compress where the link is slower than LZ4; "always"; "never".
 COMPRESSION = os.environ.get("ZRAY_TRANSFER_COMPRESSION", "auto")
 DEFAULT_LINK_BPS = 125e6  # assumed for a non-loopback link until measured (1 Gbit/s)
@@ -115,389 +114,7 @@ BULK_MAP = os.environ.get("ZRAY_TRANSFER_BULK_MAP", "1") != "0"  # receive into 
 BULK_BACKOFF_S = 5.0
 BULK_BACKOFF_MAX_S = 300.0
 
-RAW, LZ4, SHUF8_LZ4, BULK = 0, 1, 2, 3  # BULK: raw, on the bulk plane (no payload frame)
-SAMPLE = 64 << 10
-MAX_RATIO = 0.8
-_HDR = struct.Struct("<4sIQ")
-_ENT = struct.Struct("<QQ")
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if os.uname().sysname == "Linux" else 0)
-
-
-# ===================================================================== codec
-SHUFFLE_BLOCK = 256 << 10  # bytes transposed together (cache-sized)
-
-_np_module: object = False  # not looked up yet
-
-
-def _numpy():
-    """numpy, imported on first use: it costs a raylet ~150 ms at start."""
-    global _np_module
-    if _np_module is False:
-        try:  # numpy transposes a block about twice as fast as bytes slicing; optional
-            import numpy
-            _np_module = numpy
-        except ImportError:  # pragma: no cover
-            _np_module = None
-    return _np_module
-
-
-def shuffle8(data, use_numpy: bool = True) -> bytes:
-    """Byte planes of 8-byte lanes, per SHUFFLE_BLOCK block (as blosc does).
-
-    Within each block (the last may be shorter), byte i of every whole lane goes
-    to plane i; the block's tail that is not a whole lane stays as it is.
-    """
-    _np = _numpy() if use_numpy else None
-    if _np is not None:
-        a = _np.frombuffer(data, _np.uint8)
-        out = _np.empty(len(a), _np.uint8)
-        full = len(a) // SHUFFLE_BLOCK * SHUFFLE_BLOCK
-        if full:
-            out[:full] = a[:full].reshape(-1, SHUFFLE_BLOCK // 8, 8).transpose(0, 2, 1).reshape(-1)
-        r8 = (len(a) - full) // 8 * 8
-        if r8:
-            out[full:full + r8] = a[full:full + r8].reshape(-1, 8).T.reshape(-1)
-        out[full + r8:] = a[full + r8:]
-        return out.data
-    data = bytes(data)
-    parts = []
-    for b0 in range(0, len(data), SHUFFLE_BLOCK):
-        blk = data[b0:b0 + SHUFFLE_BLOCK]
-        m = len(blk) // 8 * 8
-        parts += [blk[i:m:8] for i in range(8)]
-        parts.append(blk[m:])
-    return b"".join(parts)
-
-
-def unshuffle8(data, use_numpy: bool = True):
-    """Inverse of shuffle8."""
-    _np = _numpy() if use_numpy else None
-    if _np is not None:
-        a = _np.frombuffer(data, _np.uint8)
-        out = _np.empty(len(a), _np.uint8)
-        full = len(a) // SHUFFLE_BLOCK * SHUFFLE_BLOCK
-        if full:
-            out[:full] = a[:full].reshape(-1, 8, SHUFFLE_BLOCK // 8).transpose(0, 2, 1).reshape(-1)
-        r8 = (len(a) - full) // 8 * 8
-        if r8:
-            out[full:full + r8] = a[full:full + r8].reshape(8, -1).T.reshape(-1)
-        out[full + r8:] = a[full + r8:]
-        return out.data
-    data = bytes(data)
-    out = bytearray(len(data))
-    for b0 in range(0, len(data), SHUFFLE_BLOCK):
-        blk = data[b0:b0 + SHUFFLE_BLOCK]
-        m = len(blk) // 8 * 8
-        lane = m // 8
-        for i in range(8):
-            out[b0 + i:b0 + m:8] = blk[i * lane:(i + 1) * lane]
-        out[b0 + m:b0 + len(blk)] = blk[m:]
-    return out
-
-
-# Compress only where the link is slower than this: shuffle + LZ4 of numeric data
-# runs at about 1 GB/s per core here, plain LZ4 at about 0.5 GB/s.
-CODEC_BPS = 400e6
-
-
-def encode_part(view: memoryview, link_bps: float | None) -> tuple[int, object]:
-    """(codec, data) for one part of a chunk; ``link_bps`` None means: never compress.
-
-    A 64 KiB sample from the middle decides: LZ4 of the bytes or of their byte
-    planes, whichever is smaller, if that is at most MAX_RATIO of the sample and
-    the link is slow enough for compression to pay (CODEC_BPS).
-    """
-    n = len(view)
-    if link_bps is None or n < 2 * SAMPLE or link_bps > CODEC_BPS:
-        return RAW, view
-    mid = (n // 2) & ~7
-    sample = bytes(view[mid: mid + SAMPLE])
-    r1 = len(lz4.block.compress(sample, store_size=False)) / SAMPLE
-    r8 = len(lz4.block.compress(shuffle8(sample), store_size=False)) / SAMPLE
-    codec, ratio = (SHUF8_LZ4, r8) if r8 < r1 else (LZ4, r1)
-    # Raw, the link moves link_bps; compressed, min(codec speed, link_bps / ratio).
-    if ratio > MAX_RATIO or min(CODEC_BPS, link_bps / ratio) < 1.1 * link_bps:
-        return RAW, view
-    data = lz4.block.compress(shuffle8(view) if codec == SHUF8_LZ4 else view,
-                              store_size=False)
-    if len(data) >= n:
-        return RAW, view
-    return codec, data
-
-
-def decode_part(codec: int, rawlen: int, data: memoryview) -> object:
-    """The raw bytes of one part; raises ValueError if they are not what was announced."""
-    if codec == RAW:
-        if len(data) != rawlen:
-            raise ValueError(f"raw part of {len(data)} bytes, {rawlen} announced")
-        return data
-    if codec not in (LZ4, SHUF8_LZ4):
-        raise ValueError(f"unknown codec {codec}")
-    try:
-        out = lz4.block.decompress(data, uncompressed_size=rawlen)
-    except Exception as e:  # lz4.block.LZ4BlockError
-        raise ValueError(f"bad LZ4 data: {e}") from None
-    if len(out) != rawlen:
-        raise ValueError("LZ4 data of the wrong length")
-    return unshuffle8(out) if codec == SHUF8_LZ4 else out
-
-
-def segment_signed_end(mm) -> tuple[int, int]:
-    """(total size, end of the part that is ever unpickled) of a segment."""
-    magic, n, total = _HDR.unpack_from(mm, 0)
-    if magic != shm.MAGIC or total > len(mm):
-        raise shm.SegmentError("not a zray object segment")
-    end = _HDR.size + _ENT.size * n
-    if n:
-        off, ln = _ENT.unpack_from(mm, _HDR.size)
-        end = max(end, off + ln)
-    return total, min(end, total)
-
-
-# ============================================================ state machine
-@dataclass
-class Request:
-    """Ask ``node``'s raylet for bytes [off, off+n) of the object."""
-
-    node: bytes
-    oid: bytes
-    off: int
-    n: int
-    plain: bool = False  # over ZeroMQ only (a bulk fetch of this chunk failed)
-
-
-@dataclass
-class AskOwner:
-    """Ask the object's owner where copies are (answered by ``locations``)."""
-
-    oid: bytes
-    owner: list
-
-
-@dataclass
-class Done:
-    """The pull ended. ``local``: a copy turned out to be on this node already."""
-
-    oid: bytes
-    ok: bool
-    local: bool = False
-    msg: str = ""
-    pull: _Pull | None = None
-
-
-@dataclass
-class _Pull:
-    oid: bytes
-    sources: list
-    owner: list | None
-    started: float
-    total: int = -1
-    sens: int = -1
-    nchunks: int = -1
-    pending: dict = field(default_factory=dict)  # chunk index -> sent at
-    got: set = field(default_factory=set)  # arrived (being written)
-    written: set = field(default_factory=set)  # in the local copy
-    next_idx: int = 0
-    retries: int = 0
-    asks: int = 0
-    asked_at: float | None = None
-    ask_again_at: float | None = None  # the owner named only dead nodes: ask once more then
-    chunk: int = CHUNK_BYTES  # bytes per chunk (fixed for the pull)
-    window: int = WINDOW  # chunks in flight at most
-    wire: int = 0
-    bulk: int = 0  # of which over the bulk plane
-    compressed: bool = False
-    source_used: bytes | None = None
-
-
-class Pulls:
-    """Every pull a raylet has in progress. Events in, actions out; no I/O, no clock."""
-
-    def __init__(self, node_id: bytes, chunk: int = CHUNK_BYTES, window: int = WINDOW,
-                 max_inflight: int = MAX_INFLIGHT):
-        self.node_id = node_id
-        self.chunk_bytes = chunk
-        self.window = window
-        self.max_inflight_bytes = max_inflight * chunk  # requested, not arrived, in all
-        self.pulls: dict[bytes, _Pull] = {}
-
-    def _inflight(self) -> int:
-        return sum(len(p.pending) * p.chunk for p in self.pulls.values())
-
-    # -- events
-    def start(self, oid: bytes, sources: list, owner: list | None, now: float,
-              chunk: int | None = None, window: int | None = None) -> list:
-        """A new pull, in chunks of ``chunk`` bytes, ``window`` of them in flight (defaults:
-        the Pulls'); both stay for the pull's life (offsets are multiples of the chunk)."""
-        if oid in self.pulls:
-            return []
-        srcs = [s for s in dict.fromkeys(sources) if s and s != self.node_id]
-        p = _Pull(oid, srcs, owner, now, chunk=chunk or self.chunk_bytes,
-                  window=window or self.window)
-        self.pulls[oid] = p
-        return self._begin(p, now)
-
-    def chunk(self, oid: bytes, node: bytes, off: int, n: int, total: int, sens: int,
-              now: float) -> tuple[bool, list]:
-        """A chunk arrived; (write it?, actions). Report the write with ``written``."""
-        p = self.pulls.get(oid)
-        if p is None or total <= 0 or not 0 <= sens <= total or off < 0 or off % p.chunk:
-            return False, []
-        if p.total < 0:
-            p.total, p.sens = total, sens
-            p.nchunks = -(-total // p.chunk)
-            for i in [i for i in p.pending if i >= p.nchunks]:
-                del p.pending[i]
-        elif (p.total, p.sens) != (total, sens):
-            return False, []
-        i = off // p.chunk
-        if off >= total:
-            p.pending.pop(i, None)  # a speculative request past the end
-            return False, self._fill_all(now)
-        if n != min(p.chunk, total - off) or i in p.got:
-            return False, []
-        p.pending.pop(i, None)
-        p.got.add(i)
-        p.source_used = node
-        return True, self._fill_all(now)
-
-    def written(self, oid: bytes, off: int) -> list:
-        """The chunk at ``off`` is in the local copy; the pull is done with the last one."""
-        p = self.pulls.get(oid)
-        if p is None:
-            return []
-        p.written.add(off // p.chunk)
-        if len(p.written) == p.nchunks:
-            return self._finish(p, True)
-        return []
-
-    def chunk_failed(self, oid: bytes, off: int, now: float) -> list:
-        """An accepted chunk did not land (its bulk fetch failed): ask for it again, plainly."""
-        p = self.pulls.get(oid)
-        if p is None or off // p.chunk not in p.got or off // p.chunk in p.written:
-            return []
-        i = off // p.chunk
-        p.got.discard(i)
-        if not p.sources or p.asked_at is not None:
-            return []  # asked again when the pull (re)starts from a holder
-        p.pending[i] = now
-        return [Request(p.sources[0], oid, i * p.chunk, p.chunk, plain=True)]
-
-    def missing(self, oid: bytes, node: bytes, now: float) -> list:
-        """``node`` has no copy (or cannot be reached): go on with the next holder."""
-        p = self.pulls.get(oid)
-        if p is None or not p.sources or p.sources[0] != node:
-            return []
-        p.sources.pop(0)
-        return self._begin(p, now)
-
-    def node_dead(self, node: bytes, now: float) -> list:
-        acts: list = []
-        for p in list(self.pulls.values()):
-            if p.owner and p.owner[0] == node and (p.asked_at is not None or not p.sources):
-                acts += self._finish(p, False, "the object's owner died with its node")
-            elif p.sources and p.sources[0] == node:
-                acts += self.missing(p.oid, node, now)
-            else:
-                p.sources = [s for s in p.sources if s != node]
-        return acts
-
-    def locations(self, oid: bytes, nodes: list, now: float, have_local: bool,
-                  dead: int = 0) -> list:
-        """The owner said where copies are (empty: none left, the object is lost).
-
-        ``dead``: how many nodes it named that we know are dead (left out of ``nodes``).
-        Naming only dead ones, it may not have heard of the death yet: ask it again
-        a little later (it answers for an object it rebuilds once that is done).
-        """
-        p = self.pulls.get(oid)
-        if p is None or p.asked_at is None:
-            return []
-        p.asked_at = None
-        if self.node_id in nodes and have_local:
-            return self._finish(p, True, local=True)
-        p.sources = [s for s in dict.fromkeys(nodes) if s and s != self.node_id]
-        if not p.sources:
-            if dead and p.asks < MAX_OWNER_ASKS:
-                p.ask_again_at = now + OWNER_AGAIN_S
-                return []
-            return self._finish(p, False, "the owner knows no copy of the object")
-        return self._begin(p, now)
-
-    def abort(self, oid: bytes, msg: str) -> list:
-        p = self.pulls.get(oid)
-        return self._finish(p, False, msg) if p is not None else []
-
-    def tick(self, now: float) -> list:
-        acts: list = []
-        for p in list(self.pulls.values()):
-            if p.asked_at is not None:
-                if now - p.asked_at > OWNER_TIMEOUT_S:
-                    acts += self._finish(p, False, "the owner did not answer")
-                continue
-            if p.ask_again_at is not None:
-                if now >= p.ask_again_at and not p.sources:
-                    p.ask_again_at = None
-                    acts += self._ask_owner(p, now)
-                continue
-            stale = [i for i, t in p.pending.items() if now - t > CHUNK_TIMEOUT_S]
-            if not stale:
-                continue
-            p.retries += 1
-            if p.retries > MAX_CHUNK_RETRIES:
-                acts += self.missing(p.oid, p.sources[0], now)
-                continue
-            for i in stale:
-                p.pending[i] = now
-                acts.append(Request(p.sources[0], p.oid, i * p.chunk, p.chunk))
-        return acts
-
-    # -- decisions
-    def _begin(self, p: _Pull, now: float) -> list:
-        """(Re)start from the current holder: everything not received yet."""
-        p.pending.clear()
-        if not p.sources:
-            return self._ask_owner(p, now)
-        p.retries = 0
-        p.next_idx = 0
-        return self._fill(p, now, self.max_inflight_bytes - self._inflight())
-
-    def _fill(self, p: _Pull, now: float, budget: int) -> list:
-        """Requests for the pull's next chunks, within ``budget`` bytes (in all) and its window."""
-        acts: list = []
-        limit = p.nchunks if p.nchunks >= 0 else INITIAL_WINDOW
-        while budget > 0 and len(p.pending) < p.window and p.next_idx < limit:
-            i = p.next_idx
-            p.next_idx += 1
-            if i in p.got or i in p.pending:
-                continue
-            p.pending[i] = now
-            budget -= p.chunk
-            acts.append(Request(p.sources[0], p.oid, i * p.chunk, p.chunk))
-        return acts
-
-    def _fill_all(self, now: float) -> list:
-        acts: list = []
-        budget = self.max_inflight_bytes - self._inflight()
-        for p in self.pulls.values():
-            if budget <= 0:
-                break
-            if p.sources and p.asked_at is None:
-                new = self._fill(p, now, budget)
-                budget -= sum(r.n for r in new)
-                acts += new
-        return acts
-
-    def _ask_owner(self, p: _Pull, now: float) -> list:
-        if p.owner is None or p.asks >= MAX_OWNER_ASKS:
-            return self._finish(p, False, "no reachable node holds a copy")
-        p.asks += 1
-        p.asked_at = now
-        return [AskOwner(p.oid, p.owner)]
-
-    def _finish(self, p: _Pull, ok: bool, msg: str = "", local: bool = False) -> list:
-        self.pulls.pop(p.oid, None)
-        return [Done(p.oid, ok, local, msg, p)]
 
 
 # ===================================================================== shell
@@ -909,7 +526,7 @@ class ObjectManager:
         for ra, rid in self.waiters.pop(oid, []):
             self.r.conns.send(ra, protocol.pull_done(rid, ok, msg=d.msg, full=full and not ok))
 
-    def _seal_copy(self, oid: bytes, p: _Pull) -> None:
+    def _seal_copy(self, oid: bytes, p: Pull) -> None:
         # Store accounting goes through the raylet's ordinary seal path.
         self.r.handle({"t": protocol.OBJECT_SEALED, "oid": oid, "size": p.total,
                        "secondary": True}, [])

@@ -422,14 +422,19 @@ class NodeScheduler:
                 continue
             if not fits(req.res, avail):
                 continue
-            for k, v in req.res.items():
-                avail[k] = avail.get(k, 0.0) - v
             if not self.idle:
+                # Waiting for a worker: its placement resources stay promised.
+                for k, v in req.res.items():
+                    avail[k] = avail.get(k, 0.0) - v
                 want_workers += 1
                 req.sticky = True
                 continue
             wid = self.idle.pop()
             del self.queue[key]
+            # Granted: only what the lease holds is taken (an actor placed with 1 CPU holds
+            # none), so the next request in this pass sees the same room self.avail does.
+            for k, v in (req.res if req.hold is None else req.hold).items():
+                avail[k] = avail.get(k, 0.0) - v
             acts.append(self._grant(req, wid))
         short = want_workers - self.starting
         if short > 0:

@@ -1,0 +1,256 @@
+"""Ray semantics of small task/actor API corners (issue 10, compat-tasks).
+
+Each test says what Ray does and what we decided where Ray leaves room.
+"""
+
+from __future__ import annotations
+
+import pytest
+from backend import ray
+
+
+# ---------------------------------------------------------------- signature at .remote()
+def test_task_signature_checked_at_remote(ray_start):
+    """Ray binds the arguments to inspect.signature(fn) in .remote(): a misfit call raises
+    TypeError in the caller at once, before anything is submitted."""
+
+    @ray.remote
+    def f1():
+        return 1
+
+    @ray.remote
+    def f2(x, y=0, *, z, **kw):
+        return x, y, z, kw
+
+    @ray.remote
+    def f3(a, /, b, *rest):
+        return a, b, rest
+
+    for call in (lambda: f1.remote(3), lambda: f1.remote(x=3),
+                 lambda: f2.remote(1, z=1, x=2), lambda: f2.remote(1, 2),
+                 lambda: f2.remote(1, 2, 3, z=0), lambda: f3.remote(1),
+                 lambda: f3.remote(a=1, b=2), lambda: f1.options(num_cpus=1).remote(1)):
+        with pytest.raises(TypeError):
+            call()
+    assert ray.get(f1.remote()) == 1
+    assert ray.get(f2.remote(1, z=3, w=4)) == (1, 0, 3, {"w": 4})
+    assert ray.get(f3.remote(1, b=2)) == (1, 2, ())
+    assert ray.get(f3.remote(1, 2, 3, 4)) == (1, 2, (3, 4))
+
+
+def test_actor_signature_checked_at_remote(ray_start):
+    """Ray checks actor constructor and method calls the same way; a class without
+    __init__ takes no constructor arguments; static/class methods have no self to drop."""
+
+    @ray.remote
+    class A:
+        def __init__(self, x, y=1):
+            self.v = x + y
+
+        def get(self, k, *, scale=1):
+            return self.v * k * scale
+
+        @staticmethod
+        def st(a, b):
+            return a + b
+
+        @classmethod
+        def cm(cls, a):
+            return a
+
+    @ray.remote
+    class Empty:
+        pass
+
+    with pytest.raises(TypeError):
+        A.remote()
+    with pytest.raises(TypeError):
+        A.remote(0, 1, 2)
+    with pytest.raises(TypeError):
+        A.remote(0, x=1)
+    with pytest.raises(TypeError):
+        Empty.remote(1)
+    a = A.remote(1, y=2)
+    with pytest.raises(TypeError):
+        a.get.remote()
+    with pytest.raises(TypeError):
+        a.get.remote(1, 2)
+    with pytest.raises(TypeError):
+        a.get.remote(1, bad=2)
+    with pytest.raises(TypeError):
+        a.st.remote(1)
+    with pytest.raises(TypeError):
+        a.cm.remote(1, 2)
+    assert ray.get(a.get.remote(2, scale=10)) == 60
+    assert ray.get(a.st.remote(1, 2)) == 3
+    assert ray.get(a.cm.remote(5)) == 5
+    assert ray.get(Empty.remote().__ray_ready__.remote())
+
+
+# ---------------------------------------------------------------- small API names
+def test_small_api_names(ray_start):
+    """Names Ray's public API has: ray.ObjectID (the legacy alias of ObjectRef), ray.types,
+    ray.util.get_node_ip_address, ObjectRef.from_random, two exception classes."""
+    import importlib
+
+    assert ray.ObjectID is ray.ObjectRef
+    assert isinstance(ray.put(1), ray.ObjectID)
+    types = importlib.import_module(ray.__name__ + ".types")
+    assert types.ObjectRef is ray.ObjectRef
+    assert ray.types.ObjectRef is ray.ObjectRef
+    ip = ray.util.get_node_ip_address()
+    assert ip == ray.nodes()[0]["NodeManagerAddress"]
+    a, b = ray.ObjectRef.from_random(), ray.ObjectRef.from_random()
+    assert isinstance(a, ray.ObjectRef) and a != b and len(a.binary()) == len(ray.put(1).binary())
+    assert issubclass(ray.exceptions.ObjectRefStreamEndOfStreamError, ray.exceptions.RayError)
+    actor_mod = importlib.import_module(ray.__name__ + ".actor")
+    assert issubclass(actor_mod.ActorClassInheritanceException, TypeError)
+    assert actor_mod.ActorClassInheritanceException is \
+        ray.exceptions.ActorClassInheritanceException
+
+
+def test_list_named_actors_all_namespaces(ray_start):
+    """list_named_actors(all_namespaces=True) gives {"name", "namespace"} dicts (Ray)."""
+
+    @ray.remote(num_cpus=0)
+    class A:
+        pass
+
+    a = A.options(name="lna-x", namespace="lna-ns").remote()
+    b = A.options(name="lna-y").remote()
+    ray.get([a.__ray_ready__.remote(), b.__ray_ready__.remote()])
+    names = ray.util.list_named_actors(all_namespaces=True)
+    assert {"name": "lna-x", "namespace": "lna-ns"} in names
+    ns = ray.get_runtime_context().namespace
+    assert {"name": "lna-y", "namespace": ns} in names
+    assert "lna-y" in ray.util.list_named_actors() and "lna-x" not in ray.util.list_named_actors()
+    ray.kill(a)
+    ray.kill(b)
+
+
+# ---------------------------------------------------------------- num_returns
+def test_num_returns_none_means_default(ray_start):
+    """Ray treats num_returns=None in @remote/.options() as the default: 1 for a function,
+    streaming for a generator function, the method's own default for an actor method."""
+
+    @ray.remote(num_returns=None)
+    def one():
+        return 1
+
+    @ray.remote(num_returns=2)
+    def two():
+        return 1, 2
+
+    @ray.remote
+    def gen():
+        yield 1
+        yield 2
+
+    @ray.remote
+    class A:
+        @ray.method(num_returns=2)
+        def pair(self):
+            return 3, 4
+
+        @ray.method(num_returns=None)
+        def single(self):
+            return 5
+
+    assert ray.get(one.remote()) == 1
+    assert ray.get(one.options(num_returns=None).remote()) == 1
+    # None restores the decorator's default, also after another override.
+    assert ray.get(two.options(num_returns=None).remote()) == [1, 2]
+    assert ray.get(two.options(num_returns=1).options(num_returns=None).remote()) == [1, 2]
+    assert [ray.get(r) for r in gen.options(num_returns=None).remote()] == [1, 2]
+    a = A.remote()
+    assert ray.get(a.pair.options(num_returns=None).remote()) == [3, 4]
+    assert ray.get(a.single.remote()) == 5
+
+
+@pytest.mark.parametrize("use_actor", [False, True])
+def test_static_generator_error_keeps_yielded_values(ray_start, use_actor):
+    """A generator with a static num_returns that raises midway: Ray keeps the values it
+    yielded before the error; the returns it never reached raise RayTaskError."""
+
+    def body(n):
+        for i in range(n - 2):
+            yield [i]
+        raise ValueError("midway")
+
+    if use_actor:
+        @ray.remote
+        class G:
+            def gen(self, n):
+                yield from body(n)
+
+        fn = G.remote().gen
+    else:
+        fn = ray.remote(max_retries=0)(body)
+    r1, r2, r3, r4 = fn.options(num_returns=4).remote(4)
+    assert ray.get(r1) == [0]
+    assert ray.get(r2) == [1]
+    for r in (r3, r4):
+        with pytest.raises(ray.exceptions.RayTaskError) as ei:
+            ray.get(r)
+        assert isinstance(ei.value.cause, ValueError) and "midway" in str(ei.value)
+    # Too many values is still an error for every return (Ray's docs).
+    @ray.remote(num_returns=2)
+    def too_many():
+        yield from range(3)
+
+    a, b = too_many.remote()
+    for r in (a, b):
+        with pytest.raises(ray.exceptions.RayTaskError):
+            ray.get(r)
+
+
+def test_static_generator_error_retried_by_retry_exceptions(ray_start):
+    """retry_exceptions=[ValueError] reads the error of a partial reply (not the yielded
+    values before it) to decide on a retry."""
+
+    @ray.remote(num_cpus=0)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def inc(self):
+            self.n += 1
+            return self.n
+
+    c = Counter.remote()
+
+    @ray.remote(num_returns=2, max_retries=2, retry_exceptions=[ValueError])
+    def flaky(c):
+        yield "first"
+        if ray.get(c.inc.remote()) < 3:
+            raise ValueError("again")
+        yield "second"
+
+    assert ray.get(list(flaky.remote(c))) == ["first", "second"]
+    assert ray.get(c.inc.remote()) == 4
+
+
+# ---------------------------------------------------------------- init / Cluster
+def test_init_local_starts_a_new_cluster(ray_fresh, monkeypatch):
+    """Ray: address="local" starts a new local cluster, even when RAY_ADDRESS names
+    another one (here one that does not exist, so connecting would fail)."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setenv("ZRAY_ADDRESS", "127.0.0.1:1")
+    info = ray.init("local", num_cpus=1)
+    assert ray.is_initialized() and info["address"] != "127.0.0.1:1"
+    assert ray.get(ray.put(7)) == 7
+    ray.shutdown()
+    ray.init(address="local", num_cpus=1)
+    assert ray.cluster_resources()["CPU"] == 1
+
+
+def test_cluster_address_before_head_is_none():
+    """Ray's Cluster().address is None until the head node is added."""
+    import importlib
+
+    cluster_utils = importlib.import_module(ray.__name__ + ".cluster_utils")
+    c = cluster_utils.Cluster(shutdown_at_exit=False)
+    try:
+        assert c.address is None
+    finally:
+        c.shutdown()

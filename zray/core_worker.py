@@ -387,7 +387,8 @@ class CoreWorker(Waiting, PollingRole):
 
     def _h_lease_spillback(self, h: dict, payload: list) -> None:
         with self.lock:
-            self._do(ev.Spillback(h["lrid"], self.addr_of(h["raylet"])))
+            raylet = h["raylet"]
+            self._do(ev.Spillback(h["lrid"], self.addr_of(raylet), raylet[0]))
 
     def _h_lease_failed(self, h: dict, payload: list) -> None:
         if h.get("warn"):

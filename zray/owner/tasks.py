@@ -182,7 +182,10 @@ class TasksMixin(OwnerBase):
     def _on_spillback(self, e_: ev.Spillback) -> None:
         ks = self._lease_answered(e_.lrid)
         if ks is not None and ks.queue:
-            self._request_lease(ks, e_.raylet)
+            # A raylet whose view is older than our news may send us to a dead node, whose
+            # answer would never come: ask our own raylet again instead.
+            dead = e_.node is not None and e_.node in self.dead_nodes
+            self._request_lease(ks, None if dead else e_.raylet)
 
     def _on_lease_failed(self, e_: ev.LeaseFailed) -> None:
         ks = self._lease_answered(e_.lrid)

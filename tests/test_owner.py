@@ -206,6 +206,87 @@ def test_freeing_a_stored_value_frees_its_copies():
     assert of(out, ins.FreeObjects) == [ins.FreeObjects(None, [oid], NODE)]
 
 
+def test_a_borrower_asking_for_a_pending_value_is_answered_once_it_is_ready():
+    o = make_owner()
+    t = task()
+    lrid = of(o.handle(ev.Submit(t)), ins.RequestLease)[0].lrid
+    oid = t.oids[0]
+    assert o.handle(ev.GetObject(oid, "ipc://borrower")) == [], "pending: the answer waits"
+    grant(o, lrid, b"w1")
+    out = reply(o, t)
+    assert [(i.ra, i.oid, i.entry is o.objects[oid]) for i in of(out, ins.SendValue)] == \
+        [("ipc://borrower", oid, True)]
+    # An object this process does not own: an error answer at once.
+    stranger = ids.object_id_for(ids.new_task_id(), 1)
+    sends = of(o.handle(ev.GetObject(stranger, "ipc://borrower")), ins.SendValue)
+    assert isinstance(sends[0].error, exc.ReferenceCountingAssertionError)
+
+
+def test_refs_in_a_return_value_are_lent_and_held_by_the_value():
+    o = make_owner()
+    inner = ids.new_put_id()
+    o.handle(ev.Put(inner, serialization.serialize(1)[0], None, 10, []))
+    o.handle(ev.RefAdded(inner, None))
+    # Lent to the caller of a task that returns it: a borrower keeps it alive.
+    o.handle(ev.Lend([(inner, ME)], OTHER_OWNER, "tcp://10.0.0.2:5000"))
+    o.handle(ev.RefsDropped([inner]))
+    assert inner in o.objects
+    o.handle(ev.BorrowerRemoved(inner, "tcp://10.0.0.2:5000"))
+    assert inner not in o.objects
+    # A borrowed ref inside a value we get back is held while the value lives.
+    t = task()
+    lrid = of(o.handle(ev.Submit(t)), ins.RequestLease)[0].lrid
+    grant(o, lrid, b"w1")
+    nested = ids.object_id_for(ids.new_task_id(), 1)
+    frames = serialization.serialize(42)[0]
+    o.handle(ev.TaskReply(t.tid, [[INLINE, len(frames), False]], frames,
+                          contained=[[OTHER_OWNER, [[0, nested]]]]))
+    assert o.objects[nested].pins == 1 and not o.objects[nested].owned
+    out = o.handle(ev.RefsDropped([t.oids[0]]))  # the outer value goes: so does the borrow
+    assert nested not in o.objects and out == []
+    assert of(o.handle(ev.Tick(0.0)), ins.RemoveBorrower) == []
+    assert of(o.handle(ev.Tick(config.BORROW_RELEASE_DELAY_S + 1)), ins.RemoveBorrower) == \
+        [ins.RemoveBorrower(OTHER_OWNER, nested)]
+
+
+def test_a_worker_exiting_after_max_calls_returns_its_lease_and_hands_back_the_rest():
+    o = make_owner()
+    t1, t2 = task(), task()
+    lrid = of(o.handle(ev.Submit(t1)), ins.RequestLease)[0].lrid
+    o.handle(ev.Submit(t2))
+    grant(o, lrid, b"w1")
+    frames = serialization.serialize(1)[0]
+    out = o.handle(ev.TaskReply(t1.tid, [[INLINE, len(frames), False]], frames, exiting=True))
+    assert [r.exiting for r in of(out, ins.ReturnLease)] == [True]
+    assert t2.state == "queued" and not of(out, ins.PushTask)
+
+
+def test_application_errors_retry_only_when_asked():
+    o = make_owner()
+    t = Task(ids.new_task_id(), "f", 1, [], [], fn_id=b"fn", retries=1, retry_exc=[KeyError])
+    lrid = of(o.handle(ev.Submit(t)), ins.RequestLease)[0].lrid
+    grant(o, lrid, b"w1")
+    err = serialization.serialize(exc.RayTaskError("f", "tb", KeyError("k")))[0]
+    out = o.handle(ev.TaskReply(t.tid, [[INLINE, len(err), True]], err, err=True))
+    assert [p.task for p in of(out, ins.PushTask)] == [t] and t.retries == 0
+    out = o.handle(ev.TaskReply(t.tid, [[INLINE, len(err), True]], err, err=True))
+    assert isinstance(error_of(o, t.oids[0]), exc.RayTaskError), "no retries left: the error"
+
+
+def test_copies_pulled_elsewhere_are_reported_and_freed():
+    o = make_owner()
+    oid = ids.new_put_id()
+    o.handle(ev.Put(oid, None, NODE, 10 << 20, []))
+    o.handle(ev.RefAdded(oid, None))
+    o.handle(ev.LocationAdded(oid, OTHER_NODE, RAYLET2))
+    out = o.handle(ev.GetLocations(oid, "ipc://raylet", 7))
+    assert of(out, ins.LocationsReply) == [ins.LocationsReply("ipc://raylet", 7, oid,
+                                                              [NODE, OTHER_NODE])]
+    out = o.handle(ev.RefsDropped([oid]))
+    assert sorted((f.dest or "", f.node) for f in of(out, ins.FreeObjects)) == \
+        [("", NODE), (RAYLET2[2], OTHER_NODE)]
+
+
 def _stored_on_other_node(o: Owner, retries: int) -> Task:
     t = task(retries)
     lrid = of(o.handle(ev.Submit(t)), ins.RequestLease)[0].lrid
@@ -230,6 +311,20 @@ def test_node_death_reexecutes_from_lineage():
     assert of(out, ins.RequestLease), "the task runs again"
     assert ins.DropConnection(RAYLET2[2]) in out
     assert t.retries == 0 and t.tid in o.tasks
+
+
+def test_spillback_to_a_dead_node_asks_the_local_raylet_again():
+    o = make_owner()
+    t = task(retries=1)
+    lrid = of(o.handle(ev.Submit(t)), ins.RequestLease)[0].lrid
+    o.handle(ev.NodeDied(OTHER_NODE, RAYLET2[2]))
+    # Our raylet heard of the death later than we did: it sends us there.
+    out = o.handle(ev.Spillback(lrid, RAYLET2[2], OTHER_NODE))
+    assert [(r.dest, r.lrid != lrid) for r in of(out, ins.RequestLease)] == [(None, True)]
+    # A live peer is asked as told.
+    out = o.handle(ev.Spillback(of(out, ins.RequestLease)[0].lrid, "tcp://10.0.0.3:6000",
+                                b"p" * 28))
+    assert [r.dest for r in of(out, ins.RequestLease)] == ["tcp://10.0.0.3:6000"]
 
 
 def test_node_death_without_retries_loses_the_value():

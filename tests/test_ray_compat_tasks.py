@@ -126,3 +126,195 @@ def test_list_named_actors_all_namespaces(ray_start):
     assert "lna-y" in ray.util.list_named_actors() and "lna-x" not in ray.util.list_named_actors()
     ray.kill(a)
     ray.kill(b)
+
+
+# ---------------------------------------------------------------- num_returns
+def test_num_returns_none_means_default(ray_start):
+    """Ray treats num_returns=None in @remote/.options() as the default: 1 for a function,
+    streaming for a generator function, the method's own default for an actor method."""
+
+    @ray.remote(num_returns=None)
+    def one():
+        return 1
+
+    @ray.remote(num_returns=2)
+    def two():
+        return 1, 2
+
+    @ray.remote
+    def gen():
+        yield 1
+        yield 2
+
+    @ray.remote
+    class A:
+        @ray.method(num_returns=2)
+        def pair(self):
+            return 3, 4
+
+        @ray.method(num_returns=None)
+        def single(self):
+            return 5
+
+    assert ray.get(one.remote()) == 1
+    assert ray.get(one.options(num_returns=None).remote()) == 1
+    # None restores the decorator's default, also after another override.
+    assert ray.get(two.options(num_returns=None).remote()) == [1, 2]
+    assert ray.get(two.options(num_returns=1).options(num_returns=None).remote()) == [1, 2]
+    assert [ray.get(r) for r in gen.options(num_returns=None).remote()] == [1, 2]
+    a = A.remote()
+    assert ray.get(a.pair.options(num_returns=None).remote()) == [3, 4]
+    assert ray.get(a.single.remote()) == 5
+
+
+@pytest.mark.parametrize("use_actor", [False, True])
+def test_static_generator_error_keeps_yielded_values(ray_start, use_actor):
+    """A generator with a static num_returns that raises midway: Ray keeps the values it
+    yielded before the error; the returns it never reached raise RayTaskError."""
+
+    def body(n):
+        for i in range(n - 2):
+            yield [i]
+        raise ValueError("midway")
+
+    if use_actor:
+        @ray.remote
+        class G:
+            def gen(self, n):
+                yield from body(n)
+
+        fn = G.remote().gen
+    else:
+        fn = ray.remote(max_retries=0)(body)
+    r1, r2, r3, r4 = fn.options(num_returns=4).remote(4)
+    assert ray.get(r1) == [0]
+    assert ray.get(r2) == [1]
+    for r in (r3, r4):
+        with pytest.raises(ray.exceptions.RayTaskError) as ei:
+            ray.get(r)
+        assert isinstance(ei.value.cause, ValueError) and "midway" in str(ei.value)
+    # Too many values is still an error for every return (Ray's docs).
+    @ray.remote(num_returns=2)
+    def too_many():
+        yield from range(3)
+
+    a, b = too_many.remote()
+    for r in (a, b):
+        with pytest.raises(ray.exceptions.RayTaskError):
+            ray.get(r)
+
+
+def test_static_generator_error_retried_by_retry_exceptions(ray_start):
+    """retry_exceptions=[ValueError] reads the error of a partial reply (not the yielded
+    values before it) to decide on a retry."""
+
+    @ray.remote(num_cpus=0)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def inc(self):
+            self.n += 1
+            return self.n
+
+    c = Counter.remote()
+
+    @ray.remote(num_returns=2, max_retries=2, retry_exceptions=[ValueError])
+    def flaky(c):
+        yield "first"
+        if ray.get(c.inc.remote()) < 3:
+            raise ValueError("again")
+        yield "second"
+
+    assert ray.get(list(flaky.remote(c))) == ["first", "second"]
+    assert ray.get(c.inc.remote()) == 4
+
+
+# ---------------------------------------------------------------- init / Cluster
+def test_init_local_starts_a_new_cluster(ray_fresh, monkeypatch):
+    """Ray: address="local" starts a new local cluster, even when RAY_ADDRESS names
+    another one (here one that does not exist, so connecting would fail)."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setenv("ZRAY_ADDRESS", "127.0.0.1:1")
+    info = ray.init("local", num_cpus=1)
+    assert ray.is_initialized() and info["address"] != "127.0.0.1:1"
+    assert ray.get(ray.put(7)) == 7
+    ray.shutdown()
+    ray.init(address="local", num_cpus=1)
+    assert ray.cluster_resources()["CPU"] == 1
+
+
+def test_cluster_address_before_head_is_none():
+    """Ray's Cluster().address is None until the head node is added."""
+    import importlib
+
+    cluster_utils = importlib.import_module(ray.__name__ + ".cluster_utils")
+    c = cluster_utils.Cluster(shutdown_at_exit=False)
+    try:
+        assert c.address is None
+    finally:
+        c.shutdown()
+
+
+# ---------------------------------------------------------------- cancel
+def test_cancel_borrowed_ref_goes_to_owner(ray_start):
+    """Ray forwards ray.cancel() on a borrowed ref to the ref's owner, which cancels the
+    task (CancelRemoteTask); the borrower's call returns at once without error."""
+    import time
+
+    @ray.remote
+    def slow():
+        time.sleep(120)
+        return "finished"
+
+    @ray.remote
+    def canceller(refs):
+        ray.cancel(refs[0])
+        return "sent"
+
+    ref = slow.remote()
+    time.sleep(0.5)  # let it start (a queued task is cancelled too, either way works)
+    assert ray.get(canceller.remote([ref]), timeout=60) == "sent"
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(ref, timeout=60)
+
+
+def test_is_canceled_in_keyboard_interrupt_of_a_task(ray_start):
+    """Ray: a normal task interrupted by ray.cancel() sees is_canceled() True in its
+    KeyboardInterrupt handler, and a value it then returns is its result."""
+
+    @ray.remote(num_cpus=0)
+    class Gate:
+        def __init__(self):
+            self.waiting = 0
+
+        async def wait(self):
+            import asyncio
+
+            self.waiting += 1
+            await asyncio.sleep(120)
+
+        def waiters(self):
+            return self.waiting
+
+    @ray.remote
+    def task(gate):
+        assert not ray.get_runtime_context().is_canceled()
+        try:
+            ray.get(gate.wait.remote())
+        except KeyboardInterrupt:
+            if ray.get_runtime_context().is_canceled():
+                return "canceled_via_keyboard_interrupt"
+            return "interrupted but not canceled"
+        return "completed"
+
+    import time
+
+    gate = Gate.remote()
+    ref = task.remote(gate)
+    deadline = time.monotonic() + 60
+    while ray.get(gate.waiters.remote()) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ray.cancel(ref)
+    assert ray.get(ref, timeout=60) == "canceled_via_keyboard_interrupt"

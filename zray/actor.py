@@ -43,7 +43,7 @@ def method(*args: Any, **kwargs: Any) -> Any:
 
 
 def _check_method_options(o: dict) -> None:
-    if "num_returns" in o:
+    if o.get("num_returns") is not None:  # None: the method's default (Ray)
         n = o["num_returns"]
         if n not in ("streaming", "dynamic") and (isinstance(n, bool) or not isinstance(n, int)
                                                   or n < 0):
@@ -331,6 +331,8 @@ class ActorMethod:
                                  f"{sorted(_METHOD_OPTIONS)}.")
         _check_method_options(o)
         n = o.get("num_returns", self._num_returns)
+        if n is None:
+            n = self._handle._zray_meta.get("methods", {}).get(self._name, 1)
         if n == "dynamic":
             n = "streaming"
         return ActorMethod(self._handle, self._name, n, o.get("max_task_retries", self._retries),

@@ -41,6 +41,7 @@ from zray import protocol, serialization, task_codec
 from zray.actor import ActorExit, ActorHandle
 from zray.core_worker import INLINE, CoreWorker, Waiter
 from zray.ids import ActorID, TaskID, new_task_id
+from zray.returns import split_returns
 from zray.util.dedup import RecentIds, task_key
 from zray.util.logs import RateLimited
 
@@ -290,6 +291,7 @@ class ActorRuntime:
         meth = h.get("meth", "")
         owner = cw.addr_of(h["own"])
         nret = h["nret"]
+        partial: list = []  # what a static-num_returns generator yielded before it raised
         exit_after = False
         try:
             try:
@@ -303,7 +305,7 @@ class ActorRuntime:
                     ex.run_streaming(h, owner, fn, args, kwargs)
                     return
                 result = fn(*args, **kwargs)
-                values = _split(result, nret)
+                values = split_returns(result, nret, partial)
                 if tid in self.cancelled:  # cancelled while it ran: Ray reports the cancel
                     self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
                     return
@@ -312,7 +314,7 @@ class ActorRuntime:
                 self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
                 return
             except Exception as e:
-                self.reply_error(h, self.error(h.get("name", meth), e))
+                self.reply_error(h, self.error(h.get("name", meth), e), partial)
                 return
             self.reply_values(h, owner, values)
         finally:
@@ -359,6 +361,7 @@ class ActorRuntime:
         meth = h.get("meth", "")
         owner = cw.addr_of(h["own"])
         nret = h["nret"]
+        partial: list = []
         try:
             sem = self.sem
             assert sem is not None  # set by run() before the loop starts
@@ -384,14 +387,14 @@ class ActorRuntime:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-                ex.reply_values(h, owner, _split(result, nret))
+                ex.reply_values(h, owner, split_returns(result, nret, partial))
         except asyncio.CancelledError:
             self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
         except (ActorExit, SystemExit, exc.AsyncioActorExit):
             self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
             self.exit_gracefully()
         except Exception as e:
-            self.reply_error(h, self.error(h.get("name", meth), e))
+            self.reply_error(h, self.error(h.get("name", meth), e), partial)
         finally:
             with self.lock:
                 self.atasks.pop(tid, None)
@@ -446,14 +449,14 @@ class ActorRuntime:
                                 ip=self.cw.node_ip, actor_repr=rep,
                                 actor_id=ActorID(self.aid).hex())
 
-    def reply_error(self, h: dict, err: BaseException) -> None:
+    def reply_error(self, h: dict, err: BaseException, partial: list | None = None) -> None:
         ex = self.ex
         owner = self.cw.addr_of(h["own"])
         if h.get("nret") == -1:  # a stream: the error is its one item
             ex._stream_error(h, owner, 0, err)
             ex._send_reply(h, owner, protocol.task_reply(h["tid"], [], gen_n=1), [])
             return
-        ex.reply_error(h, owner, err)
+        ex.reply_error(h, owner, err, partial)
 
     def reply_dead(self, h: dict, why: str = "") -> None:
         self.reply_error(h, exc.ActorDiedError(None, (
@@ -516,17 +519,6 @@ class ActorRuntime:
         except Exception:  # noqa: BLE001 - exit anyway: the raylet reports the death
             pass
         _flush_and_exit(0, 0.02)
-
-
-def _split(result: Any, nret: int) -> list:
-    if nret in (0, 1):
-        return [result if nret == 1 else None]
-    if inspect.isgenerator(result):
-        result = list(result)
-    if not isinstance(result, (tuple, list)) or len(result) != nret:
-        n = len(result) if isinstance(result, (tuple, list)) else "not a sequence"
-        raise ValueError(f"Task returned {n} objects, but num_returns={nret}.")
-    return list(result)
 
 
 def _flush_std() -> None:

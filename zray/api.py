@@ -93,8 +93,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None, num_gpus: i
                                "'zray.shutdown()' prior to 'zray.init()'.")
         if address is None:
             address = os.environ.get("ZRAY_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
-            if address == "local":
-                address = None
+        if address == "local":  # Ray: start a new local cluster, whatever RAY_ADDRESS says
+            address = None
         if address is None:
             head = node.start_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                                    object_store_memory=object_store_memory, embedded=True,

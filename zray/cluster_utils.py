@@ -111,11 +111,12 @@ class Cluster:
 
     # ----------------------------------------------------------- queries
     @property
-    def address(self) -> str:
-        """host:port of the cluster's GCS (what zray.init(address=...) takes)."""
+    def address(self) -> str | None:
+        """host:port of the cluster's GCS (what zray.init(address=...) takes); None before
+        the head node is added (as Ray's)."""
         if self._gcs_address is None:
             if not self.session_dir:
-                raise RuntimeError("the cluster has no head node yet")
+                return None
             path = os.path.join(self.session_dir, "gcs_address")
             deadline = time.monotonic() + 30
             while True:
@@ -134,7 +135,7 @@ class Cluster:
         return self._gcs_address
 
     @property
-    def gcs_address(self) -> str:
+    def gcs_address(self) -> str | None:
         return self.address
 
     def list_all_nodes(self) -> list[ClusterNode]:
@@ -152,6 +153,8 @@ class Cluster:
     def connect(self, namespace: str | None = None, **kwargs: Any) -> dict:
         import zray
 
+        if self.address is None:
+            raise RuntimeError("the cluster has no head node yet: add_node() first")
         return zray.init(address=self.address, namespace=namespace, **kwargs)
 
     # ------------------------------------------------------------ changes

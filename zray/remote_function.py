@@ -12,10 +12,18 @@ from zray.signature import check as _check_args
 from zray.signature import spec_of
 
 
+def _default_num_returns(task_options: dict) -> dict:
+    """Ray reads ``num_returns=None`` as "the default" (1, or streaming for a generator)."""
+    if task_options.get("num_returns", 0) is None:
+        task_options = {k: v for k, v in task_options.items() if k != "num_returns"}
+    return task_options
+
+
 class RemoteFunction:
     """A function that runs as a task: call ``.remote()`` to run it."""
 
     def __init__(self, function: Any, task_options: dict):
+        task_options = _default_num_returns(task_options)
         opt.validate(task_options)
         self._function = function
         self._function_name = getattr(function, "__name__", "function")
@@ -65,6 +73,7 @@ class RemoteFunction:
 
     def options(self, **task_options: Any) -> _OptionsWrapper:
         """Override options for the calls made through the returned object."""
+        task_options = _default_num_returns(task_options)
         opt.validate(task_options)
         o = {**self._default_options, **task_options}
         if "num_gpus" in task_options and task_options["num_gpus"] and "max_calls" not in task_options:
@@ -88,6 +97,8 @@ class _OptionsWrapper:
         return self._rf._remote(args, kwargs, self._o)
 
     def options(self, **task_options: Any) -> _OptionsWrapper:
+        if task_options.get("num_returns", 0) is None:
+            task_options["num_returns"] = self._rf._default_options["num_returns"]
         opt.validate(task_options)
         o = {**self._o, **task_options}
         self._rf._prepare(o)

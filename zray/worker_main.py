@@ -20,6 +20,7 @@ from zray import exceptions as exc
 from zray.core_worker import INLINE, STORED, CoreWorker, pack_contained
 from zray.ids import TaskID, object_id_for
 from zray.process import set_title
+from zray.returns import split_returns
 from zray.util.dedup import RecentIds, task_key
 from zray.util.logs import RateLimited, rotate_if_large, setup_process_logging
 
@@ -115,6 +116,7 @@ class Executor:
         cw.on_cancel_task = self.on_cancel
         cw.on_blocked = self.return_queued
         cw.on_tick = self.on_tick
+        cw.task_executor = self  # get_runtime_context().is_canceled() of a normal task
 
     # -- called on the I/O thread
     def on_push(self, h: dict, payload: list) -> None:
@@ -150,6 +152,11 @@ class Executor:
             self.queued.clear()
         for addr, tids in by_owner.items():
             self.cw.conns.send(addr, {"t": protocol.TASKS_RETURNED, "tids": tids})
+
+    def is_canceled(self, tid: bytes | None) -> bool:
+        """Whether zray.cancel() interrupted the running task ``tid`` (Ray: True in its
+        KeyboardInterrupt handler)."""
+        return tid is not None and self.interrupting == tid
 
     def on_cancel(self, h: dict) -> None:
         tid = h["tid"]
@@ -240,6 +247,7 @@ class Executor:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         nret = h["nret"]
         saved_env = self.apply_env(h.get("env"))
+        partial: list = []  # what a static-num_returns generator yielded before it raised
         try:
             try:
                 self.load_job(h["job"])
@@ -249,23 +257,14 @@ class Executor:
                     self.run_streaming(h, owner, fn, args, kwargs)
                     return
                 result = fn(*args, **kwargs)
-                if nret == 0 or nret == 1:
-                    values = [result if nret == 1 else None]
-                else:
-                    if inspect.isgenerator(result):
-                        result = list(result)
-                    if not isinstance(result, (tuple, list)) or len(result) != nret:
-                        n = len(result) if isinstance(result, (tuple, list)) else "not a sequence"
-                        raise ValueError(
-                            f"Task returned {n} objects, but num_returns={nret}.")
-                    values = list(result)
+                values = split_returns(result, nret, partial)
             except KeyboardInterrupt:
                 if self.interrupting == tid:
                     self.reply_error(h, owner, exc.TaskCancelledError(TaskID(tid)))
                     return
                 raise
             except Exception as e:
-                self.reply_error(h, owner, self.task_error(name, e))
+                self.reply_error(h, owner, self.task_error(name, e), partial)
                 return
             self.reply_values(h, owner, values)
         finally:
@@ -372,14 +371,42 @@ class Executor:
             # this process: exiting here could lose the reply still queued in ZeroMQ.
             self.cw.raylet.send({"t": protocol.WORKER_EXITING, "wid": self.cw.worker_id})
 
-    def reply_error(self, h: dict, owner: str, err: BaseException) -> None:
+    def reply_error(self, h: dict, owner: str, err: BaseException,
+                    partial: list | None = None) -> None:
         try:
             frames, _ = serialization.serialize(err)
         except exc.RaySerializationError:
             frames, _ = serialization.serialize(
                 exc.RayTaskError(h.get("name", ""), getattr(err, "traceback_str", str(err)),
                                  None, pid=self.pid))
+        if partial and len(partial) < h["nret"]:
+            self.reply_partial(h, owner, partial, frames)
+            return
         self.reply_error_frames(h, owner, frames)
+
+    def reply_partial(self, h: dict, owner: str, values: list, err_frames: list) -> None:
+        """A generator with a static num_returns raised after yielding ``values``: Ray keeps
+        what it yielded; the returns it never reached hold the error."""
+        rets: list[Any] = []
+        payload: list[Any] = []
+        contained: list[Any] = []
+        for i, v in enumerate(values):
+            mine: list = []
+            d, frames = self.encode_value(v, object_id_for(h["tid"], i + 1), False, mine)
+            if d[0] == INLINE and d[2]:
+                self.reply_error_frames(h, owner, frames)
+                return
+            contained.extend((i, oid, o) for oid, o in mine)
+            rets.append(d)
+            payload.extend(frames)
+        for _ in range(h["nret"] - len(values)):
+            rets.append([INLINE, len(err_frames), True])
+            payload.extend(err_frames)
+        rh = protocol.task_reply(h["tid"], rets, err=True)
+        if contained:
+            self._lend_contained([(oid, o) for _, oid, o in contained], h["own"])
+            rh["contained"] = pack_contained(contained)
+        self._send_reply(h, owner, rh, payload)
 
     def reply_error_frames(self, h: dict, owner: str, frames: list) -> None:
         n = max(h["nret"], 1)

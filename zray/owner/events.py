@@ -110,6 +110,7 @@ class LeaseGranted:
 class Spillback:
     lrid: int
     raylet: str  # the raylet to ask instead
+    node: bytes | None = None  # its node
 
 
 @dataclass(slots=True)

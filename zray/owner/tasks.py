@@ -182,7 +182,10 @@ class TasksMixin(OwnerBase):
     def _on_spillback(self, e_: ev.Spillback) -> None:
         ks = self._lease_answered(e_.lrid)
         if ks is not None and ks.queue:
-            self._request_lease(ks, e_.raylet)
+            # A raylet whose view is older than our news may send us to a dead node, whose
+            # answer would never come: ask our own raylet again instead.
+            dead = e_.node is not None and e_.node in self.dead_nodes
+            self._request_lease(ks, None if dead else e_.raylet)
 
     def _on_lease_failed(self, e_: ev.LeaseFailed) -> None:
         ks = self._lease_answered(e_.lrid)
@@ -269,7 +272,7 @@ class TasksMixin(OwnerBase):
                 self._requeue_unstarted(ks, list(w.inflight.values()))
                 w.inflight.clear()
         t.worker = None
-        if r.err and not t.cancelled and self._should_retry_exception(t, r.payload):
+        if r.err and not t.cancelled and self._should_retry_exception(t, _error_frames(r.rets, r.payload)):
             if t.retries > 0:
                 t.retries -= 1
             t.state = "queued"
@@ -479,3 +482,15 @@ class TasksMixin(OwnerBase):
             for w in ks.workers.values():
                 self.out.append(ins.ReturnLease(w.raylet, w.lease, False))
             ks.workers.clear()
+
+
+def _error_frames(rets: list[Any], payload: list[Any]) -> list[Any]:
+    """The frames of the first error among a reply's returns (a generator that raised after
+    yielding some values sends those values first)."""
+    pos = 0
+    for d in rets:
+        if d[0] == INLINE:
+            if len(d) > 2 and d[2]:
+                return payload[pos: pos + d[1]]
+            pos += d[1]
+    return payload

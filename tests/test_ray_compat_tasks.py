@@ -318,3 +318,71 @@ def test_is_canceled_in_keyboard_interrupt_of_a_task(ray_start):
         time.sleep(0.05)
     ray.cancel(ref)
     assert ray.get(ref, timeout=60) == "canceled_via_keyboard_interrupt"
+
+
+# ---------------------------------------------------------------- task errors
+class _Unpicklable(Exception):
+    def __init__(self):
+        super().__init__("holds a lock")
+        import threading
+
+        self.lock = threading.Lock()
+
+
+class _Mine(Exception):
+    pass
+
+
+class _Final(Exception):
+    def __init_subclass__(cls, **kw):
+        raise TypeError("Cannot subclass this little exception class.")
+
+
+def test_unpicklable_cause_becomes_ray_error(ray_start):
+    """Ray: a cause that cannot be pickled is replaced by a RayError saying so (never
+    None); the traceback text still names the original exception."""
+
+    @ray.remote
+    def f():
+        raise _Unpicklable()
+
+    with pytest.raises(ray.exceptions.RayTaskError) as ei:
+        ray.get(f.remote())
+    e = ei.value
+    assert type(e.cause) is ray.exceptions.RayError
+    assert "_Unpicklable" in str(e.cause) and "isn't serializable" in str(e.cause)
+    assert "_Unpicklable" in str(e) and "holds a lock" in str(e)
+
+
+def test_dual_exception_survives_pickling(ray_start):
+    """The error ray.get raises is both RayTaskError and the user's class; pickled and
+    loaded again (plain pickle, as a user would) it still is both."""
+    import pickle
+
+    @ray.remote
+    def f():
+        raise _Mine("mine")
+
+    with pytest.raises(_Mine) as ei:
+        ray.get(f.remote())
+    e2 = pickle.loads(pickle.dumps(ei.value))
+    assert isinstance(e2, _Mine) and isinstance(e2, ray.exceptions.RayTaskError)
+    assert isinstance(e2.cause, _Mine) and str(e2.cause) == "mine"
+    assert str(e2) == str(ei.value)
+
+
+def test_warning_when_user_exception_cannot_be_subclassed(ray_start, caplog):
+    """Ray warns (and raises a plain RayTaskError whose .cause is the user's exception)
+    when the user's exception class refuses to be subclassed."""
+    import logging
+
+    @ray.remote
+    def f():
+        raise _Final("a final exception")
+
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(ray.exceptions.RayTaskError) as ei:
+            ray.get(f.remote())
+    assert not isinstance(ei.value, _Final)
+    assert isinstance(ei.value.cause, _Final)
+    assert "can't be subclassed" in caplog.text and "_Final" in caplog.text

@@ -375,10 +375,13 @@ class Executor:
                     partial: list | None = None) -> None:
         try:
             frames, _ = serialization.serialize(err)
-        except exc.RaySerializationError:
-            frames, _ = serialization.serialize(
-                exc.RayTaskError(h.get("name", ""), getattr(err, "traceback_str", str(err)),
-                                 None, pid=self.pid))
+        except exc.RaySerializationError as why:
+            if isinstance(err, exc.RayTaskError):
+                err = err.with_unserializable_cause(why)
+            else:
+                err = exc.RayTaskError(h.get("name", ""), str(err), exc.RayError(str(why)),
+                                       pid=self.pid)
+            frames, _ = serialization.serialize(err)
         if partial and len(partial) < h["nret"]:
             self.reply_partial(h, owner, partial, frames)
             return

@@ -109,3 +109,11 @@ def test_every_message_type_is_documented():
     assert rows, "no message table found"
     missing = {name: num for num, name in protocol.NAMES.items() if rows.get(name) != num}
     assert not missing, f"not in docs/PROTOCOL.md (or under another number): {missing}"
+
+
+def test_many_tcp_listeners_one_after_another():
+    """Each tcp listener's refused-peer monitor gets its own endpoint (a closed socket's
+    may linger): a process that opens and closes many (a CLI, a test) never fails."""
+    for _ in range(300):
+        ib = protocol.Inbound(None, "127.0.0.1", KEY)
+        ib.close()

@@ -254,3 +254,135 @@ def test_cluster_address_before_head_is_none():
         assert c.address is None
     finally:
         c.shutdown()
+
+
+# ---------------------------------------------------------------- cancel
+def test_cancel_borrowed_ref_goes_to_owner(ray_start):
+    """Ray forwards ray.cancel() on a borrowed ref to the ref's owner, which cancels the
+    task (CancelRemoteTask); the borrower's call returns at once without error."""
+    import time
+
+    @ray.remote
+    def slow():
+        time.sleep(120)
+        return "finished"
+
+    @ray.remote
+    def canceller(refs):
+        ray.cancel(refs[0])
+        return "sent"
+
+    ref = slow.remote()
+    time.sleep(0.5)  # let it start (a queued task is cancelled too, either way works)
+    assert ray.get(canceller.remote([ref]), timeout=60) == "sent"
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(ref, timeout=60)
+
+
+def test_is_canceled_in_keyboard_interrupt_of_a_task(ray_start):
+    """Ray: a normal task interrupted by ray.cancel() sees is_canceled() True in its
+    KeyboardInterrupt handler, and a value it then returns is its result."""
+
+    @ray.remote(num_cpus=0)
+    class Gate:
+        def __init__(self):
+            self.waiting = 0
+
+        async def wait(self):
+            import asyncio
+
+            self.waiting += 1
+            await asyncio.sleep(120)
+
+        def waiters(self):
+            return self.waiting
+
+    @ray.remote
+    def task(gate):
+        assert not ray.get_runtime_context().is_canceled()
+        try:
+            ray.get(gate.wait.remote())
+        except KeyboardInterrupt:
+            if ray.get_runtime_context().is_canceled():
+                return "canceled_via_keyboard_interrupt"
+            return "interrupted but not canceled"
+        return "completed"
+
+    import time
+
+    gate = Gate.remote()
+    ref = task.remote(gate)
+    deadline = time.monotonic() + 60
+    while ray.get(gate.waiters.remote()) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ray.cancel(ref)
+    assert ray.get(ref, timeout=60) == "canceled_via_keyboard_interrupt"
+
+
+# ---------------------------------------------------------------- task errors
+class _Unpicklable(Exception):
+    def __init__(self):
+        super().__init__("holds a lock")
+        import threading
+
+        self.lock = threading.Lock()
+
+
+class _Mine(Exception):
+    pass
+
+
+class _Final(Exception):
+    def __init_subclass__(cls, **kw):
+        raise TypeError("Cannot subclass this little exception class.")
+
+
+def test_unpicklable_cause_becomes_ray_error(ray_start):
+    """Ray: a cause that cannot be pickled is replaced by a RayError saying so (never
+    None); the traceback text still names the original exception."""
+
+    @ray.remote
+    def f():
+        raise _Unpicklable()
+
+    with pytest.raises(ray.exceptions.RayTaskError) as ei:
+        ray.get(f.remote())
+    e = ei.value
+    assert type(e.cause) is ray.exceptions.RayError
+    assert "_Unpicklable" in str(e.cause) and "isn't serializable" in str(e.cause)
+    assert "_Unpicklable" in str(e) and "holds a lock" in str(e)
+
+
+def test_dual_exception_survives_pickling(ray_start):
+    """The error ray.get raises is both RayTaskError and the user's class; pickled and
+    loaded again (plain pickle, as a user would) it still is both."""
+    import pickle
+
+    @ray.remote
+    def f():
+        raise _Mine("mine")
+
+    with pytest.raises(_Mine) as ei:
+        ray.get(f.remote())
+    e2 = pickle.loads(pickle.dumps(ei.value))
+    assert isinstance(e2, _Mine) and isinstance(e2, ray.exceptions.RayTaskError)
+    assert isinstance(e2.cause, _Mine) and str(e2.cause) == "mine"
+    assert str(e2) == str(ei.value)
+
+
+def test_warning_when_user_exception_cannot_be_subclassed(ray_start, caplog):
+    """Ray warns (and raises a plain RayTaskError whose .cause is the user's exception)
+    when the user's exception class refuses to be subclassed."""
+    import logging
+
+    @ray.remote
+    def f():
+        raise _Final("a final exception")
+
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(ray.exceptions.RayTaskError) as ei:
+            ray.get(f.remote())
+    assert not isinstance(ei.value, _Final)
+    assert isinstance(ei.value.cause, _Final)
+    assert "can't be subclassed" in caplog.text and "_Final" in caplog.text

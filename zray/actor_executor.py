@@ -23,6 +23,7 @@ threaded actor is not interrupted (actors have state), but its caller gets
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import inspect
 import logging
@@ -340,7 +341,13 @@ class ActorRuntime:
             return lambda: True
         if meth == "__ray_call__":
             return lambda fn, *a, **k: fn(self.instance, *a, **k)
-        return getattr(self.instance, meth)
+        # From the class, as Ray does: an instance attribute named like a method (say
+        # `self.step = 0` next to `def step`) does not hide the method from callers.
+        inst = self.instance
+        raw = inspect.getattr_static(type(inst), meth, None)
+        if raw is None or not hasattr(raw, "__get__"):
+            return getattr(inst, meth)
+        return raw.__get__(inst, type(inst))
 
     # ------------------------------------------------------ calls (async)
     def _start_async(self, h: dict, payload: list) -> None:
@@ -478,6 +485,22 @@ class ActorRuntime:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def run_shutdown_hooks(self) -> None:
+        """A graceful end (exit_actor, __ray_terminate__, out of scope), as in Ray: the
+        instance's ``__ray_shutdown__`` first, then the process's atexit handlers (the
+        exit below is os._exit, which skips them). Never on zray.kill (SIGKILL)."""
+        hook = getattr(type(self.instance), "__ray_shutdown__", None)
+        if hook is not None:
+            try:
+                hook(self.instance)
+            except BaseException:  # noqa: BLE001 - the actor ends anyway
+                log.exception("__ray_shutdown__ of %s failed", self.cls_name)
+        try:
+            atexit._run_exitfuncs()  # errors are printed by atexit itself
+        except BaseException:  # noqa: BLE001
+            pass
+        _flush_std()
+
     def exit_gracefully(self) -> None:
         """Tell the GCS the actor ends on purpose, answer what is queued, and exit."""
         with self.lock:
@@ -488,6 +511,7 @@ class ActorRuntime:
             except queue.Empty:
                 break
             self.reply_dead(h)
+        self.run_shutdown_hooks()
         cw = self.cw
         try:
             cw.request(self.gcs, {"t": protocol.ACTOR_EXITING, "aid": self.aid,

@@ -456,6 +456,14 @@ class CoreWorker(Waiting, PollingRole):
         if self.on_cancel_task is not None:
             self.on_cancel_task(h)
 
+    def _h_remote_cancel(self, h: dict, payload: list) -> None:
+        oid = h.get("oid")
+        if not isinstance(oid, bytes):
+            log.warning("REMOTE_CANCEL without an object id: dropped")
+            return
+        with self.lock:
+            self._cancel_owned(oid, bool(h.get("force")), bool(h.get("rec", True)))
+
     def _h_publish(self, h: dict, payload: list) -> None:
         if h.get("ch") == "gcs":  # our raylet: the GCS went away / came back
             down = h.get("ev") == "down"
@@ -506,6 +514,7 @@ class CoreWorker(Waiting, PollingRole):
         protocol.LOG_LINES: _h_log_lines,
         protocol.PUSH_TASK: _h_push_task,
         protocol.CANCEL_TASK: _h_cancel_task,
+        protocol.REMOTE_CANCEL: _h_remote_cancel,
         protocol.SHUTDOWN: _h_shutdown,
         protocol.PING: lambda self, h, p: self._h_ping(h),
         protocol.PUBLISH: _h_publish,
@@ -541,15 +550,24 @@ class CoreWorker(Waiting, PollingRole):
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
         with self.lock:
             e = self.objects.get(ref._id)
-            if e is None or not e.owned or e.task_id is None:
-                if e is not None and not e.owned:
-                    raise ValueError("zray.cancel() only works on refs owned by this process "
-                                     "(returned by a task it submitted)")
+            if e is not None and not e.owned:
+                # A borrowed ref: its owner cancels the task (Ray's CancelRemoteTask).
+                if ref._owner is not None:
+                    self.conns.send(self.addr_of(ref._owner), {
+                        "t": protocol.REMOTE_CANCEL, "oid": ref._id, "force": bool(force),
+                        "rec": bool(recursive)})
                 return
-            t = self.tasks.get(e.task_id)
-            if t is None or t.state == "done":
-                return  # finished: no-op
-            self._do(ev.Cancel(t.tid, force, recursive))
+            self._cancel_owned(ref._id, force, recursive)
+
+    def _cancel_owned(self, oid: bytes, force: bool, recursive: bool) -> None:
+        """Cancel the task that makes ``oid``, which we own (caller holds the lock)."""
+        e = self.objects.get(oid)
+        if e is None or not e.owned or e.task_id is None:
+            return
+        t = self.tasks.get(e.task_id)
+        if t is None or t.state == "done":
+            return  # finished: no-op
+        self._do(ev.Cancel(t.tid, force, recursive))
 
     def cancel_children(self, parent: bytes, force: bool) -> None:
         with self.lock:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import threading
 
@@ -36,6 +37,7 @@ log = logging.getLogger("zray.curve")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 # An unauthenticated connection that has not finished its handshake by then is closed.
 HANDSHAKE_MS = 10_000
+_monitor_ids = itertools.count()
 
 
 @functools.lru_cache(maxsize=8)
@@ -78,9 +80,14 @@ class _AuthThread:
 
     def watch(self, sock: zmq.Socket, where: str) -> None:
         """Log failed handshakes on ``sock`` (a CURVE server; call after bind)."""
-        ep = f"inproc://zray-monitor-{id(sock):x}-{id(self):x}"
-        sock.monitor(ep, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        # A fresh name each time: a closed socket's monitor endpoint may linger a while.
+        ep = f"inproc://zray-monitor-{next(_monitor_ids)}"
+        try:
+            sock.monitor(ep, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                         | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        except zmq.ZMQError as e:  # only the log of refused peers is lost, not the refusal
+            log.warning("cannot watch %s for refused peers: %s", where, e)
+            return
         with self._lock:
             self._new_monitors.append((ep, where))
 

@@ -6,9 +6,12 @@ instance of the original exception class, so ``except ValueError`` still works.
 
 from __future__ import annotations
 
+import logging
 import os
 import traceback
 from typing import Any
+
+log = logging.getLogger("zray.exceptions")
 
 
 class RayError(Exception):
@@ -94,6 +97,15 @@ class RayTaskError(RayError):
     def make_dual_exception_instance(self) -> RayTaskError:
         return self.as_instanceof_cause()
 
+    def with_unserializable_cause(self, why: BaseException) -> RayTaskError:
+        """This error with its cause, which cannot be pickled, replaced by a RayError that
+        says so (Ray's rule; the traceback keeps the original's text)."""
+        msg = (f"The original cause of the RayTaskError ({type(self.cause)}) isn't "
+               f"serializable: {why}. Overwriting the cause to a RayError.")
+        log.warning(msg)
+        return RayTaskError(self.function_name, self.traceback_str, RayError(msg),
+                            self.proctitle, self.pid, self.ip, self.actor_repr, self.actor_id)
+
 
 _dual_classes: dict[type, type] = {}
 
@@ -119,13 +131,18 @@ def _make_dual(cause_cls: type, err: RayTaskError) -> RayTaskError:
                     return RayTaskError.__str__(self)
 
                 def __reduce__(self):
-                    return RayTaskError.__reduce__(self)
+                    # Rebuilt as the dual again: ``except UserError`` still matches.
+                    return (_rebuild_dual_error, RayTaskError.__reduce__(self)[1])
 
             _Dual.__name__ = f"RayTaskError({cause_cls.__name__})"
             _Dual.__qualname__ = _Dual.__name__
             cls = _Dual
-        except TypeError:
-            # Layout conflicts (some builtins) cannot be combined: fall back.
+        except TypeError as e:
+            # Layout conflicts (some builtins) or a class that refuses subclasses.
+            log.warning(
+                f"User exception type {cause_cls} in RayTaskError can't be subclassed! This "
+                "exception is raised as RayTaskError only. You can use `ray_task_error.cause` "
+                f"to access the user exception. Failure in subclassing: {e}")
             return err
         _dual_classes[cause_cls] = cls
     return cls(err)
@@ -133,6 +150,10 @@ def _make_dual(cause_cls: type, err: RayTaskError) -> RayTaskError:
 
 def _rebuild_task_error(*args: Any) -> RayTaskError:
     return RayTaskError(*args)
+
+
+def _rebuild_dual_error(*args: Any) -> RayTaskError:
+    return RayTaskError(*args).as_instanceof_cause()
 
 
 class WorkerCrashedError(RayError):

@@ -68,6 +68,7 @@ TASK_REPLY = 21
 GENERATOR_ITEM = 22
 CANCEL_TASK = 23
 TASKS_RETURNED = 24  # worker -> owner: queued tasks it will not start (pipelining)
+REMOTE_CANCEL = 25  # borrower -> owner: zray.cancel() on a ref it borrowed
 # Objects
 GET_OBJECT = 30  # borrower -> owner: send me the value / location when ready
 OBJECT_VALUE = 31

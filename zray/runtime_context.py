@@ -61,12 +61,14 @@ class RuntimeContext:
                 "namespace": self.namespace}
 
     def is_canceled(self) -> bool:
-        """Whether zray.cancel() was called on the running actor call (sync/threaded actors)."""
+        """Whether zray.cancel() was called on the running task or actor call (sync and
+        threaded actors)."""
         rt = getattr(self._cw, "actor_runtime", None)
         if rt is None:
             if self._cw.mode == "driver":
                 raise RuntimeError("This method should be called inside a task or actor.")
-            return False
+            ex = getattr(self._cw, "task_executor", None)
+            return ex is not None and ex.is_canceled(self._cw.current_task_id)
         if rt.mode == "async":
             raise RuntimeError("This method is not supported in an async actor.")
         return rt.is_canceled(self._cw.current_task_id)

@@ -116,6 +116,7 @@ class Executor:
         cw.on_cancel_task = self.on_cancel
         cw.on_blocked = self.return_queued
         cw.on_tick = self.on_tick
+        cw.task_executor = self  # get_runtime_context().is_canceled() of a normal task
 
     # -- called on the I/O thread
     def on_push(self, h: dict, payload: list) -> None:
@@ -151,6 +152,11 @@ class Executor:
             self.queued.clear()
         for addr, tids in by_owner.items():
             self.cw.conns.send(addr, {"t": protocol.TASKS_RETURNED, "tids": tids})
+
+    def is_canceled(self, tid: bytes | None) -> bool:
+        """Whether zray.cancel() interrupted the running task ``tid`` (Ray: True in its
+        KeyboardInterrupt handler)."""
+        return tid is not None and self.interrupting == tid
 
     def on_cancel(self, h: dict) -> None:
         tid = h["tid"]
@@ -369,10 +375,13 @@ class Executor:
                     partial: list | None = None) -> None:
         try:
             frames, _ = serialization.serialize(err)
-        except exc.RaySerializationError:
-            frames, _ = serialization.serialize(
-                exc.RayTaskError(h.get("name", ""), getattr(err, "traceback_str", str(err)),
-                                 None, pid=self.pid))
+        except exc.RaySerializationError as why:
+            if isinstance(err, exc.RayTaskError):
+                err = err.with_unserializable_cause(why)
+            else:
+                err = exc.RayTaskError(h.get("name", ""), str(err), exc.RayError(str(why)),
+                                       pid=self.pid)
+            frames, _ = serialization.serialize(err)
         if partial and len(partial) < h["nret"]:
             self.reply_partial(h, owner, partial, frames)
             return

@@ -7,6 +7,7 @@ Runs against zray by default, against Ray with ZRAY_TEST_BACKEND=ray (backend.py
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -214,3 +215,68 @@ def test_graceful_exit_runs_shutdown_hooks(ray_start, tmp_path, how):
         assert _lines(path, [], timeout=3) == []
     else:
         assert _lines(path, ["shutdown", "atexit"]) == ["shutdown", "atexit"]
+
+
+# --- why an actor died -------------------------------------------------------------------
+@ray.remote
+class Mortal:
+    def ping(self):
+        return os.getpid()
+
+    def sleep(self, s):
+        time.sleep(s)
+
+    def leave(self):
+        ray.actor.exit_actor()
+
+    def crash(self):
+        os._exit(1)
+
+    def make_child(self):
+        self.child = Mortal.remote()
+        ray.get(self.child.ping.remote())
+        return [self.child]
+
+
+def _death(call):
+    with pytest.raises(ray.exceptions.RayActorError) as info:
+        ray.get(call, timeout=60)
+    assert isinstance(info.value, ray.exceptions.ActorDiedError)
+    return str(info.value)
+
+
+def test_death_says_killed_by_ray_kill(ray_start):
+    a = Mortal.remote()
+    ray.get(a.ping.remote(), timeout=60)
+    running = a.sleep.remote(30)
+    time.sleep(0.3)
+    ray.kill(a)
+    # Ray's own tests look for exactly this sentence.
+    assert "The actor is dead because it was killed by `ray.kill`" in _death(running)
+    assert "killed by `ray.kill`" in _death(a.ping.remote())
+
+
+def test_death_says_exit_actor_and_terminate(ray_start):
+    a = Mortal.remote()
+    ray.get(a.ping.remote(), timeout=60)
+    ray.wait([a.leave.remote()], timeout=60)
+    assert "exit_actor() was called" in _death(a.ping.remote())
+    b = Mortal.remote()
+    ray.get(b.ping.remote(), timeout=60)
+    ray.wait([b.__ray_terminate__.remote()], timeout=60)
+    assert "__ray_terminate__ was called" in _death(b.ping.remote())
+
+
+def test_death_says_worker_died(ray_start):
+    a = Mortal.remote()
+    ray.get(a.ping.remote(), timeout=60)
+    assert "worker process has died" in _death(a.crash.remote())
+    assert "worker process has died" in _death(a.ping.remote())
+
+
+def test_death_says_owner_died(ray_start):
+    parent = Mortal.remote()
+    [child] = ray.get(parent.make_child.remote(), timeout=60)
+    ray.get(child.ping.remote(), timeout=60)
+    ray.kill(parent)
+    assert "owner has died" in _death(child.sleep.remote(60))

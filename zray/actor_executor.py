@@ -107,6 +107,7 @@ class ActorRuntime:
         self.local = threading.local()  # .tid: the call this thread runs
         self.exiting = False  # ending now: calls not started yet are answered "dead"
         self.closing = False  # __ray_terminate__ delivered: later calls are refused
+        self.exit_why = ""  # why it ends on purpose (the death message), once known
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.waiter: Waiter | None = None  # the main thread, waiting for a sync call
         self._idle: Waiter | None = None
@@ -236,6 +237,7 @@ class ActorRuntime:
         if h.get("meth") == "__ray_terminate__" and self.mode != "sync":
             # After every call delivered before it (they are queued or running).
             self.closing = True
+            self.exit_why = terminate_msg(h)
             threading.Thread(target=self._terminate_concurrent, args=(h,), daemon=True).start()
             return
         if self.mode == "sync":
@@ -293,11 +295,13 @@ class ActorRuntime:
         nret = h["nret"]
         partial: list = []  # what a static-num_returns generator yielded before it raised
         exit_after = False
+        exit_why = ""
         try:
             try:
                 if meth == "__ray_terminate__":
                     exit_after = True
-                    self.reply_dead(h, "The actor was terminated by __ray_terminate__.")
+                    exit_why = self.exit_why = terminate_msg(h)
+                    self.reply_dead(h, exit_why)
                     return
                 args, kwargs = self.decode_args(h, payload)
                 fn = self.method(meth)
@@ -311,6 +315,7 @@ class ActorRuntime:
                     return
             except (ActorExit, SystemExit):
                 exit_after = True
+                exit_why = self.exit_why = EXIT_ACTOR_MSG
                 self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
                 return
             except Exception as e:
@@ -325,7 +330,7 @@ class ActorRuntime:
             cw.current_task_id = None
             _flush_std()
             if exit_after:
-                self.exit_gracefully()
+                self.exit_gracefully(exit_why)
 
     def reply_values(self, h: dict, owner: str, values: list) -> None:
         if len(values) == 1:
@@ -392,7 +397,7 @@ class ActorRuntime:
             self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
         except (ActorExit, SystemExit, exc.AsyncioActorExit):
             self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
-            self.exit_gracefully()
+            self.exit_gracefully(EXIT_ACTOR_MSG)
         except Exception as e:
             self.reply_error(h, self.error(h.get("name", meth), e), partial)
         finally:
@@ -462,7 +467,8 @@ class ActorRuntime:
         self.reply_error(h, exc.ActorDiedError(None, (
             "The actor died unexpectedly before finishing this task.\n"
             f"\tclass_name: {self.cls_name}\n\tactor_id: {self.aid.hex()}\n\tpid: {self.pid}\n"
-            + (why or "The actor exited intentionally before this call could run.")),
+            + (why or self.exit_why
+               or "The actor exited intentionally before this call could run.")),
             self.aid.hex()))
 
     # --------------------------------------------------------------- exit
@@ -476,8 +482,9 @@ class ActorRuntime:
                 fut.result(timeout=None)
             except Exception:  # noqa: BLE001
                 pass
-        self.reply_dead(h, "The actor was terminated by __ray_terminate__.")
-        self.exit_gracefully()
+        why = self.exit_why = terminate_msg(h)
+        self.reply_dead(h, why)
+        self.exit_gracefully(why)
 
     async def _drain_async(self) -> None:
         me = asyncio.current_task()
@@ -501,8 +508,10 @@ class ActorRuntime:
             pass
         _flush_std()
 
-    def exit_gracefully(self) -> None:
-        """Tell the GCS the actor ends on purpose, answer what is queued, and exit."""
+    def exit_gracefully(self, why: str = "") -> None:
+        """Tell the GCS the actor ends on purpose (``why``: the death message callers
+        see), answer what is queued, and exit."""
+        self.exit_why = why or self.exit_why
         with self.lock:
             self.exiting = True
         while True:
@@ -514,11 +523,24 @@ class ActorRuntime:
         self.run_shutdown_hooks()
         cw = self.cw
         try:
-            cw.request(self.gcs, {"t": protocol.ACTOR_EXITING, "aid": self.aid,
-                                  "wid": cw.worker_id}, timeout=EXIT_ACK_TIMEOUT_S)
+            msg = {"t": protocol.ACTOR_EXITING, "aid": self.aid, "wid": cw.worker_id}
+            if why:
+                msg["msg"] = why
+            cw.request(self.gcs, msg, timeout=EXIT_ACK_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - exit anyway: the raylet reports the death
             pass
         _flush_and_exit(0, 0.02)
+
+
+# Why an actor ended on purpose, as callers read it in ActorDiedError (Ray's wording).
+EXIT_ACTOR_MSG = "The actor is dead because exit_actor() was called in it (an intended exit)."
+OUT_OF_SCOPE = "__ray_terminate__ (out of scope)"  # the call name the owner sends then
+
+
+def terminate_msg(h: dict) -> str:
+    if h.get("name") == OUT_OF_SCOPE:
+        return "The actor is dead because all references to the actor were removed."
+    return "The actor is dead because __ray_terminate__ was called on it (an intended exit)."
 
 
 def _flush_std() -> None:

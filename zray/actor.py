@@ -14,7 +14,7 @@ from typing import Any
 
 from zray import actor_submitter, serialization, worker_state
 from zray import options as opt
-from zray.exceptions import ActorClassInheritanceException  # noqa: F401  (Ray: ray.actor.*)
+from zray.exceptions import ActorClassInheritanceException  # (Ray: ray.actor.*)
 from zray.ids import ActorID
 from zray.signature import actor_specs
 from zray.signature import check as _check_args
@@ -146,6 +146,30 @@ class ActorClass:
         self.__qualname__ = getattr(cls, "__qualname__", cls.__name__)
         self.__module__ = cls.__module__
         self.__doc__ = cls.__doc__
+
+    def __getattr__(self, name: str) -> Any:
+        # Ray's ActorClass derives from the user's class: its class attributes,
+        # classmethods and staticmethods are reachable on it (classmethods bound to the
+        # user's class, so a factory `cls(...)` makes a plain local instance).
+        cls = self.__dict__.get("_cls")
+        if cls is None or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(name)
+        try:
+            return getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(f"'ActorClass({cls.__name__})' object has no attribute "
+                                 f"'{name}'") from None
+
+    def __dir__(self) -> list:
+        return sorted(set(super().__dir__()) | set(dir(self._cls)))
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        # `class Derived(SomeActorClass)`: Ray refuses it with this TypeError subclass.
+        raise ActorClassInheritanceException(
+            f"Attempted to define a subclass of actor class '{self._cls.__name__}'. "
+            "Inheriting from actor classes is not currently supported. You can instead "
+            "inherit from a non-actor base class and make the derived class an actor class "
+            "(with @zray.remote).")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("Actors cannot be instantiated directly. Instead of "

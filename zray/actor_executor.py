@@ -23,6 +23,7 @@ threaded actor is not interrupted (actors have state), but its caller gets
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import inspect
 import logging
@@ -106,6 +107,7 @@ class ActorRuntime:
         self.local = threading.local()  # .tid: the call this thread runs
         self.exiting = False  # ending now: calls not started yet are answered "dead"
         self.closing = False  # __ray_terminate__ delivered: later calls are refused
+        self.exit_why = ""  # why it ends on purpose (the death message), once known
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.waiter: Waiter | None = None  # the main thread, waiting for a sync call
         self._idle: Waiter | None = None
@@ -238,6 +240,7 @@ class ActorRuntime:
         if h.get("meth") == "__ray_terminate__" and self.mode != "sync":
             # After every call delivered before it (they are queued or running).
             self.closing = True
+            self.exit_why = terminate_msg(h)
             threading.Thread(target=self._terminate_concurrent, args=(h,), daemon=True).start()
             return
         if self.mode == "sync":
@@ -296,11 +299,13 @@ class ActorRuntime:
         nret = h["nret"]
         partial: list = []  # what a static-num_returns generator yielded before it raised
         exit_after = False
+        exit_why = ""
         try:
             try:
                 if meth == "__ray_terminate__":
                     exit_after = True
-                    self.reply_dead(h, "The actor was terminated by __ray_terminate__.")
+                    exit_why = self.exit_why = terminate_msg(h)
+                    self.reply_dead(h, exit_why)
                     return
                 args, kwargs = self.decode_args(h, payload)
                 fn = self.method(meth)
@@ -314,6 +319,7 @@ class ActorRuntime:
                     return
             except (ActorExit, SystemExit):
                 exit_after = True
+                exit_why = self.exit_why = EXIT_ACTOR_MSG
                 self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
                 return
             except Exception as e:
@@ -328,7 +334,7 @@ class ActorRuntime:
             cw.current_task_id = None
             _flush_std()
             if exit_after:
-                self.exit_gracefully()
+                self.exit_gracefully(exit_why)
 
     def reply_values(self, h: dict, owner: str, values: list) -> None:
         if len(values) == 1:
@@ -344,7 +350,13 @@ class ActorRuntime:
             return lambda: True
         if meth == "__ray_call__":
             return lambda fn, *a, **k: fn(self.instance, *a, **k)
-        return getattr(self.instance, meth)
+        # From the class, as Ray does: an instance attribute named like a method (say
+        # `self.step = 0` next to `def step`) does not hide the method from callers.
+        inst = self.instance
+        raw = inspect.getattr_static(type(inst), meth, None)
+        if raw is None or not hasattr(raw, "__get__"):
+            return getattr(inst, meth)
+        return raw.__get__(inst, type(inst))
 
     # ------------------------------------------------------ calls (async)
     def _start_async(self, h: dict, payload: list) -> None:
@@ -390,7 +402,7 @@ class ActorRuntime:
             self.reply_error(h, exc.TaskCancelledError(TaskID(tid)))
         except (ActorExit, SystemExit, exc.AsyncioActorExit):
             self.reply_dead(h, "The actor exited intentionally (exit_actor()) in this call.")
-            self.exit_gracefully()
+            self.exit_gracefully(EXIT_ACTOR_MSG)
         except Exception as e:
             self.reply_error(h, self.error(h.get("name", meth), e), partial)
         finally:
@@ -460,7 +472,8 @@ class ActorRuntime:
         self.reply_error(h, exc.ActorDiedError(None, (
             "The actor died unexpectedly before finishing this task.\n"
             f"\tclass_name: {self.cls_name}\n\tactor_id: {self.aid.hex()}\n\tpid: {self.pid}\n"
-            + (why or "The actor exited intentionally before this call could run.")),
+            + (why or self.exit_why
+               or "The actor exited intentionally before this call could run.")),
             self.aid.hex()))
 
     # --------------------------------------------------------------- exit
@@ -474,8 +487,9 @@ class ActorRuntime:
                 fut.result(timeout=None)
             except Exception:  # noqa: BLE001
                 pass
-        self.reply_dead(h, "The actor was terminated by __ray_terminate__.")
-        self.exit_gracefully()
+        why = self.exit_why = terminate_msg(h)
+        self.reply_dead(h, why)
+        self.exit_gracefully(why)
 
     async def _drain_async(self) -> None:
         me = asyncio.current_task()
@@ -483,8 +497,26 @@ class ActorRuntime:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def exit_gracefully(self) -> None:
-        """Tell the GCS the actor ends on purpose, answer what is queued, and exit."""
+    def run_shutdown_hooks(self) -> None:
+        """A graceful end (exit_actor, __ray_terminate__, out of scope), as in Ray: the
+        instance's ``__ray_shutdown__`` first, then the process's atexit handlers (the
+        exit below is os._exit, which skips them). Never on zray.kill (SIGKILL)."""
+        hook = getattr(type(self.instance), "__ray_shutdown__", None)
+        if hook is not None:
+            try:
+                hook(self.instance)
+            except BaseException:  # noqa: BLE001 - the actor ends anyway
+                log.exception("__ray_shutdown__ of %s failed", self.cls_name)
+        try:
+            atexit._run_exitfuncs()  # errors are printed by atexit itself
+        except BaseException:  # noqa: BLE001
+            pass
+        _flush_std()
+
+    def exit_gracefully(self, why: str = "") -> None:
+        """Tell the GCS the actor ends on purpose (``why``: the death message callers
+        see), answer what is queued, and exit."""
+        self.exit_why = why or self.exit_why
         with self.lock:
             self.exiting = True
         while True:
@@ -493,13 +525,27 @@ class ActorRuntime:
             except queue.Empty:
                 break
             self.reply_dead(h)
+        self.run_shutdown_hooks()
         cw = self.cw
         try:
-            cw.request(self.gcs, {"t": protocol.ACTOR_EXITING, "aid": self.aid,
-                                  "wid": cw.worker_id}, timeout=EXIT_ACK_TIMEOUT_S)
+            msg = {"t": protocol.ACTOR_EXITING, "aid": self.aid, "wid": cw.worker_id}
+            if why:
+                msg["msg"] = why
+            cw.request(self.gcs, msg, timeout=EXIT_ACK_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - exit anyway: the raylet reports the death
             pass
         _flush_and_exit(0, 0.02)
+
+
+# Why an actor ended on purpose, as callers read it in ActorDiedError (Ray's wording).
+EXIT_ACTOR_MSG = "The actor is dead because exit_actor() was called in it (an intended exit)."
+OUT_OF_SCOPE = "__ray_terminate__ (out of scope)"  # the call name the owner sends then
+
+
+def terminate_msg(h: dict) -> str:
+    if h.get("name") == OUT_OF_SCOPE:
+        return "The actor is dead because all references to the actor were removed."
+    return "The actor is dead because __ray_terminate__ was called on it (an intended exit)."
 
 
 def _flush_std() -> None:

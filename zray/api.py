@@ -314,7 +314,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     """Decorate a function (task) or class (actor); with or without options."""
     if len(args) == 1 and not kwargs and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
+    if args or not kwargs:  # Ray: `@ray.remote()` (empty parentheses) is refused too
         raise TypeError("The @zray.remote decorator must be applied either with no arguments "
                         "and no parentheses, or only with keyword arguments, e.g. "
                         "@zray.remote(num_returns=2, num_cpus=1)")

@@ -739,7 +739,8 @@ class CoreWorker(Waiting, PollingRole):
     def _x_terminate_actor(self, i: ins.TerminateActor) -> None:
         # Ray: an actor whose every handle is gone ends after the calls queued to it.
         try:
-            self.actor_calls().submit(i.aid, i.meta, "__ray_terminate__", (), {}, 0, 0)
+            self.actor_calls().submit(i.aid, i.meta, "__ray_terminate__", (), {}, 0, 0,
+                                      "__ray_terminate__ (out of scope)")  # the death's why
         except Exception:  # noqa: BLE001 - shutting down, or the actor is gone
             log.debug("could not end actor %s", i.aid.hex(), exc_info=True)
 

@@ -383,7 +383,7 @@ class ActorTable:
         if rec is None or rec.state == DEAD:
             return []
         if no_restart or not rec.can_restart():
-            return self._set_dead(rec, KILLED, "The actor was killed by zray.kill().")
+            return self._set_dead(rec, KILLED, "The actor is dead because it was killed by `ray.kill` (zray.kill).")
         if rec.wid is None:
             return []  # not running yet: it is being (re)started anyway
         # Restart after the kill: the worker's death (WORKER_DIED) triggers it.
@@ -396,7 +396,8 @@ class ActorTable:
         if rec is None or rec.state == DEAD or rec.wid != h.get("wid"):
             return acts
         return acts + self._set_dead(rec, EXITED, h.get("msg") or (
-            "The actor exited intentionally (__ray_terminate__ or exit_actor())."),
+            "The actor is dead because it exited intentionally (exit_actor() or "
+            "__ray_terminate__)."),
             kill_worker=False)
 
     def worker_died(self, wid: bytes | None, lease: int | None, reason: str) -> list[Action]:
@@ -408,8 +409,8 @@ class ActorTable:
         rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None
         if rec.state == DEAD:
             return acts
-        return acts + self._lost(rec, WORKER_DIED, "The actor's worker process died "
-                                 "unexpectedly" + (f" ({reason})." if reason else "."))
+        return acts + self._lost(rec, WORKER_DIED, "The actor is dead because its worker "
+                                 "process has died unexpectedly" + (f" ({reason})." if reason else "."))
 
     def _lost(self, rec: ActorRecord, kind: str, msg: str) -> list[Action]:
         """The actor's process is gone: restart it if its budget allows, else it is dead."""
@@ -420,7 +421,7 @@ class ActorTable:
             rec.state = RESTARTING
             return self._publish(rec) + self._schedule(rec)
         if killed:
-            kind, msg = KILLED, "The actor was killed by zray.kill()."
+            kind, msg = KILLED, "The actor is dead because it was killed by `ray.kill` (zray.kill)."
         return self._set_dead(rec, kind, msg, kill_worker=False)
 
     def client_died(self, wid: bytes | None, addr: str | None, job: bytes | None = None) -> list[Action]:
@@ -441,8 +442,8 @@ class ActorTable:
                 job is not None and rec.job == job)
             if owned or of_job:
                 acts += self._set_dead(rec, OWNER_DIED, (
-                    "The actor's owner has died or its job has finished; non-detached "
-                    "actors share their owner's fate."))
+                    "The actor is dead because its owner has died or its job has "
+                    "finished; non-detached actors share their owner's fate."))
         return acts + [DropConn(ra) for ra in gone]
 
     @_persisting
@@ -472,8 +473,8 @@ class ActorTable:
                 continue
             if not rec.detached and (rec.owner[0] == node or (rec.drv and rec.drv[0] == node)):
                 acts += self._set_dead(rec, OWNER_DIED, (
-                    "The actor's owner was on a node that died; non-detached actors share "
-                    "their owner's fate."))
+                    "The actor is dead because its owner has died (its node died); "
+                    "non-detached actors share their owner's fate."))
                 continue
             if rec.node == node:
                 if rec.wid is not None:
@@ -481,7 +482,7 @@ class ActorTable:
                 if rec.addr:
                     acts.append(DropConn(_worker_addr(rec.addr)))
                 rec.wid = rec.addr = rec.node = rec.lease = rec.raylet = None
-                acts += self._lost(rec, NODE_DIED, f"The actor's node {node.hex()} died.")
+                acts += self._lost(rec, NODE_DIED, f"The actor is dead because its node {node.hex()} has died.")
             elif rec.lease_node == node and rec.lrid is not None:
                 self.leases.pop(rec.lrid, None)
                 rec.lrid = None

@@ -386,3 +386,46 @@ def test_warning_when_user_exception_cannot_be_subclassed(ray_start, caplog):
     assert not isinstance(ei.value, _Final)
     assert isinstance(ei.value.cause, _Final)
     assert "can't be subclassed" in caplog.text and "_Final" in caplog.text
+
+
+# ---------------------------------------------------------------- process titles
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode().strip()
+
+
+def _eventually(fn, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not fn():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_process_title_names_the_running_task(ray_start):
+    """Ray titles a worker ray::<task> while it runs and ray::IDLE after; an actor
+    ray::<Class>.<method> during a call and ray::<Class> between calls. zray uses its
+    own prefix, zray:: (so "ray::<name>" is still a substring of the title)."""
+    import os
+
+    @ray.remote
+    def busy_title():
+        import setproctitle
+
+        return os.getpid(), setproctitle.getproctitle()
+
+    @ray.remote
+    class Titled:
+        def where(self):
+            import setproctitle
+
+            return os.getpid(), setproctitle.getproctitle()
+
+    pid, title = ray.get(busy_title.remote())
+    assert title == "zray::busy_title"
+    _eventually(lambda: _cmdline(pid).startswith("zray::IDLE"))
+    a = Titled.remote()
+    pid, title = ray.get(a.where.remote())
+    assert title == "zray::Titled.where"
+    _eventually(lambda: _cmdline(pid) == "zray::Titled")

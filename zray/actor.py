@@ -138,7 +138,7 @@ class ActorClass:
         self._cls = cls
         self._default_options = {**ACTOR_DEFAULTS, **options}
         nret, retries, is_async = _methods(cls)
-        self._meta = {"cls": cls.__name__, "methods": nret, "retries": retries,
+        self._meta: dict[str, Any] = {"cls": cls.__name__, "methods": nret, "retries": retries,
                       "async": is_async, "sigs": actor_specs(cls)}
         self._blob: bytes | None = None
         self._fn_id: bytes | None = None

@@ -31,7 +31,7 @@ def _number(name: str, v: Any, allow_none: bool = True) -> None:
         raise TypeError(f"The option {name!r} must be a number, got {type(v).__name__}: {v!r}")
     if v < 0:
         raise ValueError(f"The option {name!r} must be >= 0, got {v!r}")
-    if v and int(v * 10000) == 0:  # Ray counts resources in units of 1/10000
+    if v and int(float(v) * 10000) == 0:  # Ray counts resources in units of 1/10000
         raise ValueError(f"The precision of the fractional quantity of resource {name} "
                          "cannot go beyond 0.0001")
 

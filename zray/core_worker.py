@@ -112,6 +112,7 @@ class CoreWorker(Waiting, PollingRole):
         self.on_blocked: Callable[[], None] | None = None  # the running task blocks in get
         self.on_tick: Callable[[float], None] | None = None  # the I/O thread's every tick
         self.on_cancel_task: Callable[[dict], None] | None = None
+        self.task_executor: Any = None  # worker_main.Executor (runtime_context.is_canceled)
         # In an actor's worker (actor_executor.py; read by runtime_context.py).
         self.current_actor_id: bytes | None = None
         self.actor_restarted = False

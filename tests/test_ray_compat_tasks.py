@@ -429,3 +429,77 @@ def test_process_title_names_the_running_task(ray_start):
     pid, title = ray.get(a.where.remote())
     assert title == "zray::Titled.where"
     _eventually(lambda: _cmdline(pid) == "zray::Titled")
+
+
+def test_underscore_remote_spelling(ray_start):
+    """Ray's f._remote(args=[...], kwargs={...}, **options), also on actor classes and
+    methods (used by Ray's own tests and some libraries)."""
+
+    @ray.remote
+    def f(n, k=0):
+        return list(range(n + k))
+
+    @ray.remote
+    class A:
+        def __init__(self, x, y=0):
+            self.x, self.y = x, y
+
+        def method(self, a, b=0):
+            return self.x, self.y, a, b
+
+    assert f._remote([0], num_returns=0) is None
+    assert ray.get(f._remote(args=[1], kwargs={"k": 1})) == [0, 1]
+    assert ray.get(f._remote(args=[2], num_returns=2)) == [0, 1]
+    a = A._remote(args=[0], kwargs={"y": 1}, num_cpus=0)
+    refs = a.method._remote(args=["t"], kwargs={"b": 2}, num_returns=4)
+    assert ray.get(refs) == [0, 1, "t", 2]
+    with pytest.raises(TypeError):
+        f._remote(args=[1, 2, 3])
+
+
+def test_option_errors_use_rays_messages():
+    """Ray's option checks and messages (TypeError for a wrong type, ValueError for a wrong
+    value, 1/10000 resource precision); None means the default for these keywords."""
+    import re
+
+    def f():
+        return 1
+
+    class A:
+        pass
+
+    t1 = "The type of keyword '{}' " + f"must be {(int, type(None))}, but received type {float}"
+    for k in ("max_retries", "max_calls"):
+        with pytest.raises(TypeError, match=re.escape(t1.format(k))):
+            ray.remote(**{k: 0.5})(f)
+    for k in ("max_restarts", "max_task_retries"):
+        with pytest.raises(TypeError, match=re.escape(t1.format(k))):
+            ray.remote(**{k: 0.5})(A)
+    with pytest.raises(TypeError, match=re.escape(
+            f"The type of keyword 'num_returns' must be {(int, str, type(None))}")):
+        ray.remote(num_returns=0.5)(f)
+    with pytest.raises(ValueError, match="'max_calls' only accepts None, 0 or a positive"):
+        ray.remote(max_calls=-1)(f)
+    with pytest.raises(ValueError, match="'num_returns' only accepts None, a non-negative"):
+        ray.remote(num_returns=-1)(f)
+    t2 = "The keyword '{}' only accepts None, 0, -1 or a positive integer"
+    with pytest.raises(ValueError, match=t2.format("max_retries")):
+        ray.remote(max_retries=-2)(f)
+    for k in ("max_restarts", "max_task_retries"):
+        with pytest.raises(ValueError, match=t2.format(k)):
+            ray.remote(**{k: -2})(A)
+    for kw, name in (({"num_gpus": 1e-7}, "num_gpus"),
+                     ({"resources": {"custom_resource": 1e-7}}, "custom_resource")):
+        with pytest.raises(ValueError, match=f"precision of the fractional quantity of "
+                                             f"resource {name} cannot go beyond 0.0001"):
+            ray.remote(**kw)(f)
+    ray.remote(max_retries=None, max_calls=None, num_returns=None)(f)
+    ray.remote(max_restarts=None, max_task_retries=None)(A)
+
+
+def test_system_config_refused_when_connecting(ray_fresh):
+    """Ray: _system_config belongs to the cluster's start; giving it when connecting to an
+    existing cluster is a ValueError (before any attempt to connect)."""
+    with pytest.raises(ValueError, match="_system_config"):
+        ray.init(address="127.0.0.1:1", _system_config={"object_timeout_milliseconds": 200})
+    assert not ray.is_initialized()

@@ -495,3 +495,11 @@ def test_option_errors_use_rays_messages():
             ray.remote(**kw)(f)
     ray.remote(max_retries=None, max_calls=None, num_returns=None)(f)
     ray.remote(max_restarts=None, max_task_retries=None)(A)
+
+
+def test_system_config_refused_when_connecting(ray_fresh):
+    """Ray: _system_config belongs to the cluster's start; giving it when connecting to an
+    existing cluster is a ValueError (before any attempt to connect)."""
+    with pytest.raises(ValueError, match="_system_config"):
+        ray.init(address="127.0.0.1:1", _system_config={"object_timeout_milliseconds": 200})
+    assert not ray.is_initialized()

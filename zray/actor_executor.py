@@ -175,7 +175,7 @@ class ActorRuntime:
         finally:
             cw.current_task_id = None
             _flush_std()
-        cw.current_actor_handle = ActorHandle(self.aid, self.meta, owned=False)
+        cw.current_actor_handle = ActorHandle(self.aid, self.meta, owned=False, weak=True)
         cw.conns.send(self.gcs, {"t": protocol.ACTOR_CREATED, "aid": self.aid, "inc": self.inc,
                                  "wid": cw.worker_id, "ok": True, "pid": self.pid})
 

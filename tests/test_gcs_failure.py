@@ -99,6 +99,18 @@ def test_embedded_gcs_sigkill_fails_fast_then_node_stops(short_reconnect):
     zray.shutdown()
 
 
+def test_stale_down_news_does_not_fail_calls_to_a_live_gcs(short_reconnect):
+    """A process told "the GCS is down" whose news of its return is late (a worker forked
+    while it was away) still reaches a live GCS: the call asks anyway for
+    ZRAY_GCS_DOWN_PROBE_S, gets its answer, and forgets the stale news."""
+    zray.init(num_cpus=1)
+    cw = api._ensure_initialized()
+    cw.gcs_down = "stale: the GCS was said to be down"
+    assert any(n["Alive"] for n in zray.nodes())  # answered, not RpcError
+    assert cw.gcs_down == ""
+    zray.shutdown()
+
+
 def test_unanswered_pings_mean_down_and_an_answer_means_up(monkeypatch):
     """A GCS that stops answering without exiting (SIGSTOP here; a remote host gone in
     life) is down after ZRAY_GCS_PING_TIMEOUT_S: calls fail fast; when it answers again

@@ -386,3 +386,120 @@ def test_warning_when_user_exception_cannot_be_subclassed(ray_start, caplog):
     assert not isinstance(ei.value, _Final)
     assert isinstance(ei.value.cause, _Final)
     assert "can't be subclassed" in caplog.text and "_Final" in caplog.text
+
+
+# ---------------------------------------------------------------- process titles
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode().strip()
+
+
+def _eventually(fn, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not fn():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_process_title_names_the_running_task(ray_start):
+    """Ray titles a worker ray::<task> while it runs and ray::IDLE after; an actor
+    ray::<Class>.<method> during a call and ray::<Class> between calls. zray uses its
+    own prefix, zray:: (so "ray::<name>" is still a substring of the title)."""
+    import os
+
+    @ray.remote
+    def busy_title():
+        import setproctitle
+
+        return os.getpid(), setproctitle.getproctitle()
+
+    @ray.remote
+    class Titled:
+        def where(self):
+            import setproctitle
+
+            return os.getpid(), setproctitle.getproctitle()
+
+    pid, title = ray.get(busy_title.remote())
+    assert title == "zray::busy_title"
+    _eventually(lambda: _cmdline(pid).startswith("zray::IDLE"))
+    a = Titled.remote()
+    pid, title = ray.get(a.where.remote())
+    assert title == "zray::Titled.where"
+    _eventually(lambda: _cmdline(pid) == "zray::Titled")
+
+
+def test_underscore_remote_spelling(ray_start):
+    """Ray's f._remote(args=[...], kwargs={...}, **options), also on actor classes and
+    methods (used by Ray's own tests and some libraries)."""
+
+    @ray.remote
+    def f(n, k=0):
+        return list(range(n + k))
+
+    @ray.remote
+    class A:
+        def __init__(self, x, y=0):
+            self.x, self.y = x, y
+
+        def method(self, a, b=0):
+            return self.x, self.y, a, b
+
+    assert f._remote([0], num_returns=0) is None
+    assert ray.get(f._remote(args=[1], kwargs={"k": 1})) == [0, 1]
+    assert ray.get(f._remote(args=[2], num_returns=2)) == [0, 1]
+    a = A._remote(args=[0], kwargs={"y": 1}, num_cpus=0)
+    refs = a.method._remote(args=["t"], kwargs={"b": 2}, num_returns=4)
+    assert ray.get(refs) == [0, 1, "t", 2]
+    with pytest.raises(TypeError):
+        f._remote(args=[1, 2, 3])
+
+
+def test_option_errors_use_rays_messages():
+    """Ray's option checks and messages (TypeError for a wrong type, ValueError for a wrong
+    value, 1/10000 resource precision); None means the default for these keywords."""
+    import re
+
+    def f():
+        return 1
+
+    class A:
+        pass
+
+    t1 = "The type of keyword '{}' " + f"must be {(int, type(None))}, but received type {float}"
+    for k in ("max_retries", "max_calls"):
+        with pytest.raises(TypeError, match=re.escape(t1.format(k))):
+            ray.remote(**{k: 0.5})(f)
+    for k in ("max_restarts", "max_task_retries"):
+        with pytest.raises(TypeError, match=re.escape(t1.format(k))):
+            ray.remote(**{k: 0.5})(A)
+    with pytest.raises(TypeError, match=re.escape(
+            f"The type of keyword 'num_returns' must be {(int, str, type(None))}")):
+        ray.remote(num_returns=0.5)(f)
+    with pytest.raises(ValueError, match="'max_calls' only accepts None, 0 or a positive"):
+        ray.remote(max_calls=-1)(f)
+    with pytest.raises(ValueError, match="'num_returns' only accepts None, a non-negative"):
+        ray.remote(num_returns=-1)(f)
+    t2 = "The keyword '{}' only accepts None, 0, -1 or a positive integer"
+    with pytest.raises(ValueError, match=t2.format("max_retries")):
+        ray.remote(max_retries=-2)(f)
+    for k in ("max_restarts", "max_task_retries"):
+        with pytest.raises(ValueError, match=t2.format(k)):
+            ray.remote(**{k: -2})(A)
+    for kw, name in (({"num_gpus": 1e-7}, "num_gpus"),
+                     ({"resources": {"custom_resource": 1e-7}}, "custom_resource")):
+        with pytest.raises(ValueError, match=f"precision of the fractional quantity of "
+                                             f"resource {name} cannot go beyond 0.0001"):
+            ray.remote(**kw)(f)
+    ray.remote(max_retries=None, max_calls=None, num_returns=None)(f)
+    ray.remote(max_restarts=None, max_task_retries=None)(A)
+
+
+def test_system_config_refused_when_connecting(ray_fresh):
+    """Ray: _system_config belongs to the cluster's start; giving it when connecting to an
+    existing cluster is a ValueError (before any attempt to connect)."""
+    with pytest.raises(ValueError, match="_system_config"):
+        ray.init(address="127.0.0.1:1", _system_config={"object_timeout_milliseconds": 200})
+    assert not ray.is_initialized()

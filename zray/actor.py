@@ -50,7 +50,7 @@ def _check_method_options(o: dict) -> None:
                                                   or n < 0):
             raise ValueError(f"num_returns must be a non-negative int or 'streaming', got {n!r}")
     if "max_task_retries" in o:
-        _int_at_least("max_task_retries", o["max_task_retries"], -1)
+        opt.check_retries("max_task_retries", o["max_task_retries"])
 
 
 def _int_at_least(name: str, v: Any, lo: int) -> None:
@@ -74,10 +74,10 @@ def _validate(o: dict) -> None:
     if o.get("lifetime") not in (None, "detached", "non_detached"):
         raise ValueError("actor `lifetime` argument must be one of 'detached', 'non_detached' "
                          f"and 'None', got {o['lifetime']!r}")
-    if "max_restarts" in o and o["max_restarts"] is not None:
-        _int_at_least("max_restarts", o["max_restarts"], -1)
-    if "max_task_retries" in o and o["max_task_retries"] is not None:
-        _int_at_least("max_task_retries", o["max_task_retries"], -1)
+    if "max_restarts" in o:
+        opt.check_retries("max_restarts", o["max_restarts"])
+    if "max_task_retries" in o:
+        opt.check_retries("max_task_retries", o["max_task_retries"])
     if o.get("max_concurrency") is not None:
         mc = o["max_concurrency"]
         if isinstance(mc, bool) or not isinstance(mc, int) or mc < 1:
@@ -125,7 +125,7 @@ def _methods(cls: type) -> tuple[dict, dict, bool]:
         if n == "dynamic":
             n = "streaming"
         nret[name] = n
-        if "max_task_retries" in mo:
+        if mo.get("max_task_retries") is not None:
             retries[name] = mo["max_task_retries"]
     return nret, retries, is_async
 
@@ -139,7 +139,7 @@ class ActorClass:
         self._cls = cls
         self._default_options = {**ACTOR_DEFAULTS, **options}
         nret, retries, is_async = _methods(cls)
-        self._meta = {"cls": cls.__name__, "methods": nret, "retries": retries,
+        self._meta: dict[str, Any] = {"cls": cls.__name__, "methods": nret, "retries": retries,
                       "async": is_async, "sigs": actor_specs(cls)}
         self._blob: bytes | None = None
         self._fn_id: bytes | None = None
@@ -178,7 +178,7 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         """Create an actor; returns its handle at once."""
-        return self._remote(args, kwargs, self._default_options)
+        return self._submit(args, kwargs, self._default_options)
 
     def options(self, **actor_options: Any) -> _ActorOptions:
         """Override options for the actors created through the returned object."""
@@ -195,7 +195,13 @@ class ActorClass:
         cw.export_function(self._fn_id, self._blob)
         return self._fn_id
 
-    def _remote(self, args: tuple, kwargs: dict, o: dict) -> ActorHandle:
+    def _remote(self, args: Any = None, kwargs: dict | None = None,
+                **actor_options: Any) -> ActorHandle:
+        """Ray's ``Cls._remote(args=[...], kwargs={...}, **options)`` spelling."""
+        target = self.options(**actor_options) if actor_options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
+    def _submit(self, args: tuple, kwargs: dict, o: dict) -> ActorHandle:
         _check_args(self._meta["sigs"].get("__init__"), f"{self.__name__}.__init__", args, kwargs)
         cw = worker_state.ensure_initialized()
         if o.get("get_if_exists") and o.get("name"):
@@ -225,7 +231,7 @@ class _ActorOptions:
         self._o = o
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
-        return self._ac._remote(args, kwargs, self._o)
+        return self._ac._submit(args, kwargs, self._o)
 
     def options(self, **actor_options: Any) -> _ActorOptions:
         _validate(actor_options)
@@ -349,6 +355,11 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._handle._call(self._name, args, kwargs, self._num_returns, self._retries,
                                   self._call_name)
+
+    def _remote(self, args: Any = None, kwargs: dict | None = None, **o: Any) -> Any:
+        """Ray's ``handle.m._remote(args=[...], kwargs={...}, **options)`` spelling."""
+        target = self.options(**o) if o else self
+        return target.remote(*(args or ()), **(kwargs or {}))
 
     def options(self, **o: Any) -> ActorMethod:
         for k in o:

@@ -143,6 +143,7 @@ class ActorRuntime:
         if env:
             os.environ.update({str(k): str(v) for k, v in env.items()})
         ex.log_prefix = f"({self.cls_name} pid={self.pid})"
+        ex.show_title(f"{self.cls_name}.__init__")
         if self.mode == "threaded":
             self.pool = concurrent.futures.ThreadPoolExecutor(
                 self.max_concurrency, thread_name_prefix="zray-actor")
@@ -175,6 +176,7 @@ class ActorRuntime:
         finally:
             cw.current_task_id = None
             _flush_std()
+        ex.show_title(self.cls_name)  # Ray: ray::<Class> while idle, <Class>.<method> in a call
         cw.current_actor_handle = ActorHandle(self.aid, self.meta, owned=False, weak=True)
         cw.conns.send(self.gcs, {"t": protocol.ACTOR_CREATED, "aid": self.aid, "inc": self.inc,
                                  "wid": cw.worker_id, "ok": True, "pid": self.pid})
@@ -199,6 +201,7 @@ class ActorRuntime:
         over without a thread switch."""
         q = self.q
         if q.empty():
+            self.ex.show_title(self.cls_name)
             cw = self.cw
             w = self._idle
             if w is None:
@@ -291,6 +294,7 @@ class ActorRuntime:
         self.local.tid = tid
         cw.driver_addr = h.get("drv") or cw.driver_addr
         meth = h.get("meth", "")
+        ex.show_title(h.get("name") or f"{self.cls_name}.{meth}")
         owner = cw.addr_of(h["own"])
         nret = h["nret"]
         partial: list = []  # what a static-num_returns generator yielded before it raised
@@ -364,6 +368,7 @@ class ActorRuntime:
         cw, ex = self.cw, self.ex
         tid = h["tid"]
         meth = h.get("meth", "")
+        ex.show_title(h.get("name") or f"{self.cls_name}.{meth}")
         owner = cw.addr_of(h["own"])
         nret = h["nret"]
         partial: list = []

@@ -105,6 +105,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None, num_gpus: i
             if num_cpus is not None or num_gpus is not None or resources:
                 raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus "
                                  "and resources must not be provided.")
+            if kwargs.get("_system_config"):
+                raise ValueError("When connecting to an existing cluster, _system_config "
+                                 "must not be provided.")
             session_dir = _connectable_session(address)
             node_id, raylet_ipc, node_ip = _local_raylet(session_dir, address)
             head = None

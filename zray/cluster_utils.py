@@ -187,7 +187,7 @@ class Cluster:
         else:
             prefix = ["ip", "netns", "exec", _netns] if _netns else None
             procs = _node.start_worker_node(
-                session_dir=self.session_dir, gcs_address=self.address, num_cpus=num_cpus,
+                session_dir=self.session_dir, gcs_address=self.address or "", num_cpus=num_cpus,
                 num_gpus=num_gpus, resources=resources, object_store_memory=object_store_memory,
                 node_ip=ip, embedded=True, port=port, cmd_prefix=prefix)
             handle = ClusterNode(procs, False, _netns)

@@ -58,6 +58,9 @@ NODE_DEATH_S = _env("NODE_DEATH_S", 5.0)
 # (Ray's gcs_rpc_server_reconnect_timeout_s).
 GCS_PING_TIMEOUT_S = _env("GCS_PING_TIMEOUT_S", 10.0)
 GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)
+# While the raylet says the GCS is down, a GCS-bound call still asks, but waits only this
+# long: news of the GCS's return may be late (a worker forked meanwhile), never its answer.
+GCS_DOWN_PROBE_S = _env("GCS_DOWN_PROBE_S", 1.0)
 # The GCS keeps a durable copy of its tables in <session>/gcs.sqlite (0: none; then a
 # crashed GCS cannot be restored).
 GCS_PERSIST = int(_env("GCS_PERSIST", 1))

@@ -112,6 +112,7 @@ class CoreWorker(Waiting, PollingRole):
         self.on_blocked: Callable[[], None] | None = None  # the running task blocks in get
         self.on_tick: Callable[[float], None] | None = None  # the I/O thread's every tick
         self.on_cancel_task: Callable[[dict], None] | None = None
+        self.task_executor: Any = None  # worker_main.Executor (runtime_context.is_canceled)
         # In an actor's worker (actor_executor.py; read by runtime_context.py).
         self.current_actor_id: bytes | None = None
         self.actor_restarted = False
@@ -154,12 +155,19 @@ class CoreWorker(Waiting, PollingRole):
 
         ``alive``, if given, is polled while waiting: when it returns a message,
         the peer is known dead and that message is raised as RuntimeError.
-        A request to the GCS fails with RpcError as soon as the raylet reports it down.
+        A request to the GCS fails with RpcError as soon as the raylet reports it down, or,
+        if it was reported down before the call, once ``GCS_DOWN_PROBE_S`` passes unanswered.
         """
+        down = ""
         if dest == self.gcs and alive is None:
-            if self.gcs_down:
-                raise exc.RpcError(self.gcs_down, rpc_code=exc.RpcError.UNAVAILABLE)
-            alive = self._gcs_alive
+            down = self.gcs_down
+            if down:
+                # Reported down: ask anyway, briefly. A stale report (the GCS came back and
+                # the news has not reached us) must not fail calls that would succeed.
+                timeout = min(config.GCS_DOWN_PROBE_S,
+                              config.RPC_TIMEOUT_S if timeout is None else timeout)
+            else:
+                alive = self._gcs_alive
         w = Waiter(self)
         with self.lock:
             self._rid += 1
@@ -179,9 +187,14 @@ class CoreWorker(Waiting, PollingRole):
             step = deadline if alive is None else min(deadline, time.monotonic() + 0.1)
             with self.lock:
                 if self._wait_until(w, answered, step):
+                    if down and self.gcs_down == down:
+                        self.gcs_down = ""  # it answered: up again, whatever we were told
                     return slot[1], slot[2]
                 if time.monotonic() >= deadline:
                     self.requests.pop(rid, None)
+                    if down:
+                        raise exc.RpcError(self.gcs_down or down,
+                                           rpc_code=exc.RpcError.UNAVAILABLE)
                     raise TimeoutError(
                         f"no reply from {dest} to {protocol.NAMES.get(header['t'])} within "
                         f"{limit} s")

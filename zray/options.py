@@ -31,6 +31,26 @@ def _number(name: str, v: Any, allow_none: bool = True) -> None:
         raise TypeError(f"The option {name!r} must be a number, got {type(v).__name__}: {v!r}")
     if v < 0:
         raise ValueError(f"The option {name!r} must be >= 0, got {v!r}")
+    if v and int(float(v) * 10000) == 0:  # Ray counts resources in units of 1/10000
+        raise ValueError(f"The precision of the fractional quantity of resource {name} "
+                         "cannot go beyond 0.0001")
+
+
+def check_type(name: str, v: Any, types: tuple) -> None:
+    """Ray's type error for an option keyword (bool is not an int here)."""
+    if isinstance(v, bool) or not isinstance(v, types):
+        raise TypeError(f"The type of keyword '{name}' must be {(*types, type(None))}, but "
+                        f"received type {type(v)}")
+
+
+def check_retries(name: str, v: Any) -> None:
+    """max_retries, max_restarts, max_task_retries: None, -1 (infinite) or >= 0 (Ray)."""
+    if v is None:
+        return
+    check_type(name, v, (int,))
+    if v < -1:
+        raise ValueError(f"The keyword '{name}' only accepts None, 0, -1 or a positive "
+                         "integer, where -1 represents infinity.")
 
 
 def validate(opts: dict, for_actor: bool = False) -> None:
@@ -53,23 +73,22 @@ def validate(opts: dict, for_actor: bool = False) -> None:
                                  "and 'GPU' in 'resources' keyword")
             if not isinstance(rk, str):
                 raise TypeError(f"Resource names must be strings, got {rk!r}")
-            _number(f"resources[{rk!r}]", rv, allow_none=False)
-    if "num_returns" in opts:
+            _number(rk, rv, allow_none=False)
+    if opts.get("num_returns") is not None:
         n = opts["num_returns"]
-        if n not in ("streaming", "dynamic") and (isinstance(n, bool) or not isinstance(n, int)):
-            raise TypeError(f"The option 'num_returns' must be an int or 'streaming', got {n!r}")
-        if isinstance(n, int) and n < 0:
-            raise ValueError(f"The option 'num_returns' must be >= 0, got {n}")
+        check_type("num_returns", n, (int, str))
+        if (isinstance(n, int) and n < 0) or (isinstance(n, str)
+                                              and n not in ("streaming", "dynamic")):
+            raise ValueError("The keyword 'num_returns' only accepts None, a non-negative "
+                             "integer, 'streaming' (for generators), or 'dynamic'.")
     if "max_retries" in opts:
-        n = opts["max_retries"]
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"The option 'max_retries' must be an int, got {n!r}")
-        if n < -1:
-            raise ValueError(f"The option 'max_retries' must be >= -1, got {n}")
-    if "max_calls" in opts:
+        check_retries("max_retries", opts["max_retries"])
+    if opts.get("max_calls") is not None:
         n = opts["max_calls"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"The option 'max_calls' must be a non-negative int, got {n!r}")
+        check_type("max_calls", n, (int,))
+        if n < 0:
+            raise ValueError("The keyword 'max_calls' only accepts None, 0 or a positive "
+                             "integer.")
     if "retry_exceptions" in opts:
         r = opts["retry_exceptions"]
         if not isinstance(r, bool):

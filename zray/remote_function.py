@@ -11,11 +11,15 @@ from zray import serialization, worker_state
 from zray.signature import check as _check_args
 from zray.signature import spec_of
 
+_NONE_IS_DEFAULT = ("num_returns", "max_retries", "max_calls")
+
 
 def _default_num_returns(task_options: dict) -> dict:
-    """Ray reads ``num_returns=None`` as "the default" (1, or streaming for a generator)."""
-    if task_options.get("num_returns", 0) is None:
-        task_options = {k: v for k, v in task_options.items() if k != "num_returns"}
+    """Ray reads None for these options as "the default" (num_returns: 1, or streaming for
+    a generator)."""
+    if any(task_options.get(k, 0) is None for k in _NONE_IS_DEFAULT):
+        task_options = {k: v for k, v in task_options.items()
+                        if not (v is None and k in _NONE_IS_DEFAULT)}
     return task_options
 
 
@@ -63,9 +67,14 @@ class RemoteFunction:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function as a task; returns ObjectRef(s) at once."""
-        return self._remote(args, kwargs, self._default_options)
+        return self._submit(args, kwargs, self._default_options)
 
-    def _remote(self, args: tuple, kwargs: dict, o: dict) -> Any:
+    def _remote(self, args: Any = None, kwargs: dict | None = None, **task_options: Any) -> Any:
+        """Ray's ``f._remote(args=[...], kwargs={...}, **options)`` spelling."""
+        target = self.options(**task_options) if task_options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
+    def _submit(self, args: tuple, kwargs: dict, o: dict) -> Any:
         _check_args(self._sig, self._function_name, args, kwargs)  # Ray: TypeError at once
         cw = worker_state.ensure_initialized()
         fn_id = self._export(cw)
@@ -94,11 +103,12 @@ class _OptionsWrapper:
         self._o = o
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._rf._remote(args, kwargs, self._o)
+        return self._rf._submit(args, kwargs, self._o)
 
     def options(self, **task_options: Any) -> _OptionsWrapper:
-        if task_options.get("num_returns", 0) is None:
-            task_options["num_returns"] = self._rf._default_options["num_returns"]
+        for k in _NONE_IS_DEFAULT:
+            if task_options.get(k, 0) is None:
+                task_options[k] = self._rf._default_options[k]
         opt.validate(task_options)
         o = {**self._o, **task_options}
         self._rf._prepare(o)

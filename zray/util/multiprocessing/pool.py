@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from zray.util.annotations import RayDeprecationWarning
 from zray.util.multiprocessing.results import AsyncResult, IMapIterator, ItemError
 
 
@@ -41,7 +42,7 @@ def _iterable(items: Any, what: str) -> Iterable:
         return items
     # Ray (and multiprocessing before it) took a lone argument as a one-item iterable.
     warnings.warn(f"Passing a non-iterable argument to {what} is deprecated: it is "
-                  "treated as a one-item list.", DeprecationWarning, stacklevel=3)
+                  "treated as a one-item list.", RayDeprecationWarning, stacklevel=3)
     return [items]
 
 

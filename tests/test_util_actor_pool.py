@@ -157,3 +157,21 @@ def test_dead_actor_leaves_the_pool(ray_start):
     assert list(pool.map(double, range(4))) == [0, 2, 4, 6]
     assert pool.pop_idle() == healthy
     assert pool.pop_idle() is None
+
+
+@ray.remote(num_cpus=0)
+class Pair:
+    @ray.method(num_returns=2)
+    def both(self, v):
+        return v, -v
+
+
+def test_fn_may_return_a_list_of_refs(ray_start):
+    pool = ray.util.ActorPool([Pair.remote() for _ in range(2)])
+    for v in range(4):
+        pool.submit(lambda a, v: a.both.remote(v), v)
+    assert [pool.get_next(timeout=60) for _ in range(4)] == [[v, -v] for v in range(4)]
+    pool.submit(lambda a, v: a.both.remote(v), 9)
+    with pytest.raises(TypeError, match="one ObjectRef"):
+        pool.get_next_unordered()
+    assert pool.get_next(timeout=60) == [9, -9]

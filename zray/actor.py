@@ -17,6 +17,7 @@ from zray import actor_submitter, serialization, worker_state
 from zray import options as opt
 from zray.exceptions import ActorClassInheritanceException  # (Ray: ray.actor.*)
 from zray.ids import ActorID
+from zray.remote_function import check_export_size
 from zray.signature import actor_specs
 from zray.signature import check as _check_args
 
@@ -190,7 +191,9 @@ class ActorClass:
 
     def _export(self, cw: Any) -> bytes:
         if self._fn_id is None:
-            self._blob = serialization.dumps_plain(self._cls)
+            blob = serialization.dumps_plain(self._cls)
+            check_export_size("actor", self.__name__, blob)
+            self._blob = blob
             self._fn_id = hashlib.sha1(self._blob).digest()
         cw.export_function(self._fn_id, self._blob)
         return self._fn_id

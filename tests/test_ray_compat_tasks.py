@@ -503,3 +503,23 @@ def test_system_config_refused_when_connecting(ray_fresh):
     with pytest.raises(ValueError, match="_system_config"):
         ray.init(address="127.0.0.1:1", _system_config={"object_timeout_milliseconds": 200})
     assert not ray.is_initialized()
+
+
+def test_oversized_function_refused(ray_start):
+    """Ray refuses a function or actor class whose pickle is over 100 MB (it captured a
+    large object by accident), with a ValueError naming it, at .remote()."""
+    bar = bytearray(800 * 1024 * 125)
+
+    @ray.remote
+    class Big:
+        def foo(self):
+            return len(bar)
+
+    @ray.remote
+    def big():
+        return len(bar)
+
+    with pytest.raises(ValueError, match="The remote function .*big is too large"):
+        big.remote()
+    with pytest.raises(ValueError, match="The actor Big is too large"):
+        Big.remote()

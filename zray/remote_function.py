@@ -11,6 +11,28 @@ from zray import serialization, worker_state
 from zray.signature import check as _check_args
 from zray.signature import spec_of
 
+FUNCTION_SIZE_WARN = 10**7  # Ray's thresholds for a pickled function or actor class
+FUNCTION_SIZE_ERROR = 10**8
+
+
+def check_export_size(kind: str, name: str, blob: bytes) -> None:
+    """Ray refuses a pickled function/class over 100 MB (and warns over 10 MB): it is
+    almost always a large object captured by the definition by accident."""
+    n = len(blob)
+    if n < FUNCTION_SIZE_WARN:
+        return
+    tip = (" Check that its definition is not implicitly capturing a large array or other "
+           "object in scope. Tip: use zray.put() to put large objects in the object store.")
+    mib = n // (1024 * 1024)
+    if n > FUNCTION_SIZE_ERROR:
+        raise ValueError(f"The {kind} {name} is too large ({mib} MiB > "
+                         f"FUNCTION_SIZE_ERROR_THRESHOLD={FUNCTION_SIZE_ERROR // (1024 * 1024)} "
+                         f"MiB).{tip}")
+    import logging
+
+    logging.getLogger("zray").warning("The %s %s is very large (%d MiB).%s", kind, name, mib, tip)
+
+
 _NONE_IS_DEFAULT = ("num_returns", "max_retries", "max_calls")
 
 
@@ -60,7 +82,9 @@ class RemoteFunction:
 
     def _export(self, cw: Any) -> bytes:
         if self._fn_id is None:
-            self._blob = serialization.dumps_plain(self._function)
+            blob = serialization.dumps_plain(self._function)
+            check_export_size("remote function", f"{self._module}.{self._function_name}", blob)
+            self._blob = blob
             self._fn_id = hashlib.sha1(self._blob).digest()
         cw.export_function(self._fn_id, self._blob)
         return self._fn_id

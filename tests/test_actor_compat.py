@@ -379,3 +379,21 @@ def test_strong_handle_passed_elsewhere_keeps_actor(ray_start):
     ray.get(holder.hold.remote([a]), timeout=60)
     del a
     assert not _pid_gone(pid, timeout=3)
+
+
+def test_actor_handle_dir_lists_methods(ray_start):
+    """Ray: dir(handle) is the actor's methods, __init__ and __ray_ready__/__ray_call__/
+    __ray_terminate__ (what autocompletion shows); ActorClass.__ray_metadata__.class_name."""
+    @ray.remote
+    class Foo:
+        def method_one(self) -> None:
+            pass
+
+    f = Foo.remote()
+    assert set(dir(f)) == {"__init__", "method_one", "__ray_ready__", "__ray_call__",
+                           "__ray_terminate__"}
+    assert {n for n in dir(f.method_one) if not n.startswith("_")} == {"options", "remote",
+                                                                       "bind"}
+    assert {n for n in dir(Foo) if not n.startswith("_")} == {"method_one", "options",
+                                                              "remote", "bind"}
+    assert Foo.__ray_metadata__.class_name == "Foo"

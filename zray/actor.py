@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import threading
+import types
 from typing import Any
 
 from zray import actor_submitter, serialization, worker_state
@@ -145,6 +146,10 @@ class ActorClass:
         self._blob: bytes | None = None
         self._fn_id: bytes | None = None
         self.__name__ = cls.__name__
+        # Ray's ActorClass.__ray_metadata__ (its tests read .class_name from it).
+        self.__ray_metadata__ = types.SimpleNamespace(
+            class_name=cls.__name__, module=cls.__module__, modified_class=cls,
+            method_meta=types.SimpleNamespace(methods=nret))
         self.__qualname__ = getattr(cls, "__qualname__", cls.__name__)
         self.__module__ = cls.__module__
         self.__doc__ = cls.__doc__
@@ -337,7 +342,9 @@ class ActorHandle:
         return f"Actor({self._zray_meta.get('cls', 'Actor')}, {self._zray_aid.hex()})"
 
     def __dir__(self) -> list:
-        return sorted(set(super().__dir__()) | set(self._zray_meta.get("methods", {})))
+        # As in Ray: the actor's methods only (for autocompletion), __init__ and the
+        # built-in actor methods included.
+        return sorted({"__init__", *_SPECIAL, *self._zray_meta.get("methods", {})})
 
 
 def _rebuild_handle(aid: bytes, meta: dict, weak: bool = False) -> ActorHandle:

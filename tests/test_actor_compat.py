@@ -280,3 +280,120 @@ def test_death_says_owner_died(ray_start):
     ray.get(child.ping.remote(), timeout=60)
     ray.kill(parent)
     assert "owner has died" in _death(child.sleep.remote(60))
+
+
+# --- weak handles: which handles keep an actor alive -----------------------------------
+@ray.remote
+class Holder:
+    def hold(self, handles):
+        self.handles = handles  # stored: a strong handle here would keep its actor alive
+
+    def ping(self):
+        return True
+
+
+@ray.remote
+class Selfish:
+    def take(self, me):
+        return me == ray.get_runtime_context().current_actor
+
+    def give_self(self, holder):
+        ray.get(holder.hold.remote([ray.get_runtime_context().current_actor]))
+
+    def give_by_name(self, name, holder):
+        ray.get(holder.hold.remote([ray.get_actor(name)]))
+
+    def pid(self):
+        return os.getpid()
+
+
+def _pid_gone(pid, timeout=60.0):
+    def gone():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    return wait_until(gone, timeout=timeout)
+
+
+def test_actor_given_its_own_handle_still_exits(ray_start):
+    """Ray: an actor passed a handle to itself is not kept alive by it; it ends when its
+    last handle outside goes (we decided: such a handle is weak in the actor, even if the
+    actor stores it)."""
+    a = Selfish.remote()
+    pid = ray.get(a.pid.remote(), timeout=60)
+    for _ in range(3):
+        assert ray.get(a.take.remote(a), timeout=60) is True
+    del a
+    assert _pid_gone(pid)
+
+
+def test_current_actor_handle_is_weak(ray_start):
+    """get_runtime_context().current_actor, stored by another actor, does not keep the
+    actor alive."""
+    holder = Holder.remote()
+    a = Selfish.remote()
+    pid = ray.get(a.pid.remote(), timeout=60)
+    ray.get(a.give_self.remote(holder), timeout=60)
+    del a
+    assert _pid_gone(pid)
+    assert ray.get(holder.ping.remote(), timeout=60)
+
+
+def test_get_actor_handles_are_weak(ray_start):
+    """Ray: a handle from get_actor() is weak: after the creator's handle goes, a
+    non-detached named actor ends although get_actor() handles were used, kept, and
+    passed to another actor that stores them."""
+    holder = Holder.remote()
+    a = Selfish.options(name="weakly-named").remote()
+    pid = ray.get(a.pid.remote(), timeout=60)
+    kept = []
+    for _ in range(3):
+        h = ray.get_actor("weakly-named")
+        assert ray.get(h.pid.remote(), timeout=60) == pid
+        kept.append(h)
+    ray.get(holder.hold.remote(kept), timeout=60)
+    other = Selfish.remote()
+    ray.get(other.give_by_name.remote("weakly-named", holder), timeout=60)
+    del a
+    assert _pid_gone(pid)
+
+    def removed():
+        try:
+            ray.get_actor("weakly-named")
+        except ValueError:
+            return True
+        return False
+    assert wait_until(removed, timeout=30)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(kept[0].pid.remote(), timeout=60)
+
+
+def test_strong_handle_passed_elsewhere_keeps_actor(ray_start):
+    """The counterpart: a handle from the creator, stored by another actor, still keeps
+    the actor alive after the creator's own handle goes (zray counts it as escaped)."""
+    holder = Holder.remote()
+    a = Selfish.remote()
+    pid = ray.get(a.pid.remote(), timeout=60)
+    ray.get(holder.hold.remote([a]), timeout=60)
+    del a
+    assert not _pid_gone(pid, timeout=3)
+
+
+def test_actor_handle_dir_lists_methods(ray_start):
+    """Ray: dir(handle) is the actor's methods, __init__ and __ray_ready__/__ray_call__/
+    __ray_terminate__ (what autocompletion shows); ActorClass.__ray_metadata__.class_name."""
+    @ray.remote
+    class Foo:
+        def method_one(self) -> None:
+            pass
+
+    f = Foo.remote()
+    assert set(dir(f)) == {"__init__", "method_one", "__ray_ready__", "__ray_call__",
+                           "__ray_terminate__"}
+    assert {n for n in dir(f.method_one) if not n.startswith("_")} == {"options", "remote",
+                                                                       "bind"}
+    assert {n for n in dir(Foo) if not n.startswith("_")} == {"method_one", "options",
+                                                              "remote", "bind"}
+    assert Foo.__ray_metadata__.class_name == "Foo"

@@ -49,6 +49,13 @@ class Done:
             return list(self.got)
 
 
+def _chunk(p, *args):
+    """ChunkArrived through Pulls.handle: (accepted?, the other actions)."""
+    acts = p.handle(om.ChunkArrived(*args))
+    accepted = bool(acts) and isinstance(acts[0], om.Accept)
+    return accepted, acts[1:] if accepted else acts
+
+
 def _closed_on_us(s: socket.socket) -> bool:
     """The peer closed the connection without sending a byte (or reset it)."""
     try:
@@ -154,27 +161,27 @@ def test_bulk_fetch_fails_cleanly_when_the_holder_breaks(tmp_path, monkeypatch):
 
 def test_a_failed_bulk_fetch_asks_for_the_chunk_again_plainly():
     p = om.Pulls(A, chunk=100, window=2)
-    p.start(b"o", [B], None, 0.0)
-    accept, _ = p.chunk(b"o", B, 0, 100, 250, 10, 0.1)
+    p.handle(om.Start(b"o", [B], None, 0.0))
+    accept, _ = _chunk(p, b"o", B, 0, 100, 250, 10, 0.1)
     assert accept
-    assert p.chunk_failed(b"o", 0, 0.2) == [om.Request(B, b"o", 0, 100, plain=True)]
-    assert p.chunk_failed(b"o", 0, 0.2) == []  # not accepted any more: nothing to redo
-    accept, _ = p.chunk(b"o", B, 0, 100, 250, 10, 0.3)  # the plain answer is taken
+    assert p.handle(om.ChunkFailed(b"o", 0, 0.2)) == [om.Request(B, b"o", 0, 100, plain=True)]
+    assert p.handle(om.ChunkFailed(b"o", 0, 0.2)) == []  # not accepted any more: nothing to redo
+    accept, _ = _chunk(p, b"o", B, 0, 100, 250, 10, 0.3)  # the plain answer is taken
     assert accept
-    p.written(b"o", 0)
-    assert p.chunk_failed(b"o", 0, 0.4) == []  # written already
+    p.handle(om.ChunkWritten(b"o", 0))
+    assert p.handle(om.ChunkFailed(b"o", 0, 0.4)) == []  # written already
 
 
 def test_a_pull_keeps_its_own_chunk_size_and_window():
     p = om.Pulls(A, chunk=100, window=4, max_inflight=10)  # 1000 bytes in flight in all
-    big = p.start(b"big", [B], None, 0.0, chunk=400, window=2)
+    big = p.handle(om.Start(b"big", [B], None, 0.0, chunk=400, window=2))
     assert big == [om.Request(B, b"big", 0, 400), om.Request(B, b"big", 400, 400)]
-    small = p.start(b"small", [B], None, 0.0)
+    small = p.handle(om.Start(b"small", [B], None, 0.0))
     assert small == [om.Request(B, b"small", 0, 100), om.Request(B, b"small", 100, 100)]
-    accept, acts = p.chunk(b"big", B, 0, 400, 1000, 10, 0.1)
+    accept, acts = _chunk(p, b"big", B, 0, 400, 1000, 10, 0.1)
     assert accept and om.Request(B, b"big", 800, 200) not in acts  # n is the chunk size
     assert om.Request(B, b"big", 800, 400) in acts
-    accept, _ = p.chunk(b"big", B, 800, 200, 1000, 10, 0.2)  # the last one is shorter
+    accept, _ = _chunk(p, b"big", B, 800, 200, 1000, 10, 0.2)  # the last one is shorter
     assert accept
 
 

@@ -16,6 +16,13 @@ from zray.raylet.peers import PeerView
 A, B, C = b"A" * 16, b"B" * 16, b"C" * 16
 
 
+def _chunk(p, *args):
+    """ChunkArrived through Pulls.handle: (accepted?, the other actions)."""
+    acts = p.handle(om.ChunkArrived(*args))
+    accepted = bool(acts) and isinstance(acts[0], om.Accept)
+    return accepted, acts[1:] if accepted else acts
+
+
 def req(lrid, res, strategy=None, ra="ipc://owner", t=0.0, remote=False):
     return sch.LeaseRequest(lrid, ra, res, strategy, t, remote=remote)
 
@@ -142,58 +149,58 @@ def test_peer_view_tracks_joins_resources_and_deaths():
 def test_pull_requests_a_window_then_completes(monkeypatch):
     monkeypatch.setattr(om, "INITIAL_WINDOW", 2)
     p = om.Pulls(A, chunk=100, window=3, max_inflight=10)
-    acts = p.start(b"o", [B], None, 0.0)
+    acts = p.handle(om.Start(b"o", [B], None, 0.0))
     assert [(a.node, a.off) for a in acts] == [(B, 0), (B, 100)]  # size unknown: small window
-    ok, acts = p.chunk(b"o", B, 0, 100, 450, 30, 0.1)
+    ok, acts = _chunk(p, b"o", B, 0, 100, 450, 30, 0.1)
     assert ok and [a.off for a in acts] == [200, 300]  # window of 3 now that the size is known
     asked = []
     for off in (100, 200, 300):
-        ok, acts = p.chunk(b"o", B, off, 100, 450, 30, 0.2)
+        ok, acts = _chunk(p, b"o", B, off, 100, 450, 30, 0.2)
         assert ok
         asked += [a.off for a in acts if isinstance(a, om.Request)]
     assert asked == [400]
-    ok, acts = p.chunk(b"o", B, 400, 50, 450, 30, 0.3)
+    ok, acts = _chunk(p, b"o", B, 400, 50, 450, 30, 0.3)
     assert ok and acts == []
     for off in (400, 0, 300, 100):  # writes finish in any order
-        assert p.written(b"o", off) == []
-    acts = p.written(b"o", 200)
+        assert p.handle(om.ChunkWritten(b"o", off)) == []
+    acts = p.handle(om.ChunkWritten(b"o", 200))
     assert isinstance(acts[0], om.Done) and acts[0].ok
     assert not p.pulls
 
 
 def test_pull_rejects_inconsistent_chunks():
     p = om.Pulls(A, chunk=100, window=3)
-    p.start(b"o", [B], None, 0.0)
-    assert p.chunk(b"o", B, 0, 100, 450, 30, 0.1)[0]
-    assert not p.chunk(b"o", B, 0, 100, 450, 30, 0.1)[0]  # duplicate
-    assert not p.chunk(b"o", B, 100, 100, 999, 30, 0.1)[0]  # another size
-    assert not p.chunk(b"o", B, 100, 70, 450, 30, 0.1)[0]  # wrong length
-    assert not p.chunk(b"o", B, 150, 100, 450, 30, 0.1)[0]  # not on a chunk boundary
+    p.handle(om.Start(b"o", [B], None, 0.0))
+    assert _chunk(p, b"o", B, 0, 100, 450, 30, 0.1)[0]
+    assert not _chunk(p, b"o", B, 0, 100, 450, 30, 0.1)[0]  # duplicate
+    assert not _chunk(p, b"o", B, 100, 100, 999, 30, 0.1)[0]  # another size
+    assert not _chunk(p, b"o", B, 100, 70, 450, 30, 0.1)[0]  # wrong length
+    assert not _chunk(p, b"o", B, 150, 100, 450, 30, 0.1)[0]  # not on a chunk boundary
 
 
 def test_pull_moves_to_the_next_holder_then_asks_the_owner():
     p = om.Pulls(A, chunk=100, window=2)
-    p.start(b"o", [B, C], [B, "ipc://x", "tcp://x:1"], 0.0)
-    acts = p.missing(b"o", B, 0.1)
+    p.handle(om.Start(b"o", [B, C], [B, "ipc://x", "tcp://x:1"], 0.0))
+    acts = p.handle(om.Missing(b"o", B, 0.1))
     assert {a.node for a in acts} == {C}
-    acts = p.node_dead(C, 0.2)
+    acts = p.handle(om.NodeDead(C, 0.2))
     assert [type(a).__name__ for a in acts] == ["AskOwner"]
-    acts = p.locations(b"o", [B], 0.3, have_local=False)
+    acts = p.handle(om.Locations(b"o", [B], 0.3, have_local=False))
     assert {a.node for a in acts} == {B}
-    p.missing(b"o", B, 0.4)
-    acts = p.locations(b"o", [], 0.5, have_local=False)
+    p.handle(om.Missing(b"o", B, 0.4))
+    acts = p.handle(om.Locations(b"o", [], 0.5, have_local=False))
     assert isinstance(acts[0], om.Done) and not acts[0].ok
 
 
 def test_pull_retries_a_lost_chunk_then_gives_up_on_the_holder():
     p = om.Pulls(A, chunk=100, window=2)
-    p.start(b"o", [B], None, 0.0)
-    acts = p.tick(om.CHUNK_TIMEOUT_S + 1)
+    p.handle(om.Start(b"o", [B], None, 0.0))
+    acts = p.handle(om.Tick(om.CHUNK_TIMEOUT_S + 1))
     assert {a.off for a in acts} == {0, 100}
     t = om.CHUNK_TIMEOUT_S + 1
     for _ in range(om.MAX_CHUNK_RETRIES):
         t += om.CHUNK_TIMEOUT_S + 1
-        acts = p.tick(t)
+        acts = p.handle(om.Tick(t))
     assert isinstance(acts[-1], om.Done) and not acts[-1].ok  # no owner to ask
 
 

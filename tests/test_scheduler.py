@@ -96,3 +96,22 @@ def test_handle_is_the_only_way_in():
         s.handle(sch.KillWorker(b"w"))  # an action is not an event
     assert not [n for n in ("request", "cancel", "tick", "worker_registered", "owner_died")
                 if hasattr(s, n)]
+
+
+def test_workers_dying_before_registering_are_restarted_with_backoff():
+    """A broken worker environment must not make the raylet fork in a tight loop."""
+    s = sch.NodeScheduler({"CPU": 1})
+    s.handle(sch.Tick(100.0, warn_after=60))
+    assert kinds(s.handle(sch.LeaseRequested(req(1, {"CPU": 1})))) == ["StartWorkers"]
+    for _ in range(sch.START_FAILURES_BEFORE_BACKOFF - 1):
+        assert kinds(s.handle(sch.WorkerStartFailed())) == ["StartWorkers"]  # tried again
+    acts = s.handle(sch.WorkerStartFailed())
+    assert kinds(acts) == ["StartsHeld"] and acts[0].seconds == sch.START_BACKOFF_S
+    assert s.handle(sch.Tick(100.1, warn_after=60)) == []  # held
+    assert kinds(s.handle(sch.Tick(100.0 + sch.START_BACKOFF_S, warn_after=60))) == ["StartWorkers"]
+    acts = s.handle(sch.WorkerStartFailed())  # the next one doubles the hold
+    assert kinds(acts) == ["StartsHeld"] and acts[0].seconds == 2 * sch.START_BACKOFF_S
+    t = 100.0 + 3 * sch.START_BACKOFF_S
+    assert kinds(s.handle(sch.Tick(t, warn_after=60))) == ["StartWorkers"]
+    assert kinds(s.handle(sch.WorkerRegistered(b"w1"))) == ["Grant"]
+    assert s.start_failures == 0  # a registration ends the backoff

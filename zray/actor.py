@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import threading
+import types
 from typing import Any
 
 from zray import actor_submitter, serialization, worker_state
@@ -144,6 +146,10 @@ class ActorClass:
         self._blob: bytes | None = None
         self._fn_id: bytes | None = None
         self.__name__ = cls.__name__
+        # Ray's ActorClass.__ray_metadata__ (its tests read .class_name from it).
+        self.__ray_metadata__ = types.SimpleNamespace(
+            class_name=cls.__name__, module=cls.__module__, modified_class=cls,
+            method_meta=types.SimpleNamespace(methods=nret))
         self.__qualname__ = getattr(cls, "__qualname__", cls.__name__)
         self.__module__ = cls.__module__
         self.__doc__ = cls.__doc__
@@ -250,17 +256,29 @@ def make_actor_class(cls: type, options: dict) -> ActorClass:
     return ActorClass(cls, options)
 
 
-class ActorHandle:
-    """A handle to an actor: ``handle.method.remote(...)``; picklable, usable anywhere."""
+# The actor whose call's arguments this thread is encoding now (ActorHandle._call): a
+# handle to that same actor, sent to it, is passed on weak (see ActorHandle).
+_sending = threading.local()
 
-    def __init__(self, aid: bytes, meta: dict, owned: bool = False):
+
+class ActorHandle:
+    """A handle to an actor: ``handle.method.remote(...)``; picklable, usable anywhere.
+
+    A *weak* handle (Ray's: from ``get_actor()``, ``get_runtime_context().current_actor``,
+    or one sent to the actor it names) works the same but does not keep the actor
+    alive: only its owner's other handles do, so its owner ends it when they are gone.
+    """
+
+    def __init__(self, aid: bytes, meta: dict, owned: bool = False, weak: bool = False):
         self._zray_aid = aid
         self._zray_meta = meta
         self._zray_cw = None
+        self._zray_weak = weak
         cw = worker_state.current()
         if cw is not None:
             self._zray_cw = cw
-            actor_submitter.submitter(cw).handle_made(aid, meta, owned)
+            if not weak:
+                actor_submitter.submitter(cw).handle_made(aid, meta, owned)
 
     @property
     def _actor_id(self) -> ActorID:
@@ -284,19 +302,32 @@ class ActorHandle:
             retries = self._zray_meta.get("retries", {}).get(
                 name, self._zray_meta.get("max_task_retries", 0))
         s = actor_submitter.submitter(cw)
-        return s.submit(self._zray_aid, self._zray_meta, name, args, kwargs, nret, retries,
-                        call_name)
+        if not (args or kwargs):
+            return s.submit(self._zray_aid, self._zray_meta, name, args, kwargs, nret, retries,
+                            call_name)
+        outer = getattr(_sending, "aid", None)
+        _sending.aid = self._zray_aid
+        try:
+            return s.submit(self._zray_aid, self._zray_meta, name, args, kwargs, nret, retries,
+                            call_name)
+        finally:
+            _sending.aid = outer
 
     def __reduce__(self):
-        cw = self._zray_cw
-        s = cw.actor_submitter if cw is not None else None
-        if s is not None:
-            s.escaped(self._zray_aid)
-        return (_rebuild_handle, (self._zray_aid, self._zray_meta))
+        # A weak handle stays weak; a handle sent to the very actor it names becomes weak
+        # there (an actor's handle to itself must not keep it alive: Ray's self-handle
+        # rule). Any other pickled handle may keep the actor alive from elsewhere.
+        weak = self._zray_weak or getattr(_sending, "aid", None) == self._zray_aid
+        if not weak:
+            cw = self._zray_cw
+            s = cw.actor_submitter if cw is not None else None
+            if s is not None:
+                s.escaped(self._zray_aid)
+        return (_rebuild_handle, (self._zray_aid, self._zray_meta, weak))
 
     def __del__(self):
         cw = self.__dict__.get("_zray_cw")
-        if cw is not None:
+        if cw is not None and not self.__dict__.get("_zray_weak"):
             s = cw.actor_submitter  # none made yet: no call was ever sent
             if s is not None:
                 s.handle_dropped(self._zray_aid)
@@ -311,11 +342,13 @@ class ActorHandle:
         return f"Actor({self._zray_meta.get('cls', 'Actor')}, {self._zray_aid.hex()})"
 
     def __dir__(self) -> list:
-        return sorted(set(super().__dir__()) | set(self._zray_meta.get("methods", {})))
+        # As in Ray: the actor's methods only (for autocompletion), __init__ and the
+        # built-in actor methods included.
+        return sorted({"__init__", *_SPECIAL, *self._zray_meta.get("methods", {})})
 
 
-def _rebuild_handle(aid: bytes, meta: dict) -> ActorHandle:
-    return ActorHandle(aid, meta, owned=False)
+def _rebuild_handle(aid: bytes, meta: dict, weak: bool = False) -> ActorHandle:
+    return ActorHandle(aid, meta, owned=False, weak=weak)
 
 
 class ActorMethod:
@@ -381,7 +414,8 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
             f"Failed to look up actor with name '{name}'. This could because 1. You are "
             "trying to look up a named actor you didn't create. 2. The named actor died. "
             "3. You did not use a namespace matching the namespace of the actor.")
-    return ActorHandle(r["aid"], r.get("meta") or {}, owned=False)
+    # Ray: a handle got by name is weak (it does not keep a non-detached actor alive).
+    return ActorHandle(r["aid"], r.get("meta") or {}, owned=False, weak=True)
 
 
 def list_named_actors(all_namespaces: bool = False) -> list:

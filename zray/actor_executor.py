@@ -177,7 +177,7 @@ class ActorRuntime:
             cw.current_task_id = None
             _flush_std()
         ex.show_title(self.cls_name)  # Ray: ray::<Class> while idle, <Class>.<method> in a call
-        cw.current_actor_handle = ActorHandle(self.aid, self.meta, owned=False)
+        cw.current_actor_handle = ActorHandle(self.aid, self.meta, owned=False, weak=True)
         cw.conns.send(self.gcs, {"t": protocol.ACTOR_CREATED, "aid": self.aid, "inc": self.inc,
                                  "wid": cw.worker_id, "ok": True, "pid": self.pid})
 

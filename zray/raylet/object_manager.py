@@ -76,6 +76,7 @@ from zray import config, protocol
 from zray.objstore import shm
 from zray.objstore import store as ostore
 from zray.raylet import bulk as bulkplane
+from zray.raylet import pulls as pl
 from zray.raylet.chunk_codec import (
     _HDR,
     BULK,
@@ -270,19 +271,19 @@ class ObjectManager:
             # Same machine, over the bulk plane: bytes go straight into the copy, so a
             # chunk's size costs no buffer; bigger chunks cost fewer messages.
             chunk, window = BULK_CHUNK_BYTES, BULK_WINDOW
-        self.apply(self.pulls.start(h["oid"], [node] if node else [], h.get("own"), now,
-                                    chunk, window))
+        self.apply(self.pulls.handle(pl.Start(h["oid"], [node] if node else [], h.get("own"), now,
+                                    chunk, window)))
 
     def node_dead(self, node: bytes) -> None:
         self.bw.pop(node, None)
         self._bulk_off.pop(node, None)
         self._bulk_fails.pop(node, None)
-        self.apply(self.pulls.node_dead(node, time.monotonic()))
+        self.apply(self.pulls.handle(pl.NodeDead(node, time.monotonic())))
 
     def tick(self, now: float) -> None:
         if self._written:
             self.on_written()  # in case a wake-up was lost
-        self.apply(self.pulls.tick(now))
+        self.apply(self.pulls.handle(pl.Tick(now)))
         for oid, t in list(self._served_at.items()):
             if now - t > SERVE_IDLE_S:  # let go of the memory of objects freed meanwhile
                 self._served_at.pop(oid, None)
@@ -307,7 +308,7 @@ class ObjectManager:
         oid = h["oid"]
         now = time.monotonic()
         if h.get("missing"):
-            self.apply(self.pulls.missing(oid, h.get("node"), now))
+            self.apply(self.pulls.handle(pl.Missing(oid, h.get("node"), now)))
             return
         parts = h.get("parts") or []
         off, n, total, sens = h.get("off", -1), h.get("n", -1), h.get("total", -1), h.get("sens", -1)
@@ -334,10 +335,11 @@ class ObjectManager:
                 log.warning("dropped a CHUNK of %s: bulk part without a valid token", oid.hex())
                 return
             fetch = (host, port, tok, off + sum(p[0] for p in parts[:-1]), parts[-1][0])
-        accept, acts = self.pulls.chunk(oid, h.get("node"), off, n, total, sens, now)
-        if not accept:
+        acts = self.pulls.handle(pl.ChunkArrived(oid, h.get("node"), off, n, total, sens, now))
+        if not acts or not isinstance(acts[0], pl.Accept):
             self.apply(acts)
             return
+        acts = acts[1:]
         self._busy()
         p = self.pulls.pulls[oid]
         p.wire += sum(len(f) for f in payload) + (fetch[4] if fetch else 0)
@@ -348,10 +350,10 @@ class ObjectManager:
             part = self._file(oid, total)
         except StoreFullError as e:
             self._full.add(oid)
-            self.apply(acts + self.pulls.abort(oid, str(e)))
+            self.apply(acts + self.pulls.handle(pl.Abort(oid, str(e))))
             return
         except OSError as e:
-            self.apply(acts + self.pulls.abort(oid, f"cannot make the copy: {e}"))
+            self.apply(acts + self.pulls.handle(pl.Abort(oid, f"cannot make the copy: {e}")))
             return
         if not raw and fetch is None:
             # Decode and write on the pool (LZ4 releases the GIL), so that several
@@ -369,10 +371,10 @@ class ObjectManager:
             return  # the pull ended meanwhile (aborted)
         err = _write_parts(part.fd, off, parts, payload)
         if err:
-            self.apply(self.pulls.abort(oid, f"cannot write the copy: {err}"))
+            self.apply(self.pulls.handle(pl.Abort(oid, f"cannot write the copy: {err}")))
             return
         if fetch is None:
-            self.apply(self.pulls.written(oid, off))
+            self.apply(self.pulls.handle(pl.ChunkWritten(oid, off)))
             return
         host, port, tok, pos, ln = fetch
         part.jobs += 1
@@ -381,7 +383,7 @@ class ObjectManager:
                                     (oid, off, part, h.get("node")), part.mm)
         except OSError as e:
             part.release()
-            self.apply(self.pulls.chunk_failed(oid, off, now))
+            self.apply(self.pulls.handle(pl.ChunkFailed(oid, off, now)))
             log.warning("bulk fetch of %s not started: %s", oid.hex(), e)
 
     def _busy(self) -> None:
@@ -436,13 +438,13 @@ class ObjectManager:
                 self.stats["bulk_failed"] += 1
                 k = self._bulk_fails[node] = self._bulk_fails.get(node, 0) + 1
                 self._bulk_off[node] = now + min(BULK_BACKOFF_S * 2 ** (k - 1), BULK_BACKOFF_MAX_S)
-                self.apply(self.pulls.chunk_failed(oid, off, now))
+                self.apply(self.pulls.handle(pl.ChunkFailed(oid, off, now)))
             elif err:
-                self.apply(self.pulls.abort(oid, f"cannot write the copy: {err}"))
+                self.apply(self.pulls.handle(pl.Abort(oid, f"cannot write the copy: {err}")))
             else:
                 if node is not None:
                     self._bulk_fails.pop(node, None)
-                self.apply(self.pulls.written(oid, off))
+                self.apply(self.pulls.handle(pl.ChunkWritten(oid, off)))
 
     def on_locations(self, h: dict) -> None:
         oid = self.asks.pop(h.get("rid"), None)
@@ -451,15 +453,15 @@ class ObjectManager:
         named = h.get("nodes") or []
         nodes = [n for n in named if n not in self.r.view.dead]
         have = shm.exists(self.r.shm_prefix + oid.hex())
-        self.apply(self.pulls.locations(oid, nodes, time.monotonic(), have,
-                                        len(named) - len(nodes)))
+        self.apply(self.pulls.handle(pl.Locations(oid, nodes, time.monotonic(), have,
+                                        len(named) - len(nodes))))
 
     def apply(self, acts: list) -> None:
         for a in acts:
             if isinstance(a, Request):
                 addr = self.r.view.tcp(a.node)
                 if addr is None:
-                    self.apply(self.pulls.missing(a.oid, a.node, time.monotonic()))
+                    self.apply(self.pulls.handle(pl.Missing(a.oid, a.node, time.monotonic())))
                     continue
                 h = {"t": protocol.CHUNK_REQUEST, "oid": a.oid, "off": a.off, "n": a.n,
                      "ra": self.r.address.tcp}
@@ -476,7 +478,7 @@ class ObjectManager:
                 try:
                     dest = protocol.Address.unpack(a.owner).for_node(self.r.node_id)
                 except (ConnectionError, TypeError, IndexError):
-                    self.apply(self.pulls.locations(a.oid, [], time.monotonic(), False))
+                    self.apply(self.pulls.handle(pl.Locations(a.oid, [], time.monotonic(), False)))
                     continue
                 self._rid += 1
                 self.asks[self._rid] = a.oid

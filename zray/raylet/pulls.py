@@ -59,6 +59,98 @@ class Done:
 
 
 @dataclass
+class Accept:
+    """Write the chunk that just arrived (then report it with ``ChunkWritten``)."""
+
+    oid: bytes
+    off: int
+
+
+# -- events (the only way in: ``Pulls.handle``)
+@dataclass
+class Start:
+    """A new pull, in chunks of ``chunk`` bytes, ``window`` of them in flight (defaults:
+    the Pulls'); both stay for the pull's life (offsets are multiples of the chunk)."""
+
+    oid: bytes
+    sources: list
+    owner: list | None
+    now: float
+    chunk: int | None = None
+    window: int | None = None
+
+
+@dataclass
+class ChunkArrived:
+    oid: bytes
+    node: bytes
+    off: int
+    n: int
+    total: int
+    sens: int
+    now: float
+
+
+@dataclass
+class ChunkWritten:
+    oid: bytes
+    off: int
+
+
+@dataclass
+class ChunkFailed:
+    """An accepted chunk did not land (its bulk fetch failed)."""
+
+    oid: bytes
+    off: int
+    now: float
+
+
+@dataclass
+class Missing:
+    """``node`` has no copy of the object (or cannot be reached)."""
+
+    oid: bytes
+    node: bytes
+    now: float
+
+
+@dataclass
+class NodeDead:
+    node: bytes
+    now: float
+
+
+@dataclass
+class Locations:
+    """The owner said where copies are (empty: none left, the object is lost).
+
+    ``dead``: how many nodes it named that we know are dead (left out of ``nodes``).
+    """
+
+    oid: bytes
+    nodes: list
+    now: float
+    have_local: bool
+    dead: int = 0
+
+
+@dataclass
+class Abort:
+    oid: bytes
+    msg: str
+
+
+@dataclass
+class Tick:
+    now: float
+
+
+Event = Start | ChunkArrived | ChunkWritten | ChunkFailed | Missing | NodeDead | Locations \
+    | Abort | Tick
+
+
+@dataclass
 class Pull:
     oid: bytes
     sources: list
@@ -97,8 +189,32 @@ class Pulls:
     def _inflight(self) -> int:
         return sum(len(p.pending) * p.chunk for p in self.pulls.values())
 
-    # -- events
-    def start(self, oid: bytes, sources: list, owner: list | None, now: float,
+    def handle(self, event: Event) -> list:
+        """Take one event; return the actions it calls for (the only way in)."""
+        match event:
+            case Start(oid, sources, owner, now, chunk, window):
+                return self._start(oid, sources, owner, now, chunk, window)
+            case ChunkArrived(oid, node, off, n, total, sens, now):
+                accept, acts = self._chunk(oid, node, off, n, total, sens, now)
+                return [Accept(oid, off), *acts] if accept else acts
+            case ChunkWritten(oid, off):
+                return self._written(oid, off)
+            case ChunkFailed(oid, off, now):
+                return self._chunk_failed(oid, off, now)
+            case Missing(oid, node, now):
+                return self._missing(oid, node, now)
+            case NodeDead(node, now):
+                return self._node_dead(node, now)
+            case Locations(oid, nodes, now, have_local, dead):
+                return self._locations(oid, nodes, now, have_local, dead)
+            case Abort(oid, msg):
+                return self._abort(oid, msg)
+            case Tick(now):
+                return self._tick(now)
+        raise TypeError(f"not a Pulls event: {event!r}")
+
+    # -- what each event does
+    def _start(self, oid: bytes, sources: list, owner: list | None, now: float,
               chunk: int | None = None, window: int | None = None) -> list:
         """A new pull, in chunks of ``chunk`` bytes, ``window`` of them in flight (defaults:
         the Pulls'); both stay for the pull's life (offsets are multiples of the chunk)."""
@@ -110,7 +226,7 @@ class Pulls:
         self.pulls[oid] = p
         return self._begin(p, now)
 
-    def chunk(self, oid: bytes, node: bytes, off: int, n: int, total: int, sens: int,
+    def _chunk(self, oid: bytes, node: bytes, off: int, n: int, total: int, sens: int,
               now: float) -> tuple[bool, list]:
         """A chunk arrived; (write it?, actions). Report the write with ``written``."""
         p = self.pulls.get(oid)
@@ -134,7 +250,7 @@ class Pulls:
         p.source_used = node
         return True, self._fill_all(now)
 
-    def written(self, oid: bytes, off: int) -> list:
+    def _written(self, oid: bytes, off: int) -> list:
         """The chunk at ``off`` is in the local copy; the pull is done with the last one."""
         p = self.pulls.get(oid)
         if p is None:
@@ -144,7 +260,7 @@ class Pulls:
             return self._finish(p, True)
         return []
 
-    def chunk_failed(self, oid: bytes, off: int, now: float) -> list:
+    def _chunk_failed(self, oid: bytes, off: int, now: float) -> list:
         """An accepted chunk did not land (its bulk fetch failed): ask for it again, plainly."""
         p = self.pulls.get(oid)
         if p is None or off // p.chunk not in p.got or off // p.chunk in p.written:
@@ -156,7 +272,7 @@ class Pulls:
         p.pending[i] = now
         return [Request(p.sources[0], oid, i * p.chunk, p.chunk, plain=True)]
 
-    def missing(self, oid: bytes, node: bytes, now: float) -> list:
+    def _missing(self, oid: bytes, node: bytes, now: float) -> list:
         """``node`` has no copy (or cannot be reached): go on with the next holder."""
         p = self.pulls.get(oid)
         if p is None or not p.sources or p.sources[0] != node:
@@ -164,18 +280,18 @@ class Pulls:
         p.sources.pop(0)
         return self._begin(p, now)
 
-    def node_dead(self, node: bytes, now: float) -> list:
+    def _node_dead(self, node: bytes, now: float) -> list:
         acts: list = []
         for p in list(self.pulls.values()):
             if p.owner and p.owner[0] == node and (p.asked_at is not None or not p.sources):
                 acts += self._finish(p, False, "the object's owner died with its node")
             elif p.sources and p.sources[0] == node:
-                acts += self.missing(p.oid, node, now)
+                acts += self._missing(p.oid, node, now)
             else:
                 p.sources = [s for s in p.sources if s != node]
         return acts
 
-    def locations(self, oid: bytes, nodes: list, now: float, have_local: bool,
+    def _locations(self, oid: bytes, nodes: list, now: float, have_local: bool,
                   dead: int = 0) -> list:
         """The owner said where copies are (empty: none left, the object is lost).
 
@@ -197,11 +313,11 @@ class Pulls:
             return self._finish(p, False, "the owner knows no copy of the object")
         return self._begin(p, now)
 
-    def abort(self, oid: bytes, msg: str) -> list:
+    def _abort(self, oid: bytes, msg: str) -> list:
         p = self.pulls.get(oid)
         return self._finish(p, False, msg) if p is not None else []
 
-    def tick(self, now: float) -> list:
+    def _tick(self, now: float) -> list:
         acts: list = []
         for p in list(self.pulls.values()):
             if p.asked_at is not None:
@@ -218,7 +334,7 @@ class Pulls:
                 continue
             p.retries += 1
             if p.retries > MAX_CHUNK_RETRIES:
-                acts += self.missing(p.oid, p.sources[0], now)
+                acts += self._missing(p.oid, p.sources[0], now)
                 continue
             for i in stale:
                 p.pending[i] = now

@@ -212,6 +212,10 @@ class Raylet:
                     "res": a.res, "raylet": self.address.pack()})
             elif isinstance(a, sch.StartWorkers):
                 self.start_workers(a.n)
+            elif isinstance(a, sch.StartsHeld):
+                log.error("%d workers in a row died before registering (see the newest "
+                          "worker-*.log in %s): no new worker for %.1f s", a.failures,
+                          self.log_dir, a.seconds)
             elif isinstance(a, sch.Warn):
                 self.conns.send(a.req.ra, protocol.lease_failed(a.req.lrid, a.msg))
             elif isinstance(a, sch.Fail):

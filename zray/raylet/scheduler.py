@@ -21,6 +21,11 @@ SPREAD_THRESHOLD = 0.5
 # Hard affinity to a node this raylet has never heard of fails after this long
 # (it may be a node whose join has not reached us yet).
 AFFINITY_GRACE_S = 2.0
+# After this many workers in a row died before registering, hold new starts for
+# START_BACKOFF_S, doubling with each further failure up to START_BACKOFF_MAX_S.
+START_FAILURES_BEFORE_BACKOFF = 3
+START_BACKOFF_S = 0.5
+START_BACKOFF_MAX_S = 30.0
 LOCAL, WAIT = "local", "wait"  # placements (or a peer's node id, or a Fail)
 Res = dict[str, float]  # resource name -> amount
 
@@ -86,6 +91,14 @@ class Fail:
 
 
 @dataclass
+class StartsHeld:
+    """Workers keep dying before they register: no new ones for ``seconds`` (logged)."""
+
+    failures: int
+    seconds: float
+
+
+@dataclass
 class Spill:
     req: LeaseRequest
     node: bytes
@@ -105,7 +118,7 @@ class KillWorker:
     wid: bytes
 
 
-Action = Union[Grant, StartWorkers, Warn, Fail, Spill, NotifyWorkerDied, KillWorker]
+Action = Union[Grant, StartWorkers, StartsHeld, Warn, Fail, Spill, NotifyWorkerDied, KillWorker]
 
 
 # --- events ----------------------------------------------------------------
@@ -217,6 +230,11 @@ class NodeScheduler:
         self.by_worker: dict[bytes, int] = {}
         self.idle: list[bytes] = []  # registered workers with no lease (LIFO: warm first)
         self.starting = 0
+        # Workers that die before registering (a broken environment, a crash at import)
+        # must not be restarted in a tight loop: back off after a few in a row.
+        self.start_failures = 0
+        self.starts_held_until = 0.0
+        self.now = 0.0  # from the last Tick
         self.workers: set[bytes] = set()
         self._next_lease = 0
         self.max_idle = max_idle_workers or max(int(self.total.get("CPU", 1)), 1)
@@ -269,13 +287,21 @@ class NodeScheduler:
 
     def _worker_registered(self, wid: bytes) -> list[Action]:
         self.starting = max(0, self.starting - 1)
+        self.start_failures = 0
         self.workers.add(wid)
         self.idle.append(wid)
         return self.dispatch()
 
     def _worker_start_failed(self) -> list[Action]:
         self.starting = max(0, self.starting - 1)
-        return self.dispatch()
+        self.start_failures += 1
+        acts: list[Action] = []
+        if self.start_failures >= START_FAILURES_BEFORE_BACKOFF:
+            over = self.start_failures - START_FAILURES_BEFORE_BACKOFF
+            seconds = min(START_BACKOFF_S * 2 ** min(over, 16), START_BACKOFF_MAX_S)
+            self.starts_held_until = self.now + seconds
+            acts.append(StartsHeld(self.start_failures, seconds))
+        return acts + self.dispatch()
 
     def _lease_returned(self, lease_id: int, exiting: bool) -> list[Action]:
         lease = self.leases.pop(lease_id, None)
@@ -360,6 +386,10 @@ class NodeScheduler:
 
     def _tick(self, now: float, warn_after: float) -> list[Action]:
         acts: list[Action] = []
+        held = self.now < self.starts_held_until
+        self.now = now
+        if held and now >= self.starts_held_until:
+            acts += self.dispatch()
         if self.reserved or self._reserved_old:
             self._reserved_old, self.reserved = self.reserved, {}
             acts += self.dispatch()
@@ -437,7 +467,7 @@ class NodeScheduler:
                 avail[k] = avail.get(k, 0.0) - v
             acts.append(self._grant(req, wid))
         short = want_workers - self.starting
-        if short > 0:
+        if short > 0 and self.now >= self.starts_held_until:
             self.starting += short
             acts.append(StartWorkers(short))
         return acts

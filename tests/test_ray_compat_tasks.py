@@ -94,6 +94,7 @@ def test_small_api_names(ray_start):
     import importlib
 
     assert ray.ObjectID is ray.ObjectRef
+    assert ray.ObjectRef[int].__origin__ is ray.ObjectRef  # generic, for annotations
     assert isinstance(ray.put(1), ray.ObjectID)
     types = importlib.import_module(ray.__name__ + ".types")
     assert types.ObjectRef is ray.ObjectRef

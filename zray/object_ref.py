@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import types
 from typing import Any
 
 from zray import serialization, worker_state
@@ -22,6 +23,9 @@ class ObjectRef:
     """
 
     __slots__ = ("_id", "_owner", "_cw", "__weakref__")
+    # ``ObjectRef[int]`` in annotations, as Ray's ObjectRef is generic.
+    def __class_getitem__(cls, item: Any) -> types.GenericAlias:
+        return types.GenericAlias(cls, item)
 
     def __init__(self, object_id: bytes, owner: list | None = None, _register: bool = True):
         self._id = object_id

@@ -16,8 +16,8 @@ import msgpack
 @dataclass
 class Send:
     dest: str
-    header: dict
-    payload: list = field(default_factory=list)
+    header: dict[Any, Any]
+    payload: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -43,7 +43,8 @@ class Stop:
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out
 
 
 def unpack(b: bytes) -> Any:

@@ -17,7 +17,8 @@ import zmq
 
 from zray import config, process, protocol
 from zray.gcs import store as gstore
-from zray.gcs.tables import DropConn, GcsTables, Message, Persist, Restore, Send, Stop, Tick
+from zray.gcs.instructions import DropConn, Persist, Send, Stop
+from zray.gcs.tables import GcsTables, Message, Restore, Tick
 
 log = logging.getLogger("zray.gcs")
 

@@ -16,6 +16,7 @@ on disk when it hears it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,8 @@ from zray.gcs.instructions import (  # noqa: F401  (the shell takes them from he
 # --------------------------------------------------------------- events
 @dataclass
 class Message:
-    h: dict
-    payload: list
+    h: dict[Any, Any]
+    payload: list[Any]
     now: float
 
 
@@ -48,17 +49,17 @@ class Tick:
 class Restore:
     """The durable rows of a GCS that ran before on this session: (table, key, value)."""
 
-    rows: list
+    rows: list[Any]
     now: float
 
 
 @dataclass
 class NodeInfo:
     node_id: bytes
-    addr: list
+    addr: list[Any]
     ip: str
-    total: dict
-    avail: dict
+    total: dict[Any, Any]
+    avail: dict[Any, Any]
     is_head: bool
     session: str
     shm: str
@@ -70,7 +71,7 @@ class NodeInfo:
     last_seen: float = 0.0
     death_reason: str = ""
 
-    def public(self) -> dict:
+    def public(self) -> dict[str, Any]:
         return {
             "NodeID": self.node_id.hex(),
             "Alive": self.alive,
@@ -112,10 +113,10 @@ class GcsTables:
         self.subscribers: dict[str, str] = {}  # address -> channel
         self.gcs_address = gcs_address  # host:port
         self.session = session
-        self.ident: dict = {}  # gcs_start, gcs_pid, gcs_id: told to raylets at registration
+        self.ident: dict[Any, Any] = {}  # gcs_start, gcs_pid, gcs_id: told to raylets at registration
         self.actors = actor_table.ActorTable(self.nodes, "tcp://" + gcs_address)
         self._actor_messages = actor_table.MESSAGES
-        self._handlers = {  # message type -> fn(Message) -> instructions
+        self._handlers: dict[int, Callable[[Message], list[Any]]] = {  # type -> instructions
             protocol.HEARTBEAT: lambda m: self.heartbeat(m.h, m.now),
             protocol.KV_GET: lambda m: self.kv_get(m.h),
             protocol.KV_PUT: lambda m: self.kv_put(m.h, m.payload),
@@ -128,7 +129,7 @@ class GcsTables:
         }
 
     # ------------------------------------------------------------ dispatch
-    def handle(self, ev: Message | Tick | Restore) -> list:
+    def handle(self, ev: Message | Tick | Restore) -> list[Any]:
         if isinstance(ev, Message):
             t = ev.h["t"]
             if t in self._actor_messages:
@@ -144,29 +145,29 @@ class GcsTables:
         raise TypeError(f"not a GCS event: {ev!r}")
 
     # --------------------------------------------------------------- nodes
-    def _node_event(self, event: str, node: bytes) -> list:
+    def _node_event(self, event: str, node: bytes) -> list[Any]:
         if event == "dead":
             return self.actors.node_dead(node)
         return self.actors.node_added(node)
 
-    def _publish(self, event: str, info: NodeInfo) -> list:
+    def _publish(self, event: str, info: NodeInfo) -> list[Any]:
         h = protocol.publish("node", event, node=info.public())
         return [Send(dest, dict(h)) for dest in self.subscribers]
 
-    def register_node(self, h: dict, now: float) -> list:
+    def register_node(self, h: dict[Any, Any], now: float) -> list[Any]:
         info = NodeInfo(h["node"], h["addr"], h["ip"], dict(h["res"]), dict(h["res"]),
                         bool(h.get("head")), h.get("session", ""), h.get("shm", ""),
                         int(h.get("store", 0)), int(h.get("pid", 0)), h.get("hostname", ""),
                         h["ra"], last_seen=now)
         self.nodes[info.node_id] = info
-        acts: list = [info.row(),
+        acts: list[Any] = [info.row(),
                       Send(h["ra"], {"t": protocol.REGISTER_NODE_REPLY, "ok": True,
                                      "gcs_address": self.gcs_address, **self.ident})]
         if "workers" in h:  # what still runs there: actors whose worker is gone are lost
             acts += self.actors.node_workers(info.node_id, set(h["workers"]))
         return acts + self._publish("added", info) + self._node_event("added", info.node_id)
 
-    def heartbeat(self, h: dict, now: float) -> list:
+    def heartbeat(self, h: dict[Any, Any], now: float) -> list[Any]:
         info = self.nodes.get(h["node"])
         if info is None or not info.alive:
             return []
@@ -175,7 +176,7 @@ class GcsTables:
         info.avail = dict(h["avail"])
         return self._publish("resources", info) if changed else []
 
-    def unregister_node(self, node: bytes, reason: str = "stopped") -> list:
+    def unregister_node(self, node: bytes, reason: str = "stopped") -> list[Any]:
         info = self.nodes.get(node)
         if info is None or not info.alive:
             return []
@@ -184,26 +185,26 @@ class GcsTables:
         self.subscribers.pop(info.reply_to, None)  # its raylet's subscription ends with it
         return [info.row()] + self._publish("dead", info) + self._node_event("dead", node)
 
-    def tick(self, now: float) -> list:
-        acts: list = []
+    def tick(self, now: float) -> list[Any]:
+        acts: list[Any] = []
         for info in list(self.nodes.values()):
             if info.alive and now - info.last_seen > self.node_death_s:
                 acts += self.unregister_node(info.node_id, "missed heartbeats")
         return acts + self.actors.tick(now)
 
-    def get_nodes(self, h: dict) -> list:
+    def get_nodes(self, h: dict[Any, Any]) -> list[Any]:
         return [Send(h["ra"], {"t": protocol.NODES_REPLY, "rid": h["rid"],
                                "nodes": self.nodes_view(), "gcs_address": self.gcs_address})]
 
     def nodes_view(self) -> list[dict[str, Any]]:
         return [n.public() for n in self.nodes.values()]
 
-    def subscribe(self, dest: str, channel: str) -> list:
+    def subscribe(self, dest: str, channel: str) -> list[Any]:
         self.subscribers[dest] = channel
         return [Send(dest, protocol.publish("node", "snapshot",
                                             nodes=[n.public() for n in self.nodes.values()]))]
 
-    def ping(self, h: dict) -> list:
+    def ping(self, h: dict[Any, Any]) -> list[Any]:
         if "ra" not in h:
             return []
         return [Send(h["ra"], {"t": protocol.PONG, "rid": h.get("rid"),
@@ -211,11 +212,11 @@ class GcsTables:
                                "gcs_start": self.ident.get("gcs_start")})]
 
     # ------------------------------------------------------------------ KV
-    def kv_put(self, h: dict, payload: list) -> list:
+    def kv_put(self, h: dict[Any, Any], payload: list[Any]) -> list[Any]:
         ns, key = h["ns"], h["k"]
         value = bytes(payload[0]) if payload else b""
         ok = h.get("overwrite", True) or (ns, key) not in self.kv
-        acts: list = []
+        acts: list[Any] = []
         if ok:
             self.kv[(ns, key)] = value
             acts.append(Persist("kv", _kv_key(ns, key), value))
@@ -223,13 +224,13 @@ class GcsTables:
             acts.append(Send(h["ra"], {"t": protocol.KV_REPLY, "rid": h["rid"], "ok": ok}))
         return acts
 
-    def kv_get(self, h: dict) -> list:
+    def kv_get(self, h: dict[Any, Any]) -> list[Any]:
         v = self.kv.get((h["ns"], h["k"]))
         return [Send(h["ra"], {"t": protocol.KV_REPLY, "rid": h["rid"], "found": v is not None},
                      [v] if v is not None else [])]
 
     # ------------------------------------------------------------- restore
-    def restore(self, rows: list, now: float) -> list:
+    def restore(self, rows: list[Any], now: float) -> list[Any]:
         """Rebuild the tables from the durable rows of an earlier GCS on this session.
 
         Nodes that were alive get ``node_death_s`` from now to register again (their

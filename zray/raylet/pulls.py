@@ -9,6 +9,7 @@ actions into messages is raylet/object_manager.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from zray import config
 
@@ -44,7 +45,7 @@ class AskOwner:
     """Ask the object's owner where copies are (answered by ``locations``)."""
 
     oid: bytes
-    owner: list
+    owner: list[Any]
 
 
 @dataclass
@@ -66,6 +67,9 @@ class Accept:
     off: int
 
 
+Action = Request | AskOwner | Done | Accept
+
+
 # -- events (the only way in: ``Pulls.handle``)
 @dataclass
 class Start:
@@ -73,8 +77,8 @@ class Start:
     the Pulls'); both stay for the pull's life (offsets are multiples of the chunk)."""
 
     oid: bytes
-    sources: list
-    owner: list | None
+    sources: list[Any]
+    owner: list[Any] | None
     now: float
     chunk: int | None = None
     window: int | None = None
@@ -129,7 +133,7 @@ class Locations:
     """
 
     oid: bytes
-    nodes: list
+    nodes: list[Any]
     now: float
     have_local: bool
     dead: int = 0
@@ -153,15 +157,15 @@ Event = Start | ChunkArrived | ChunkWritten | ChunkFailed | Missing | NodeDead |
 @dataclass
 class Pull:
     oid: bytes
-    sources: list
-    owner: list | None
+    sources: list[Any]
+    owner: list[Any] | None
     started: float
     total: int = -1
     sens: int = -1
     nchunks: int = -1
-    pending: dict = field(default_factory=dict)  # chunk index -> sent at
-    got: set = field(default_factory=set)  # arrived (being written)
-    written: set = field(default_factory=set)  # in the local copy
+    pending: dict[Any, Any] = field(default_factory=dict)  # chunk index -> sent at
+    got: set[Any] = field(default_factory=set)  # arrived (being written)
+    written: set[Any] = field(default_factory=set)  # in the local copy
     next_idx: int = 0
     retries: int = 0
     asks: int = 0
@@ -189,7 +193,7 @@ class Pulls:
     def _inflight(self) -> int:
         return sum(len(p.pending) * p.chunk for p in self.pulls.values())
 
-    def handle(self, event: Event) -> list:
+    def handle(self, event: Event) -> list[Action]:
         """Take one event; return the actions it calls for (the only way in)."""
         match event:
             case Start(oid, sources, owner, now, chunk, window):
@@ -214,8 +218,8 @@ class Pulls:
         raise TypeError(f"not a Pulls event: {event!r}")
 
     # -- what each event does
-    def _start(self, oid: bytes, sources: list, owner: list | None, now: float,
-              chunk: int | None = None, window: int | None = None) -> list:
+    def _start(self, oid: bytes, sources: list[Any], owner: list[Any] | None, now: float,
+              chunk: int | None = None, window: int | None = None) -> list[Action]:
         """A new pull, in chunks of ``chunk`` bytes, ``window`` of them in flight (defaults:
         the Pulls'); both stay for the pull's life (offsets are multiples of the chunk)."""
         if oid in self.pulls:
@@ -227,7 +231,7 @@ class Pulls:
         return self._begin(p, now)
 
     def _chunk(self, oid: bytes, node: bytes, off: int, n: int, total: int, sens: int,
-              now: float) -> tuple[bool, list]:
+              now: float) -> tuple[bool, list[Any]]:
         """A chunk arrived; (write it?, actions). Report the write with ``written``."""
         p = self.pulls.get(oid)
         if p is None or total <= 0 or not 0 <= sens <= total or off < 0 or off % p.chunk:
@@ -250,7 +254,7 @@ class Pulls:
         p.source_used = node
         return True, self._fill_all(now)
 
-    def _written(self, oid: bytes, off: int) -> list:
+    def _written(self, oid: bytes, off: int) -> list[Action]:
         """The chunk at ``off`` is in the local copy; the pull is done with the last one."""
         p = self.pulls.get(oid)
         if p is None:
@@ -260,7 +264,7 @@ class Pulls:
             return self._finish(p, True)
         return []
 
-    def _chunk_failed(self, oid: bytes, off: int, now: float) -> list:
+    def _chunk_failed(self, oid: bytes, off: int, now: float) -> list[Action]:
         """An accepted chunk did not land (its bulk fetch failed): ask for it again, plainly."""
         p = self.pulls.get(oid)
         if p is None or off // p.chunk not in p.got or off // p.chunk in p.written:
@@ -272,7 +276,7 @@ class Pulls:
         p.pending[i] = now
         return [Request(p.sources[0], oid, i * p.chunk, p.chunk, plain=True)]
 
-    def _missing(self, oid: bytes, node: bytes, now: float) -> list:
+    def _missing(self, oid: bytes, node: bytes, now: float) -> list[Action]:
         """``node`` has no copy (or cannot be reached): go on with the next holder."""
         p = self.pulls.get(oid)
         if p is None or not p.sources or p.sources[0] != node:
@@ -280,8 +284,8 @@ class Pulls:
         p.sources.pop(0)
         return self._begin(p, now)
 
-    def _node_dead(self, node: bytes, now: float) -> list:
-        acts: list = []
+    def _node_dead(self, node: bytes, now: float) -> list[Action]:
+        acts: list[Any] = []
         for p in list(self.pulls.values()):
             if p.owner and p.owner[0] == node and (p.asked_at is not None or not p.sources):
                 acts += self._finish(p, False, "the object's owner died with its node")
@@ -291,8 +295,8 @@ class Pulls:
                 p.sources = [s for s in p.sources if s != node]
         return acts
 
-    def _locations(self, oid: bytes, nodes: list, now: float, have_local: bool,
-                  dead: int = 0) -> list:
+    def _locations(self, oid: bytes, nodes: list[Any], now: float, have_local: bool,
+                  dead: int = 0) -> list[Action]:
         """The owner said where copies are (empty: none left, the object is lost).
 
         ``dead``: how many nodes it named that we know are dead (left out of ``nodes``).
@@ -313,12 +317,12 @@ class Pulls:
             return self._finish(p, False, "the owner knows no copy of the object")
         return self._begin(p, now)
 
-    def _abort(self, oid: bytes, msg: str) -> list:
+    def _abort(self, oid: bytes, msg: str) -> list[Action]:
         p = self.pulls.get(oid)
         return self._finish(p, False, msg) if p is not None else []
 
-    def _tick(self, now: float) -> list:
-        acts: list = []
+    def _tick(self, now: float) -> list[Action]:
+        acts: list[Any] = []
         for p in list(self.pulls.values()):
             if p.asked_at is not None:
                 if now - p.asked_at > OWNER_TIMEOUT_S:
@@ -342,18 +346,18 @@ class Pulls:
         return acts
 
     # -- decisions
-    def _begin(self, p: Pull, now: float) -> list:
+    def _begin(self, p: Pull, now: float) -> list[Action]:
         """(Re)start from the current holder: everything not received yet."""
         p.pending.clear()
         if not p.sources:
             return self._ask_owner(p, now)
         p.retries = 0
         p.next_idx = 0
-        return self._fill(p, now, self.max_inflight_bytes - self._inflight())
+        return list(self._fill(p, now, self.max_inflight_bytes - self._inflight()))
 
-    def _fill(self, p: Pull, now: float, budget: int) -> list:
+    def _fill(self, p: Pull, now: float, budget: int) -> list[Request]:
         """Requests for the pull's next chunks, within ``budget`` bytes (in all) and its window."""
-        acts: list = []
+        acts: list[Request] = []
         limit = p.nchunks if p.nchunks >= 0 else INITIAL_WINDOW
         while budget > 0 and len(p.pending) < p.window and p.next_idx < limit:
             i = p.next_idx
@@ -365,8 +369,8 @@ class Pulls:
             acts.append(Request(p.sources[0], p.oid, i * p.chunk, p.chunk))
         return acts
 
-    def _fill_all(self, now: float) -> list:
-        acts: list = []
+    def _fill_all(self, now: float) -> list[Action]:
+        acts: list[Any] = []
         budget = self.max_inflight_bytes - self._inflight()
         for p in self.pulls.values():
             if budget <= 0:
@@ -377,13 +381,13 @@ class Pulls:
                 acts += new
         return acts
 
-    def _ask_owner(self, p: Pull, now: float) -> list:
+    def _ask_owner(self, p: Pull, now: float) -> list[Action]:
         if p.owner is None or p.asks >= MAX_OWNER_ASKS:
             return self._finish(p, False, "no reachable node holds a copy")
         p.asks += 1
         p.asked_at = now
         return [AskOwner(p.oid, p.owner)]
 
-    def _finish(self, p: Pull, ok: bool, msg: str = "", local: bool = False) -> list:
+    def _finish(self, p: Pull, ok: bool, msg: str = "", local: bool = False) -> list[Action]:
         self.pulls.pop(p.oid, None)
         return [Done(p.oid, ok, local, msg, p)]

@@ -524,3 +524,30 @@ def test_oversized_function_refused(ray_start):
         big.remote()
     with pytest.raises(ValueError, match="The actor Big is too large"):
         Big.remote()
+
+
+def test_signature_travels_with_the_handle(ray_start):
+    """A handle from get_actor() or passed to a task checks calls the same way (the
+    signatures travel in the handle, as Ray's do)."""
+
+    @ray.remote(num_cpus=0)
+    class S:
+        def m(self, x, *, k=1):
+            return x * k
+
+    a = S.options(name="compat-sigs").remote()
+    h = ray.get_actor("compat-sigs")
+    assert ray.get(h.m.remote(2, k=3)) == 6
+    with pytest.raises(TypeError):
+        h.m.remote(1, 2)
+
+    @ray.remote
+    def use(handle):
+        try:
+            handle.m.remote()
+        except TypeError:
+            return "TypeError"
+        return "no error"
+
+    assert ray.get(use.remote(h)) == "TypeError"
+    ray.kill(a)

@@ -119,6 +119,22 @@ def test_task_error_carries_the_remote_traceback(ray_start):
     assert "ValueError: traced" in text
 
 
+def test_remote_traceback_starts_at_user_code(ray_start):
+    """As Ray's: the executor's own frames are not shown, for tasks and actor methods."""
+
+    @ray.remote
+    class Failing:
+        def method(self):
+            raise KeyError("in a method")
+
+    for call in (lambda: fail.remote("x"), lambda: Failing.remote().method.remote()):
+        with pytest.raises(exceptions.RayTaskError) as info:
+            ray.get(call())
+        frames = re.findall(r'File "([^"]+)"', str(info.value))
+        assert frames and frames[0].endswith("test_errors.py"), str(info.value)
+        assert not any(os.sep + "zray" + os.sep in f for f in frames), str(info.value)
+
+
 def test_custom_exception_class_and_its_attributes(ray_start):
     with pytest.raises(CustomError) as info:
         ray.get(fail_custom.remote(42))

@@ -32,7 +32,6 @@ import queue
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -455,7 +454,7 @@ class ActorRuntime:
             rep = repr(self.instance) if self.instance is not None else f"<{self.cls_name}>"
         except Exception:  # noqa: BLE001
             rep = f"<{self.cls_name}>"
-        return exc.RayTaskError(name, traceback.format_exc(), e, pid=self.pid,
+        return exc.RayTaskError(name, exc.format_remote_traceback(e), e, pid=self.pid,
                                 ip=self.cw.node_ip, actor_repr=rep,
                                 actor_id=ActorID(self.aid).hex())
 

@@ -343,8 +343,19 @@ class RaySerializationError(RayError, TypeError):
     """A value could not be serialised; the message names its type."""
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def format_remote_traceback(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The traceback of a task's exception as the user wants it: from their code on.
+
+    The executor's own frames (zray's, before the first frame of user code) are left out,
+    as Ray does; if every frame is zray's (an internal error), all are kept.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type)]

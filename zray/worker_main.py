@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 from zray import actor_executor, config, protocol, serialization, task_codec, worker_state
@@ -319,8 +318,8 @@ class Executor:
     def task_error(self, name: str, e: BaseException) -> exc.RayTaskError:
         if isinstance(e, exc.RayTaskError):
             return e  # an error flowing through: keep its origin
-        tb = traceback.format_exc()
-        return exc.RayTaskError(name, tb, e, pid=self.pid, ip=self.cw.node_ip)
+        return exc.RayTaskError(name, exc.format_remote_traceback(e), e, pid=self.pid,
+                                ip=self.cw.node_ip)
 
     def encode_value(self, value: Any, oid: bytes, err: bool, contained: list) -> tuple[list, list]:
         try:

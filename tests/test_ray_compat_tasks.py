@@ -406,8 +406,8 @@ def _eventually(fn, timeout: float = 30.0) -> None:
 
 def test_process_title_names_the_running_task(ray_start):
     """Ray titles a worker ray::<task> while it runs and ray::IDLE after; an actor
-    ray::<Class>.<method> during a call and ray::<Class> between calls. zray uses its
-    own prefix, zray:: (so "ray::<name>" is still a substring of the title)."""
+    ray::<Class>.<method> during a call (or the call's options(name=...)) and ray::<Class>
+    between calls. zray uses Ray's exact titles (Ray's tests compare them)."""
     import os
 
     @ray.remote
@@ -424,12 +424,13 @@ def test_process_title_names_the_running_task(ray_start):
             return os.getpid(), setproctitle.getproctitle()
 
     pid, title = ray.get(busy_title.remote())
-    assert title == "zray::busy_title"
-    _eventually(lambda: _cmdline(pid).startswith("zray::IDLE"))
+    assert title == "ray::busy_title"
+    _eventually(lambda: _cmdline(pid).startswith("ray::IDLE"))
     a = Titled.remote()
     pid, title = ray.get(a.where.remote())
-    assert title == "zray::Titled.where"
-    _eventually(lambda: _cmdline(pid) == "zray::Titled")
+    assert title == "ray::Titled.where"
+    assert ray.get(a.where.options(name="custom").remote())[1] == "ray::custom"
+    _eventually(lambda: _cmdline(pid) == "ray::Titled")
 
 
 def test_underscore_remote_spelling(ray_start):
@@ -524,3 +525,30 @@ def test_oversized_function_refused(ray_start):
         big.remote()
     with pytest.raises(ValueError, match="The actor Big is too large"):
         Big.remote()
+
+
+def test_signature_travels_with_the_handle(ray_start):
+    """A handle from get_actor() or passed to a task checks calls the same way (the
+    signatures travel in the handle, as Ray's do)."""
+
+    @ray.remote(num_cpus=0)
+    class S:
+        def m(self, x, *, k=1):
+            return x * k
+
+    a = S.options(name="compat-sigs").remote()
+    h = ray.get_actor("compat-sigs")
+    assert ray.get(h.m.remote(2, k=3)) == 6
+    with pytest.raises(TypeError):
+        h.m.remote(1, 2)
+
+    @ray.remote
+    def use(handle):
+        try:
+            handle.m.remote()
+        except TypeError:
+            return "TypeError"
+        return "no error"
+
+    assert ray.get(use.remote(h)) == "TypeError"
+    ray.kill(a)

@@ -185,7 +185,7 @@ class Executor:
         while True:
             try:
                 if self.title != "IDLE" and self.q.empty():
-                    self.show_title("IDLE")  # Ray: ray::IDLE between tasks
+                    self.show_title("IDLE")  # ray::IDLE between tasks, as Ray
                 h, payload = self.q.get()
                 if h["t"] == protocol.CREATE_ACTOR:
                     # This worker becomes the actor's, until the actor dies (never returns).
@@ -195,11 +195,11 @@ class Executor:
                 continue  # a cancel that arrived just after its task finished
 
     def show_title(self, name: str) -> None:
-        """``ps`` shows ``zray::<task>`` while a task runs (Ray: ``ray::<task>``); only a
-        change costs a setproctitle call (~1 us)."""
+        """``ps`` shows ``ray::<task>`` while a task runs, as Ray's workers do (tools and
+        tests look for these titles); only a change costs a setproctitle call (~1 us)."""
         if name != self.title:
             self.title = name
-            set_title(f"zray::{name}")
+            set_title(f"ray::{name}")
 
     def load_function(self, fn_id: bytes) -> Any:
         fn = self.functions.get(fn_id)

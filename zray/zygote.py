@@ -239,7 +239,7 @@ def _worker_child(req: dict) -> None:
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        set_title("zray::IDLE")
+        set_title("ray::IDLE")  # Ray's title of an idle worker
         signal.signal(signal.SIGINT, signal.default_int_handler)
         fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 1)

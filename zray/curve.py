@@ -74,7 +74,8 @@ class _AuthThread:
         self.refused = 0
         self._new_monitors: list[tuple[str, str]] = []  # (inproc endpoint, listener address)
         self._lock = threading.Lock()
-        self.log = RateLimited(log, "refused tcp peers")
+        # Per listener: a flood at one port must not hide refusals at another.
+        self.logs: dict[str, RateLimited] = {}
         t = threading.Thread(target=self._run, name="zray-auth", daemon=True)
         t.start()
 
@@ -105,8 +106,10 @@ class _AuthThread:
                         m.setsockopt(zmq.LINGER, 0)
                         m.connect(ep)
                         monitors[m] = where
+                        self.logs.setdefault(where, RateLimited(log, f"refused tcp peers on {where}"))
                         poller.register(m, zmq.POLLIN)
-                self.log.tick()
+                for rl in self.logs.values():
+                    rl.tick()
                 ready = dict(poller.poll(500))
                 if self.sock in ready:
                     msg = self.sock.recv_multipart()
@@ -128,12 +131,18 @@ class _AuthThread:
             return
         if ev["event"] == zmq.EVENT_MONITOR_STOPPED:
             poller.unregister(m)
-            monitors.pop(m, None)
+            where = monitors.pop(m, None)
             m.close(linger=0)
+            if where is not None and where not in monitors.values():
+                rl = self.logs.pop(where, None)
+                if rl is not None:
+                    rl.tick(rl.start + rl.period)  # report what it suppressed before it goes
             return
         what = _FAILED.get(ev["event"])
         if what:
-            self.log.warning("refused a tcp peer on %s: %s", monitors[m], what)
+            where = monitors[m]
+            rl = self.logs.setdefault(where, RateLimited(log, f"refused tcp peers on {where}"))
+            rl.warning("refused a tcp peer on %s: %s", where, what)
 
     def _answer(self, msg: list[bytes]) -> list[bytes]:
         if len(msg) < 6:  # libzmq never sends this; answer anyway so REP stays in step

@@ -251,10 +251,3 @@ def shm_segments(prefix: str = "zray") -> dict[str, int]:
             except OSError:
                 pass
     return out
-    for n in names:
-        if n.startswith(prefix) and "-spare-" not in n:
-            try:
-                out[n] = os.stat(os.path.join("/dev/shm", n)).st_size
-            except OSError:
-                pass
-    return out

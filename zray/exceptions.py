@@ -6,12 +6,17 @@ instance of the original exception class, so ``except ValueError`` still works.
 
 from __future__ import annotations
 
-import logging
 import os
 import traceback
 from typing import Any
 
-log = logging.getLogger("zray.exceptions")
+
+def _log_warning(msg: str, *args: Any) -> None:
+    # logging imports threading: loaded only when a warning is due, so that the owner
+    # state machine (which imports this module) stays free of anything doing I/O.
+    import logging
+
+    logging.getLogger("zray.exceptions").warning(msg, *args)
 
 
 class RayError(Exception):
@@ -102,7 +107,7 @@ class RayTaskError(RayError):
         says so (Ray's rule; the traceback keeps the original's text)."""
         msg = (f"The original cause of the RayTaskError ({type(self.cause)}) isn't "
                f"serializable: {why}. Overwriting the cause to a RayError.")
-        log.warning(msg)
+        _log_warning(msg)
         return RayTaskError(self.function_name, self.traceback_str, RayError(msg),
                             self.proctitle, self.pid, self.ip, self.actor_repr, self.actor_id)
 
@@ -139,7 +144,7 @@ def _make_dual(cause_cls: type, err: RayTaskError) -> RayTaskError:
             cls = _Dual
         except TypeError as e:
             # Layout conflicts (some builtins) or a class that refuses subclasses.
-            log.warning(
+            _log_warning(
                 f"User exception type {cause_cls} in RayTaskError can't be subclassed! This "
                 "exception is raised as RayTaskError only. You can use `ray_task_error.cause` "
                 f"to access the user exception. Failure in subclassing: {e}")

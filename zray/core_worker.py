@@ -312,7 +312,7 @@ class CoreWorker(Waiting, PollingRole):
             frames = self._read_stored(oid, e.node, e.owner if not e.owned else self.address_packed)
         value = serialization.deserialize(frames)
         if e.is_error:
-            raise _as_raisable(value)
+            raise exc.as_raisable(value)
         return value
 
     def _ensure_fetch(self, oid: bytes, e: Entry) -> None:
@@ -408,7 +408,7 @@ class CoreWorker(Waiting, PollingRole):
             print(f"zray: warning: {h.get('msg')}", file=sys.stderr)
             return
         with self.lock:
-            self._do(ev.LeaseFailed(h["lrid"], _error_from_wire(h)))
+            self._do(ev.LeaseFailed(h["lrid"], exc.error_from_wire(h)))
 
     def _h_worker_died(self, h: dict, payload: list) -> None:
         with self.lock:
@@ -780,22 +780,3 @@ _EXEC: dict[type, Any] = {
 
 def _encode_error(err: BaseException) -> list:
     return serialization.serialize(err)[0]
-
-
-def _error_from_wire(h: dict) -> BaseException:
-    kind = h.get("kind")
-    cls = getattr(exc, kind, None) if kind else None
-    if isinstance(cls, type) and issubclass(cls, BaseException):
-        try:
-            return cls(h.get("msg"))
-        except TypeError:
-            pass
-    return exc.RayError(h.get("msg"))
-
-
-def _as_raisable(value: Any) -> BaseException:
-    if isinstance(value, exc.RayTaskError):
-        return value.as_instanceof_cause()
-    if isinstance(value, BaseException):
-        return value
-    return exc.RaySystemError(value)

@@ -351,6 +351,27 @@ class RaySerializationError(RayError, TypeError):
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+def error_from_wire(h: dict[str, Any]) -> BaseException:
+    """The error a header names by class (``kind``) and message (``msg``); RayError if unknown."""
+    kind = h.get("kind")
+    cls = globals().get(kind) if isinstance(kind, str) else None
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        try:
+            return cls(h.get("msg"))
+        except TypeError:
+            pass
+    return RayError(h.get("msg"))
+
+
+def as_raisable(value: Any) -> BaseException:
+    """What ``get`` raises for a stored error value (a task's error as its dual class)."""
+    if isinstance(value, RayTaskError):
+        return value.as_instanceof_cause()
+    if isinstance(value, BaseException):
+        return value
+    return RaySystemError(value)
+
+
 def format_remote_traceback(exc: BaseException) -> str:
     """The traceback of a task's exception as the user wants it: from their code on.
 

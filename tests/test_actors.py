@@ -11,7 +11,7 @@ import os
 import time
 
 import pytest
-from backend import IS_RAY, exceptions, ray, run_example, wait_until
+from backend import IS_RAY, exceptions, pid_alive, ray, run_example, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -363,23 +363,11 @@ def test_out_of_scope_actor_ends(ray_start):
     pid = ray.get(c.pid.remote())
     del c
     gc.collect()
-    assert wait_until(lambda: not _alive(pid), 15), "the actor outlived its last handle"
+    assert wait_until(lambda: not pid_alive(pid), 15), "the actor outlived its last handle"
 
 
 def test_temporary_handle_still_runs_its_call(ray_start):
     assert ray.get(Counter.remote(3).inc.remote()) == 4
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for us
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_default_actors_hold_no_cpu(ray_start):

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from backend import IS_RAY, REPO, exceptions, ray, run_driver, wait_until
+from backend import IS_RAY, REPO, exceptions, pid_alive, ray, run_driver, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,18 +44,6 @@ class Phoenix:
 
 def _kill_pid(pid):
     os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_crash_without_restart(ray_start):
@@ -173,7 +161,7 @@ def test_child_actor_dies_with_parent_actor(ray_start):
         for _ in range(100):
             ray.get(child.inc.remote(), timeout=30)
             time.sleep(0.1)
-    assert wait_until(lambda: not _alive(child_pid), 20)
+    assert wait_until(lambda: not pid_alive(child_pid), 20)
 
 
 def test_actor_dies_with_owner_task_worker(ray_start):
@@ -209,7 +197,7 @@ def test_actors_die_with_their_driver(tmp_path):
     proc = run_driver(_DRIVER_NON_DETACHED, tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     pid = int(proc.stdout.split("PID")[1].split()[0])
-    assert wait_until(lambda: not _alive(pid), 20)
+    assert wait_until(lambda: not pid_alive(pid), 20)
 
 
 @pytest.mark.skipif(IS_RAY, reason="starts a zray head that outlives its drivers")
@@ -241,8 +229,8 @@ print("PIDS", zray.get(s.pid.remote()), zray.get(t.pid.remote()), flush=True)
         p1 = _run(first, tmp_path, env, "first.py")
         assert p1.returncode == 0, p1.stdout + p1.stderr
         spid, tpid = (int(x) for x in p1.stdout.split("PIDS")[1].split()[:2])
-        assert wait_until(lambda: not _alive(tpid), 20), "the non-detached actor survived"
-        assert _alive(spid)
+        assert wait_until(lambda: not pid_alive(tpid), 20), "the non-detached actor survived"
+        assert pid_alive(spid)
         second = f"""
 import zray
 zray.init(address={addr!r}, namespace="keep")
@@ -258,7 +246,7 @@ zray.kill(s)
         p2 = _run(second, tmp_path, env, "second.py")
         assert p2.returncode == 0, p2.stdout + p2.stderr
         assert "GOT 42" in p2.stdout and "TEMP GONE" in p2.stdout
-        assert wait_until(lambda: not _alive(spid), 20)
+        assert wait_until(lambda: not pid_alive(spid), 20)
     finally:
         head.stop()
 
@@ -319,5 +307,5 @@ def test_actor_processes_end_with_the_driver(tmp_path, how):
     proc = run_driver(_LEAK_DRIVER, tmp_path, args=[how], timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pids = [int(p) for p in proc.stdout.split("PIDS")[1].split()[:4]]
-    assert wait_until(lambda: not any(_alive(p) for p in pids), 20), \
-        [p for p in pids if _alive(p)]
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids), 20), \
+        [p for p in pids if pid_alive(p)]

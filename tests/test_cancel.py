@@ -7,7 +7,16 @@ import os
 import time
 
 import pytest
-from backend import IS_RAY, count_lines, exceptions, ray, touch, wait_for_file, wait_until
+from backend import (
+    IS_RAY,
+    count_lines,
+    exceptions,
+    pid_alive,
+    ray,
+    touch,
+    wait_for_file,
+    wait_until,
+)
 
 
 @ray.remote
@@ -106,20 +115,8 @@ def test_force_cancel_kills_the_worker(ray_start, tmp_path):
     # Ray raises TaskCancelledError (with an empty message).
     with pytest.raises((exceptions.WorkerCrashedError, exceptions.TaskCancelledError)):
         ray.get(ref, timeout=30)
-    assert wait_until(lambda: not _alive(pid), 30), "force=True left the worker running"
+    assert wait_until(lambda: not pid_alive(pid), 30), "force=True left the worker running"
     assert ray.get(passthrough.remote(6), timeout=60) == 6  # replaced
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_dependents_of_a_cancelled_task_fail_with_task_cancelled_error(ray_start, tmp_path):

@@ -16,8 +16,7 @@ import sys
 import textwrap
 import time
 
-import psutil
-from backend import wait_until
+from backend import pid_alive, wait_until
 
 DRIVER = textwrap.dedent("""
     import json, os, sys, time
@@ -68,16 +67,9 @@ def _readline(p: subprocess.Popen, prefix: str, timeout: float = 90) -> str:
                          f"{p.stderr.read() if p.poll() is not None else ''}")
 
 
-def _alive(pids) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
+def _living(pids) -> list[int]:
+    return [p for p in pids if pid_alive(p)]
 
 def test_ctrl_c_interrupts_the_wait_not_the_cluster_and_sigkill_still_takes_it_down(tmp_path):
     import json
@@ -97,18 +89,18 @@ def test_ctrl_c_interrupts_the_wait_not_the_cluster_and_sigkill_still_takes_it_d
         assert _readline(p, "INTERRUPTED", timeout=30) == ""
         assert _readline(p, "AFTER", timeout=90) == "42 True"
         # The GCS and raylet we saw before Ctrl-C are the ones still serving.
-        assert len(first["heads"]) == 2 and _alive(first["heads"]) == first["heads"]
+        assert len(first["heads"]) == 2 and [p for p in first["heads"] if pid_alive(p)] == first["heads"]
         tree = sorted(set(tree) | set(json.loads(_readline(p, "TREE"))))
-        assert _alive(tree)
+        assert _living(tree)
         # A stray SIGINT sent straight to the GCS or raylet is ignored too.
         for pid in first["heads"]:
             os.kill(pid, signal.SIGINT)
         time.sleep(1.0)
-        assert _alive(first["heads"]) == first["heads"]
+        assert [p for p in first["heads"] if pid_alive(p)] == first["heads"]
         p.kill()  # SIGKILL: no cleanup in the driver
         p.wait(30)
-        left = wait_until(lambda: not _alive(tree), timeout=60)
-        assert left, f"processes outlived the driver: {_alive(tree)}"
+        left = wait_until(lambda: not _living(tree), timeout=60)
+        assert left, f"processes outlived the driver: {_living(tree)}"
         sock_dir = os.path.join(first["session"], "sockets")
         assert wait_until(lambda: not os.path.isdir(sock_dir) or not os.listdir(sock_dir),
                           timeout=30), os.listdir(sock_dir)

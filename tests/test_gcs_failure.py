@@ -22,7 +22,7 @@ import time
 
 import psutil
 import pytest
-from backend import wait_until
+from backend import pid_alive, wait_until
 from test_cli import session_root, wait_gone  # noqa: F401  (a fixture)
 from test_cli import zray as zray_cli
 
@@ -31,13 +31,6 @@ from zray import api
 from zray.exceptions import RpcError
 
 RECONNECT_S = 4.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _node_leftovers(session: str, keep: str = "") -> list[str]:
@@ -92,7 +85,7 @@ def test_embedded_gcs_sigkill_fails_fast_then_node_stops(short_reconnect):
 
     # The raylet gives up after the reconnect timeout and takes its workers along.
     assert wait_until(lambda: raylet.poll() is not None, RECONNECT_S + 30)
-    assert wait_until(lambda: not any(_alive(p) for p in workers), 15)
+    assert wait_until(lambda: not any(pid_alive(p) for p in workers), 15)
     me = zray.get_runtime_context().get_worker_id()  # the driver's own socket stays
     assert wait_until(lambda: not _node_leftovers(head.session_dir, me), 10), \
         _node_leftovers(head.session_dir, me)
@@ -150,8 +143,8 @@ def test_cli_head_gcs_sigkill_headless_node_exits(session_root):  # noqa: F811
     assert wait_until(lambda: raylet.children(recursive=True), 30)
     workers = [p.pid for p in raylet.children(recursive=True)]
     os.kill(pids["gcs"], signal.SIGKILL)
-    assert wait_until(lambda: not _alive(pids["raylet"]), RECONNECT_S + 30)
-    assert wait_until(lambda: not any(_alive(p) for p in workers), 15)
+    assert wait_until(lambda: not pid_alive(pids["raylet"]), RECONNECT_S + 30)
+    assert wait_until(lambda: not any(pid_alive(p) for p in workers), 15)
     # The SIGKILLed GCS's own socket file stays (`zray stop` removes it); nothing else.
     left = [x for x in wait_gone(root, timeout=15) if not x.endswith("/sockets/gcs")]
     assert not left, left
@@ -307,14 +300,14 @@ def test_cli_restore_after_the_head_raylet_gave_up(session_root, monkeypatch):  
     old_node = zray.get(k.node.remote(), timeout=60)
     zray.shutdown()
     os.kill(pids["gcs"], signal.SIGKILL)
-    assert wait_until(lambda: not _alive(pids["raylet"]), 30)
+    assert wait_until(lambda: not pid_alive(pids["raylet"]), 30)
 
     out = zray_cli(root, "start", "--head", "--port", str(port), "--num-cpus", "1").stdout
     assert "Restored" in out, out
     session = os.path.realpath(os.path.join(root, "session_latest"))
     raylets = [json.load(open(f))["pid"] for f in glob.glob(os.path.join(session, "pids",
                                                                          "raylet-*.json"))]
-    assert any(p != pids["raylet"] and _alive(p) for p in raylets)  # a new head raylet
+    assert any(p != pids["raylet"] and pid_alive(p) for p in raylets)  # a new head raylet
     zray.init(address="auto", namespace="keep")
     try:
         def restarted_elsewhere():
